@@ -1,0 +1,61 @@
+"""ETSI TS 103 744 CatKDF combiner.
+
+    key_material = KDF(salt=label, IKM=psk || k1 || k2,
+                       info=H(u32(len(context))||context || u32(len(MA))||MA || u32(len(MB))||MB))
+
+KDF is HKDF (RFC 5869) or the SP 800-56C one-step KDF with HMAC (ETSI TS 103 744 §8.2,
+"HMAC" variant, as OpenSSL's SSKDF with mac=HMAC computes it).  The derived key stays
+secret while any one of psk, k1 or k2 stays secret.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+__all__ = ["catkdf", "HASHES", "KDFS"]
+
+HASHES = {"sha256": hashlib.sha256, "sha384": hashlib.sha384}
+_HKDF_HASHES = {"sha256": hashes.SHA256, "sha384": hashes.SHA384}
+KDFS = ("hkdf", "hmac")
+
+
+def _u32(data: bytes) -> bytes:
+    return struct.pack(">I", len(data))
+
+
+def _check_bytes(**kwargs: object) -> None:
+    for name, value in kwargs.items():
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise TypeError(f"catkdf: {name} must be bytes, not {type(value).__name__}")
+
+
+def catkdf(*, hash: str, kdf: str, psk: bytes, k1: bytes, k2: bytes, ma: bytes, mb: bytes,
+           context: bytes, label: bytes, length: int) -> bytes:
+    """Combine psk, k1 and k2 into ``length`` bytes of key material (ETSI TS 103 744 CatKDF)."""
+    _check_bytes(psk=psk, k1=k1, k2=k2, ma=ma, mb=mb, context=context, label=label)
+    if hash not in HASHES:
+        raise ValueError(f"catkdf: hash must be one of {sorted(HASHES)}, not {hash!r}")
+    if kdf not in KDFS:
+        raise ValueError(f"catkdf: kdf must be one of {list(KDFS)}, not {kdf!r}")
+    h = HASHES[hash]
+    if not isinstance(length, int) or isinstance(length, bool) or length <= 0:
+        raise ValueError("catkdf: length must be a positive integer")
+    if length > 255 * h().digest_size:
+        raise ValueError(f"catkdf: length {length} exceeds 255 * digest size")
+    psk, k1, k2, ma, mb, context, label = (bytes(x) for x in (psk, k1, k2, ma, mb, context, label))
+    info = h(_u32(context) + context + _u32(ma) + ma + _u32(mb) + mb).digest()
+    secret = psk + k1 + k2
+    if kdf == "hkdf":
+        return HKDF(algorithm=_HKDF_HASHES[hash](), length=length, salt=label, info=info).derive(secret)
+    # SP 800-56C rev2 §4.1 option 2: K(i) = HMAC(salt, counter_32 || Z || FixedInfo)
+    out = bytearray()
+    counter = 1
+    while len(out) < length:
+        out += hmac.new(label, struct.pack(">I", counter) + secret + info, h).digest()
+        counter += 1
+    return bytes(out[:length])
