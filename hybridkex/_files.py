@@ -99,3 +99,24 @@ def locked(path: str | os.PathLike[str]) -> Iterator[None]:
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+KEY_FORMATS = ("raw", "hex", "base64")
+
+
+def encode_key(key: bytes, fmt: str) -> bytes:
+    """Key file content: raw bytes, or hex/base64 text with a newline (base64 is what ``wg`` reads)."""
+    if fmt == "raw":
+        return key
+    if fmt == "hex":
+        return key.hex().encode() + b"\n"
+    if fmt == "base64":
+        import base64
+
+        return base64.b64encode(key) + b"\n"
+    raise ValueError(f"unknown key format {fmt!r}; choose one of {KEY_FORMATS}")
+
+
+def write_key_file(path: str | os.PathLike[str], key: bytes, fmt: str = "raw") -> None:
+    """Write a derived key atomically with mode 0600."""
+    atomic_write(path, encode_key(key, fmt), mode=0o600)

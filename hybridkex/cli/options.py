@@ -1,0 +1,111 @@
+"""Shared click options for everything that runs an exchange (core and plugins).
+
+Usage in a plugin::
+
+    from hybridkex.cli.options import exchange_options, settings_from_options
+
+    @click.command()
+    @exchange_options
+    def rotate(**kwargs):
+        settings = settings_from_options(kwargs)
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, NoReturn, TypeVar
+
+import click
+
+from .._config import QKD_KINDS, ExchangeSettings
+from .._errors import (
+    AuthenticationError, ConfigError, HandshakeTimeout, HybridKexError, NegotiationError, QKDError, TransportError,
+)
+from .._primitives import KEM_NAMES
+from .._suites import QKD_POLICIES
+
+__all__ = ["exchange_options", "settings_from_options", "fail", "exit_code_for", "handle_errors", "EXCHANGE_KEYS"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_path = click.Path(path_type=Path, dir_okay=False)
+_OPTIONS = [
+    click.option("--identity", type=_path, help="Our ML-DSA identity key (DIR/id.key from 'hybridkex keygen')."),
+    click.option("--peer", "peers", type=_path, multiple=True,
+                 help="A pinned peer public key (id.pub); repeat to allow several peers."),
+    click.option("--psk-file", type=_path, help="Authenticate with this pre-shared key instead of ML-DSA."),
+    click.option("--kem", type=click.Choice(KEM_NAMES), default="ml-kem-768", show_default=True,
+                 help="Post-quantum KEM."),
+    click.option("--backend", type=click.Choice(["auto", "cryptography", "liboqs"]), default="auto",
+                 show_default=True, help="Crypto backend for ML-KEM and ML-DSA."),
+    click.option("--qkd", type=click.Choice(QKD_KINDS), default="off", show_default=True,
+                 help="QKD key source: a simulated link or an ETSI GS QKD 014 KME."),
+    click.option("--qkd-link", type=_path, help="Simulated QKD link file (for --qkd sim)."),
+    click.option("--qkd-policy", type=click.Choice(QKD_POLICIES), default=None,
+                 help="What to do without a QKD key [default: required with a QKD source, else off]."),
+    click.option("--kme-url", help="KME base URL, e.g. https://kme-a.example:8443 (for --qkd etsi014)."),
+    click.option("--kme-ca", type=_path, help="CA certificate that signed the KME's server certificate."),
+    click.option("--sae-cert", type=_path, help="This SAE's client certificate for mutual TLS to the KME."),
+    click.option("--sae-key", type=_path, help="This SAE's client key for mutual TLS to the KME."),
+    click.option("--sae-id", help="This SAE's ID at the KME."),
+    click.option("--peer-sae-id", help="The peer's SAE ID (slave SAE for the initiator, master for the responder)."),
+    click.option("--kme-insecure-http", is_flag=True,
+                 help="Allow plain http:// to the KME. For simulators only: keys would cross the network in clear."),
+    click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds for the whole handshake."),
+]
+EXCHANGE_KEYS = ("identity", "peers", "psk_file", "kem", "backend", "qkd", "qkd_link", "qkd_policy", "kme_url",
+                 "kme_ca", "sae_cert", "sae_key", "sae_id", "peer_sae_id", "kme_insecure_http", "timeout")
+
+
+def exchange_options(f: F) -> F:
+    """Add the identity/PSK, QKD, policy and backend options of ``hybridkex exchange``."""
+    for option in reversed(_OPTIONS):
+        f = option(f)
+    return f
+
+
+def settings_from_options(kwargs: dict[str, Any]) -> ExchangeSettings:
+    """Pop the exchange options out of a click kwargs dict and build the settings."""
+    values = {k: kwargs.pop(k) for k in EXCHANGE_KEYS if k in kwargs}
+    values["peers"] = tuple(values.get("peers", ()))
+    return ExchangeSettings(**values)
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """Exit codes: 2 configuration, 3 authentication, 4 QKD, 5 network/timeout, 1 anything else."""
+    if isinstance(exc, ConfigError):
+        return 2
+    if isinstance(exc, (AuthenticationError, NegotiationError)):
+        return 3
+    if isinstance(exc, QKDError):
+        return 4
+    if isinstance(exc, (TransportError, HandshakeTimeout)):
+        return 5
+    return 1
+
+
+def fail(exc: BaseException, *, as_json: bool = False) -> NoReturn:
+    """Print one error line (and a JSON line with ``--json``) and exit with the matching code."""
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if as_json:
+        click.echo(json.dumps({"ok": False, "error": type(exc).__name__, "message": message}))
+    click.echo(f"hybridkex: error: {message}", err=True)
+    sys.exit(exit_code_for(exc))
+
+
+def handle_errors(f: F) -> F:
+    """Turn hybridkex errors into one line on stderr and an exit code; no tracebacks for users."""
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        as_json = bool(kwargs.get("as_json", False))
+        try:
+            return f(*args, **kwargs)
+        except HybridKexError as exc:
+            fail(exc, as_json=as_json)
+        except KeyboardInterrupt:
+            click.echo("hybridkex: interrupted; no key was written", err=True)
+            sys.exit(130)
+    return wrapper  # type: ignore[return-value]
