@@ -178,7 +178,7 @@ class _RawRandom:
 
     def coins(self, count: int, probability: float) -> npt.NDArray[np.bool_]:
         """``count`` booleans, each True with ``probability`` (exact 64-bit threshold)."""
-        raw = self.words(count)
+        raw = self.words(count)  # drawn whatever the probability, so later draws never depend on it
         if probability >= 1.0:
             return np.ones(count, dtype=np.bool_)
         return raw < np.uint64(int(probability * 2.0**64))
@@ -202,7 +202,8 @@ def toeplitz_hash(seed_bits: Bits, data_bits: Bits, out_bits: int) -> Bits:
         raise ValueError("toeplitz_hash: need at least one input and one output bit")
     if seed_bits.shape[0] != n + out_bits - 1:
         raise ValueError(f"toeplitz_hash: seed must have {n + out_bits - 1} bits, not {seed_bits.shape[0]}")
-    size = 1 << (n + out_bits - 1 - 1).bit_length()
+    seed_length = n + out_bits - 1
+    size = 1 << (seed_length - 1).bit_length()  # the smallest power of two >= seed_length
     spectrum = np.fft.rfft(seed_bits.astype(np.float64), size) * np.fft.rfft(data_bits.astype(np.float64), size)
     sums = np.fft.irfft(spectrum, size)[n - 1:n - 1 + out_bits]
     return (np.rint(sums).astype(np.int64) & 1).astype(np.uint8)
