@@ -22,7 +22,8 @@ Role = Literal["initiator", "responder"]
 
 
 def exchange_over_socket(sock: socket.socket, role: Role, settings: ExchangeSettings | HandshakeConfig, *,
-                         context: bytes = b"", qkd_source: QKDKeySource | None = None) -> HandshakeResult:
+                         context: bytes = b"", qkd_source: QKDKeySource | None = None,
+                         await_close: bool = False) -> HandshakeResult:
     """Run one handshake as ``role`` over a connected socket.
 
     With ``settings`` an :class:`ExchangeSettings`, keys and the QKD source are loaded from
@@ -38,7 +39,7 @@ def exchange_over_socket(sock: socket.socket, role: Role, settings: ExchangeSett
         config = settings
     try:
         conn = Initiator(config) if role == "initiator" else Responder(config)
-        return run_handshake(sock, conn, qkd_source)
+        return run_handshake(sock, conn, qkd_source, await_close=await_close)
     finally:
         if own_source and qkd_source is not None:
             qkd_source.close()
@@ -68,7 +69,7 @@ def exchange(settings: ExchangeSettings, *, listen_on: tuple[str, int] | None = 
                 raise TransportError(f"no peer connected to {listen_on[0]}:{listen_on[1]} within "
                                      f"{accept_timeout:g} s") from None
             with contextlib.closing(sock):
-                return exchange_over_socket(sock, "responder", config, qkd_source=source)
+                return exchange_over_socket(sock, "responder", config, qkd_source=source, await_close=True)
     finally:
         if source is not None:
             source.close()

@@ -12,11 +12,12 @@ import asyncio
 import contextlib
 import socket
 import time
-from typing import Callable
 
-from ._errors import HandshakeTimeout, HybridKexError, QKDError, QKDUnavailable, TransportError
+from ._errors import (
+    HandshakeTimeout, HybridKexError, QKDError, QKDUnavailable, RemoteProtocolError, TransportError,
+)
 from ._handshake import Connection, Event, HandshakeComplete, HandshakeResult, Initiator, NeedQKDKeys, SendMessage
-from ._wire import HEADER_SIZE, parse_header
+from ._wire import HEADER_SIZE, decode, parse_header
 from .qkd._source import QKDKey, QKDKeySource
 
 __all__ = ["run_handshake", "run_handshake_async", "connect", "parse_address", "listen", "read_frame"]
@@ -88,12 +89,26 @@ def _send_alert(sock: socket.socket, conn: Connection) -> None:
             _send(sock, conn.error_alert, time.monotonic() + 1.0)
 
 
+def _await_close(sock: socket.socket, deadline: float) -> None:
+    """Responder, after its last message: the initiator either closes (it confirmed the key)
+    or sends an alert (its final check failed).  Silence until the deadline counts as closed."""
+    try:
+        frame = read_frame(sock, deadline)
+    except (TransportError, HandshakeTimeout):
+        return
+    decode(frame)  # an Alert raises PeerAlertError; anything else is a protocol error
+    raise RemoteProtocolError("initiator sent data after the handshake instead of closing")
+
+
 def run_handshake(sock: socket.socket, conn: Connection, qkd_source: QKDKeySource | None = None, *,
-                  timeout: float | None = None) -> HandshakeResult:
+                  timeout: float | None = None, await_close: bool = False) -> HandshakeResult:
     """Run ``conn`` (an Initiator or Responder) to completion over a connected socket.
 
     ``timeout`` bounds the whole handshake (default: the config's).  The socket is left
-    open and blocking; the caller closes it.
+    open and blocking; the caller closes it.  With ``await_close`` a responder waits for the
+    initiator to close the connection before returning, so an alert sent because the
+    initiator's final check failed still reaches it (use it when nothing follows on the
+    connection, as for ``hybridkex exchange``; an initiator should then close at once).
     """
     deadline = time.monotonic() + (timeout if timeout is not None else conn.config.timeout)
     previous_timeout = sock.gettimeout()
@@ -111,6 +126,8 @@ def run_handshake(sock: socket.socket, conn: Connection, qkd_source: QKDKeySourc
                     follow_up += conn.qkd_failed(answer) if isinstance(answer, QKDError) \
                         else conn.qkd_keys(answer)  # type: ignore[attr-defined]
                 elif isinstance(event, HandshakeComplete):
+                    if await_close and not isinstance(conn, Initiator):
+                        _await_close(sock, min(deadline, time.monotonic() + 5.0))
                     return event.result
             if follow_up:
                 events = follow_up
@@ -170,8 +187,7 @@ async def _read_frame_async(reader: asyncio.StreamReader) -> bytes:
 
 
 async def run_handshake_async(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: Connection,
-                              qkd_source: QKDKeySource | None = None, *, timeout: float | None = None,
-                              run_blocking: Callable[..., object] | None = None) -> HandshakeResult:
+                              qkd_source: QKDKeySource | None = None, *, timeout: float | None = None) -> HandshakeResult:
     """asyncio version of :func:`run_handshake`.  QKD source calls (blocking HTTPS) run in a thread."""
 
     async def drive() -> HandshakeResult:
