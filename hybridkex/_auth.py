@@ -28,6 +28,8 @@ __all__ = ["Authenticator", "SignatureAuthenticator", "PSKAuthenticator", "PeerI
 
 MIN_PSK_BYTES = 32
 PSK_ID_BYTES = 16
+#: PSKs an initiator may offer at once (current, previous, bootstrap...)
+MAX_PSK_OFFER = 4
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,8 @@ class PeerInfo:
     fingerprint: str
     """Public-key fingerprint (signature mode) or ``psk:<id hex>`` (PSK mode)."""
     public_key: bytes | None = field(default=None, repr=False)
+    psk_id: bytes | None = None
+    """PSK mode: the identifier of the pre-shared key both sides used."""
 
 
 class Authenticator(abc.ABC):
@@ -54,12 +58,18 @@ class Authenticator(abc.ABC):
     def local_identity(self, peer_identity: bytes | None) -> bytes:
         """Identity blob for our hello; the responder passes the initiator's blob."""
 
-    @abc.abstractmethod
-    def make_tag(self, role: Role, transcript: bytes, identity: bytes) -> bytes:
-        """Sign or MAC ``transcript`` as ``role``."""
+    def accept_key_id(self, offered: bytes, chosen: bytes) -> bytes:
+        """Initiator: check the responder's identity against what we offered; return the key id both tags use."""
+        return chosen
 
     @abc.abstractmethod
-    def verify_peer(self, kind: int, identity: bytes, role: Role, transcript: bytes, tag: bytes) -> PeerInfo:
+    def make_tag(self, role: Role, transcript: bytes, key_id: bytes) -> bytes:
+        """Sign or MAC ``transcript`` as ``role``.  ``key_id`` names the shared key (PSK mode only):
+        the responder's identity blob, which both roles use."""
+
+    @abc.abstractmethod
+    def verify_peer(self, kind: int, identity: bytes, role: Role, transcript: bytes, tag: bytes, *,
+                    key_id: bytes) -> PeerInfo:
         """Check the peer's tag over ``transcript`` made as ``role``; raise AuthenticationError."""
 
     def check_kind(self, kind: int) -> None:
@@ -96,7 +106,7 @@ class SignatureAuthenticator(Authenticator):
     def local_fingerprint(self) -> str:
         return self.identity.fingerprint
 
-    def make_tag(self, role: Role, transcript: bytes, identity: bytes) -> bytes:
+    def make_tag(self, role: Role, transcript: bytes, key_id: bytes) -> bytes:
         return self._scheme.sign(self._signer, transcript, _sig_context(role))
 
     def check_kind(self, kind: int) -> None:
@@ -104,7 +114,8 @@ class SignatureAuthenticator(Authenticator):
             super().check_kind(kind)
         # A peer may use another ML-DSA level than ours: pinning decides.
 
-    def verify_peer(self, kind: int, identity: bytes, role: Role, transcript: bytes, tag: bytes) -> PeerInfo:
+    def verify_peer(self, kind: int, identity: bytes, role: Role, transcript: bytes, tag: bytes, *,
+                    key_id: bytes) -> PeerInfo:
         self.check_kind(kind)
         alg = auth_name(kind)
         pinned = any(p.alg == alg and p.public_key == identity for p in self.peers)
@@ -135,9 +146,11 @@ def _psk_mac_key(psk: bytes, role: Role) -> bytes:
 class PSKAuthenticator(Authenticator):
     """PSK: both sides MAC the transcript with a key derived from a shared secret.
 
-    ``keys`` are the accepted PSKs, newest first: the initiator uses the first one; the
-    responder answers with whichever the initiator chose (this is what lets the QKD-fed
-    authentication ratchet keep the previous key until the peer proves it has the new one).
+    ``keys`` are the accepted PSKs, newest first.  The initiator offers the identifiers of
+    all of them (at most :data:`MAX_PSK_OFFER`); the responder picks the first one it also
+    holds and names it in its hello; both tags then use that key.  This is what lets the
+    QKD-fed authentication ratchet keep the previous key until the peer proves it has the
+    new one, and recover when one side missed an update.
     """
 
     kind = AUTH_PSK
@@ -145,30 +158,45 @@ class PSKAuthenticator(Authenticator):
     def __init__(self, keys: Sequence[bytes]) -> None:
         if not keys:
             raise ConfigError("no pre-shared key given: create one with 'hybridkex psk init FILE'")
+        if len(keys) > MAX_PSK_OFFER:
+            raise ConfigError(f"at most {MAX_PSK_OFFER} pre-shared keys can be offered at once")
         for k in keys:
             if len(k) < MIN_PSK_BYTES:
                 raise ConfigError(f"pre-shared key is {len(k)} bytes; it must be at least {MIN_PSK_BYTES} "
                                   "random bytes ('hybridkex psk init FILE' makes one)")
+        self._order = [psk_identity(k) for k in keys]
         self._keys = {psk_identity(k): bytes(k) for k in keys}
-        self._current = psk_identity(keys[0])
+
+    @staticmethod
+    def _split(blob: bytes) -> list[bytes]:
+        if not blob or len(blob) % PSK_ID_BYTES or len(blob) > PSK_ID_BYTES * MAX_PSK_OFFER:
+            raise AuthenticationError("malformed PSK identity from the peer")
+        return [blob[i:i + PSK_ID_BYTES] for i in range(0, len(blob), PSK_ID_BYTES)]
 
     def local_identity(self, peer_identity: bytes | None) -> bytes:
         if peer_identity is None:
-            return self._current
-        if peer_identity not in self._keys:
-            raise AuthenticationError("peer uses a pre-shared key this side does not have: check that both "
-                                      "sides were given the same --psk-file")
-        return peer_identity
+            return b"".join(self._order)
+        for key_id in self._split(peer_identity):
+            if key_id in self._keys:
+                return key_id
+        raise AuthenticationError("peer uses a pre-shared key this side does not have: check that both "
+                                  "sides were given the same --psk-file")
+
+    def accept_key_id(self, offered: bytes, chosen: bytes) -> bytes:
+        if len(chosen) != PSK_ID_BYTES or chosen not in self._split(offered):
+            raise AuthenticationError("responder chose a pre-shared key this side did not offer")
+        return chosen
 
     def local_fingerprint(self) -> str:
-        return "psk:" + self._current.hex()
+        return "psk:" + self._order[0].hex()
 
-    def make_tag(self, role: Role, transcript: bytes, identity: bytes) -> bytes:
-        return hmac.new(_psk_mac_key(self._keys[identity], role), transcript, hashlib.sha256).digest()
+    def make_tag(self, role: Role, transcript: bytes, key_id: bytes) -> bytes:
+        return hmac.new(_psk_mac_key(self._keys[key_id], role), transcript, hashlib.sha256).digest()
 
-    def verify_peer(self, kind: int, identity: bytes, role: Role, transcript: bytes, tag: bytes) -> PeerInfo:
+    def verify_peer(self, kind: int, identity: bytes, role: Role, transcript: bytes, tag: bytes, *,
+                    key_id: bytes) -> PeerInfo:
         self.check_kind(kind)
-        key = self._keys.get(identity)
+        key = self._keys.get(key_id)
         if key is None:
             raise AuthenticationError("peer uses a pre-shared key this side does not have: check that both "
                                       "sides were given the same --psk-file")
@@ -176,7 +204,8 @@ class PSKAuthenticator(Authenticator):
         if not hmac.compare_digest(expected, tag):
             raise AuthenticationError(f"the {role.value}'s PSK MAC over the transcript is invalid: the handshake "
                                       "was tampered with or the pre-shared keys differ")
-        return PeerInfo("psk", "psk:" + identity.hex())
+        return PeerInfo("psk", "psk:" + key_id.hex(), psk_id=key_id)
 
-    def used_key_id(self) -> bytes:
-        return self._current
+    def key_for(self, key_id: bytes) -> bytes:
+        """The PSK with this identifier (for the authentication ratchet)."""
+        return self._keys[key_id]

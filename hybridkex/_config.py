@@ -16,9 +16,10 @@ from pathlib import Path
 from ._auth import MIN_PSK_BYTES, Authenticator, PSKAuthenticator, SignatureAuthenticator
 from ._errors import ConfigError
 from ._files import read_secret_file
-from ._handshake import HandshakeConfig
+from ._handshake import HandshakeConfig, HandshakeResult
 from ._identity import load_identity, load_public_identity
 from ._primitives import get_backend
+from ._ratchet import AuthRatchet
 from ._suites import suites_for_kem
 from .qkd._source import QKDKeySource
 
@@ -59,6 +60,8 @@ class ExchangeSettings:
     """Pinned peer public keys (``id.pub``); the peer must be one of them."""
     psk_file: Path | None = None
     """Pre-shared key file: selects PSK authentication instead of ML-DSA."""
+    psk_ratchet: Path | None = None
+    """State file of the QKD-fed authentication ratchet (PSK mode); bootstraps from ``psk_file``."""
     kem: str = "ml-kem-768"
     """Post-quantum KEM: ``ml-kem-768`` or ``ml-kem-1024``."""
     backend: str = "auto"
@@ -94,9 +97,10 @@ class ExchangeSettings:
         if self.qkd == "off" and self.effective_qkd_policy != "off":
             raise ConfigError(f"--qkd-policy {self.effective_qkd_policy} needs a QKD source: add --qkd sim or "
                               "--qkd etsi014")
-        if self.psk_file is not None and (self.identity is not None or self.peers):
+        psk_mode = self.psk_file is not None or self.psk_ratchet is not None
+        if psk_mode and (self.identity is not None or self.peers):
             raise ConfigError("choose one authentication mode: --psk-file, or --identity with --peer")
-        if self.psk_file is None:
+        if not psk_mode:
             if self.identity is None:
                 raise ConfigError("no authentication configured: give --identity DIR/id.key and --peer PEER.pub, "
                                   "or --psk-file FILE")
@@ -107,11 +111,25 @@ class ExchangeSettings:
 
     def authenticator(self) -> Authenticator:
         self.validate()
+        if self.psk_ratchet is not None:
+            return self.ratchet().authenticator()
         if self.psk_file is not None:
             return PSKAuthenticator([load_psk_file(self.psk_file)])
         assert self.identity is not None
         return SignatureAuthenticator(load_identity(self.identity),
                                       [load_public_identity(p) for p in self.peers], get_backend(self.backend))
+
+    def ratchet(self) -> AuthRatchet:
+        assert self.psk_ratchet is not None
+        bootstrap = None
+        if self.psk_file is not None and not self.psk_ratchet.exists():
+            bootstrap = load_psk_file(self.psk_file)
+        return AuthRatchet(self.psk_ratchet, bootstrap)
+
+    def after_success(self, result: HandshakeResult) -> None:
+        """Bookkeeping once both sides confirmed the key: advance the authentication ratchet."""
+        if self.psk_ratchet is not None:
+            self.ratchet().advance(result)
 
     def handshake_config(self, *, context: bytes = b"", authenticator: Authenticator | None = None) -> HandshakeConfig:
         """Build the handshake config; loads and checks keys (ConfigError on any problem)."""

@@ -39,7 +39,10 @@ def exchange_over_socket(sock: socket.socket, role: Role, settings: ExchangeSett
         config = settings
     try:
         conn = Initiator(config) if role == "initiator" else Responder(config)
-        return run_handshake(sock, conn, qkd_source, await_close=await_close)
+        result = run_handshake(sock, conn, qkd_source, await_close=await_close)
+        if isinstance(settings, ExchangeSettings):
+            settings.after_success(result)
+        return result
     finally:
         if own_source and qkd_source is not None:
             qkd_source.close()
@@ -57,7 +60,9 @@ def exchange(settings: ExchangeSettings, *, listen_on: tuple[str, int] | None = 
     try:
         if connect_to is not None:
             with contextlib.closing(connect(connect_to, timeout=settings.timeout, retry_for=connect_retry)) as sock:
-                return exchange_over_socket(sock, "initiator", config, qkd_source=source)
+                result = exchange_over_socket(sock, "initiator", config, qkd_source=source)
+            settings.after_success(result)
+            return result
         assert listen_on is not None
         with contextlib.closing(listen(listen_on, backlog=1)) as server:
             server.settimeout(accept_timeout)
@@ -69,7 +74,9 @@ def exchange(settings: ExchangeSettings, *, listen_on: tuple[str, int] | None = 
                 raise TransportError(f"no peer connected to {listen_on[0]}:{listen_on[1]} within "
                                      f"{accept_timeout:g} s") from None
             with contextlib.closing(sock):
-                return exchange_over_socket(sock, "responder", config, qkd_source=source, await_close=True)
+                result = exchange_over_socket(sock, "responder", config, qkd_source=source, await_close=True)
+            settings.after_success(result)
+            return result
     finally:
         if source is not None:
             source.close()

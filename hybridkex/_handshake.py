@@ -390,7 +390,10 @@ class Initiator(Connection):
         auth.check_kind(msg.auth_kind)
         core = push_resp_hello_core(msg)
         th_resp = self._h(self._frames["ih"], core)
-        self._peer = auth.verify_peer(msg.auth_kind, msg.identity, Role.RESPONDER, th_resp, msg.auth_tag)
+        # The responder's identity names the shared key both tags use (PSK mode); it must be one we offered.
+        self._key_id = auth.accept_key_id(self._identity, msg.identity)
+        self._peer = auth.verify_peer(msg.auth_kind, msg.identity, Role.RESPONDER, th_resp, msg.auth_tag,
+                                      key_id=self._key_id)
         self._k1 = self._ka.exchange(self._x_private, msg.x25519)
         self._k2 = self._kem.decapsulate(self._kem_private, msg.kem_ciphertext)
         self._hs_secret = self._catkdf(psk=b"", ma=self._frames["ih"], mb=core,
@@ -431,7 +434,7 @@ class Initiator(Connection):
         ids = tuple(k.key_id for k in self._qkd)
         core = push_init_finish_core(InitFinish(ids))
         th_init = self._h(self._frames["ih"], self._frames["rh"], core)
-        tag = self.config.authenticator.make_tag(Role.INITIATOR, th_init, self._identity)
+        tag = self.config.authenticator.make_tag(Role.INITIATOR, th_init, self._key_id)
         confirm = self._mac(self._hs_secret, _labels.KEY_INIT_CONFIRM, th_init + tag)
         self._frames["if"] = encode(InitFinish(ids, tag, confirm))
         return [SendMessage(self._frames["if"])]
@@ -520,7 +523,7 @@ class Responder(Connection):
         th_init = self._h(self._frames["ih"], self._frames["rh"], core)
         # Authenticate the initiator and its possession of the PQC secrets before touching any QKD key.
         self._peer = self.config.authenticator.verify_peer(self._peer_kind, self._peer_identity, Role.INITIATOR,
-                                                           th_init, msg.auth_tag)
+                                                           th_init, msg.auth_tag, key_id=self._identity)
         self._check_mac(self._hs_secret, _labels.KEY_INIT_CONFIRM, th_init + msg.auth_tag, msg.confirm, "initiator")
         agreed = self._policy != _OFF and self._peer_policy != _OFF
         if msg.qkd_key_ids:

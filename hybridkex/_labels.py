@@ -11,7 +11,7 @@ __all__ = [
     "KEY_RESP_CONFIRM", "KEY_INIT_CONFIRM", "KEY_FINISH_CONFIRM", "KEY_EXPORTER",
     "SIG_CONTEXT_RESPONDER", "SIG_CONTEXT_INITIATOR",
     "PSK_MAC_RESPONDER", "PSK_MAC_INITIATOR", "PSK_IDENTITY",
-    "EXPORT_EXCHANGE_KEY", "KEY_FINGERPRINT", "TRANSCRIPT",
+    "EXPORT_EXCHANGE_KEY", "EXPORT_AUTH_RATCHET", "KEY_FINGERPRINT", "TRANSCRIPT",
 ]
 
 # CatKDF (ETSI TS 103 744 §8.2) context and label (salt).  The handshake stage has an
@@ -36,6 +36,9 @@ SIG_CONTEXT_INITIATOR = b"hybridkex v1 initiator signature"
 PSK_MAC_RESPONDER = b"hybridkex v1 psk mac responder"
 PSK_MAC_INITIATOR = b"hybridkex v1 psk mac initiator"
 PSK_IDENTITY = b"hybridkex v1 psk identity"
+
+# The QKD-fed authentication ratchet: the next PSK is this export of the session secret.
+EXPORT_AUTH_RATCHET = b"hybridkex auth ratchet next psk"
 
 # Exporter labels used by the core.  Plugins choose their own labels (e.g. "wireguard psk").
 EXPORT_EXCHANGE_KEY = b"hybridkex exchange key"

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import os
 import random
-import uuid
-from dataclasses import dataclass, field
 from typing import Callable
 
 import pytest
 
 from hybridkex import (
-    AuthenticationError, HandshakeComplete, HandshakeConfig, HandshakeResult, HandshakeTimeout, HybridKexError,
-    Initiator, LocalProtocolError, NeedQKDKeys, NegotiationError, PeerAlertError, PSKAuthenticator, QKDKey,
+    AuthenticationError, HandshakeConfig, HandshakeResult, HandshakeTimeout, HybridKexError,
+    Initiator, LocalProtocolError, NegotiationError, PeerAlertError, PSKAuthenticator, QKDKey,
     QKDKeyReplay, QKDPolicyError, QKDUnavailable, RemoteProtocolError, Responder, SendMessage,
     SignatureAuthenticator, generate_identity, get_backend,
 )
 from hybridkex._state import State
+from handshake_harness import QKDPair, ok, run
 
 BACKEND = get_backend("cryptography")
 ALICE = generate_identity("ml-dsa-65")
@@ -31,97 +30,6 @@ def sig_pair(i_peers: list = [BOB.public], r_peers: list = [ALICE.public]) -> tu
 
 def psk_pair(i_psk: bytes = PSK, r_psk: bytes = PSK) -> tuple:
     return PSKAuthenticator([i_psk]), PSKAuthenticator([r_psk])
-
-
-@dataclass
-class QKDPair:
-    """Both ends of a QKD link as plain data: keys the master hands out are found by ID at the slave once."""
-
-    fail_master: Exception | None = None
-    fail_slave: Exception | None = None
-    issued: dict[uuid.UUID, bytes] = field(default_factory=dict)
-    consumed: set[uuid.UUID] = field(default_factory=set)
-
-    def answer(self, conn: Initiator | Responder, need: NeedQKDKeys) -> list:
-        if need.role == "master":
-            if self.fail_master:
-                return conn.qkd_failed(self.fail_master)  # type: ignore[arg-type]
-            key = QKDKey(uuid.uuid4(), os.urandom(need.size_bits // 8))
-            self.issued[key.key_id] = key.key
-            return conn.qkd_keys([key])
-        if self.fail_slave:
-            return conn.qkd_failed(self.fail_slave)  # type: ignore[arg-type]
-        if any(k in self.consumed for k in need.key_ids):
-            return conn.qkd_failed(QKDKeyReplay("key_ID already used"))
-        self.consumed.update(need.key_ids)
-        return conn.qkd_keys([QKDKey(k, self.issued[k]) for k in need.key_ids])
-
-
-@dataclass
-class Outcome:
-    initiator: HandshakeResult | Exception
-    responder: HandshakeResult | Exception
-    frames: list[bytes]
-
-
-Tamper = Callable[[int, bytes], bytes]
-
-
-def run(i_auth, r_auth, *, i_policy="off", r_policy="off", qkd: QKDPair | None = None, tamper: Tamper | None = None,
-        i_suites=(1, 3), r_suites=(1, 2, 3, 4), i_context=b"", r_context=b"", rng=os.urandom) -> Outcome:
-    """Run a whole handshake, delivering alerts on failure as a real transport would."""
-    qkd = qkd or QKDPair()
-    ini = Initiator(HandshakeConfig(i_auth, i_suites, i_policy, backend=BACKEND, context=i_context), rng=rng)
-    res = Responder(HandshakeConfig(r_auth, r_suites, r_policy, backend=BACKEND, context=r_context))
-    results: dict[str, HandshakeResult | Exception] = {}
-    frames: list[bytes] = []
-    sides = {"i": ini, "r": res}
-    pending: list[tuple[str, list]] = [("i", ini.initiate())]
-    while pending:
-        who, events = pending.pop(0)
-        other = "r" if who == "i" else "i"
-        for ev in events:
-            if isinstance(ev, SendMessage):
-                data = ev.data
-                if tamper is not None:
-                    data = tamper(len(frames), data)
-                frames.append(data)
-                if other in results:  # the peer already finished or failed
-                    continue
-                try:
-                    pending.append((other, sides[other].receive(data)))
-                except HybridKexError as exc:
-                    results[other] = exc
-                    if sides[other].error_alert and who not in results:
-                        try:
-                            sides[who].receive(sides[other].error_alert)
-                        except HybridKexError as exc2:
-                            results[who] = exc2
-                        else:  # pragma: no cover - an alert must never be accepted
-                            raise AssertionError("an alert was accepted as a handshake message")
-            elif isinstance(ev, NeedQKDKeys):
-                try:
-                    pending.append((who, qkd.answer(sides[who], ev)))
-                except HybridKexError as exc:
-                    results[who] = exc
-                    if sides[who].error_alert and other not in results:
-                        try:
-                            sides[other].receive(sides[who].error_alert)
-                        except HybridKexError as exc2:
-                            results[other] = exc2
-            elif isinstance(ev, HandshakeComplete):
-                results[who] = ev.result
-    # The responder's success stands only if the initiator did not fail on its last message
-    # (the transport waits for the initiator's close or alert before writing the key).
-    if isinstance(results.get("i"), Exception) and isinstance(results.get("r"), HandshakeResult):
-        results["r"] = PeerAlertError("initiator failed after the last message", 8)
-    return Outcome(results.get("i", RuntimeError("initiator stuck")), results.get("r", RuntimeError("stuck")), frames)
-
-
-def ok(o: Outcome) -> tuple[HandshakeResult, HandshakeResult]:
-    assert isinstance(o.initiator, HandshakeResult), o.initiator
-    assert isinstance(o.responder, HandshakeResult), o.responder
-    return o.initiator, o.responder
 
 
 @pytest.mark.parametrize("auth", ["ml-dsa", "psk"])

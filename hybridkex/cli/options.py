@@ -37,6 +37,9 @@ _OPTIONS = [
     click.option("--peer", "peers", type=_path, multiple=True,
                  help="A pinned peer public key (id.pub); repeat to allow several peers."),
     click.option("--psk-file", type=_path, help="Authenticate with this pre-shared key instead of ML-DSA."),
+    click.option("--psk-ratchet", type=_path,
+                 help="State file of the QKD-fed authentication ratchet: each exchange replaces the PSK for the "
+                      "next one (bootstraps from --psk-file)."),
     click.option("--kem", type=click.Choice(KEM_NAMES), default="ml-kem-768", show_default=True,
                  help="Post-quantum KEM."),
     click.option("--backend", type=click.Choice(["auto", "cryptography", "liboqs"]), default="auto",
@@ -56,7 +59,7 @@ _OPTIONS = [
                  help="Allow plain http:// to the KME. For simulators only: keys would cross the network in clear."),
     click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds for the whole handshake."),
 ]
-EXCHANGE_KEYS = ("identity", "peers", "psk_file", "kem", "backend", "qkd", "qkd_link", "qkd_policy", "kme_url",
+EXCHANGE_KEYS = ("identity", "peers", "psk_file", "psk_ratchet", "kem", "backend", "qkd", "qkd_link", "qkd_policy", "kme_url",
                  "kme_ca", "sae_cert", "sae_key", "sae_id", "peer_sae_id", "kme_insecure_http", "timeout")
 
 

@@ -1,0 +1,5 @@
+"""``python -m hybridkex.cli`` runs the command line."""
+
+from . import main
+
+main()

@@ -1,0 +1,153 @@
+"""The blocking and asyncio adapters over real loopback TCP: framing, timeouts, dead peers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import struct
+import threading
+import time
+from typing import Iterator
+
+import pytest
+
+from hybridkex import (
+    HandshakeConfig, HandshakeTimeout, Initiator, PSKAuthenticator, RemoteProtocolError, Responder, TransportError,
+    get_backend, run_handshake, run_handshake_async,
+)
+from hybridkex._transport import connect, listen, parse_address
+
+PSK = os.urandom(32)
+BACKEND = get_backend("cryptography")
+
+
+def config(timeout: float = 10.0) -> HandshakeConfig:
+    return HandshakeConfig(PSKAuthenticator([PSK]), backend=BACKEND, timeout=timeout)
+
+
+@contextlib.contextmanager
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    server = listen(("127.0.0.1", 0))
+    client = connect(server.getsockname()[:2])
+    peer, _ = server.accept()
+    server.close()
+    try:
+        yield client, peer
+    finally:
+        client.close()
+        peer.close()
+
+
+def test_handshake_over_tcp() -> None:
+    with pair() as (a, b):
+        box: dict[str, object] = {}
+        t = threading.Thread(target=lambda: box.setdefault("r", run_handshake(b, Responder(config()))))
+        t.start()
+        i = run_handshake(a, Initiator(config()))
+        t.join(10)
+        r = box["r"]
+        assert i.key() == r.key()  # type: ignore[attr-defined]
+
+
+def _responder_error(raw: bytes, *, close: bool = True, timeout: float = 5.0) -> Exception:
+    with pair() as (a, b):
+        a.sendall(raw)
+        if close:
+            a.shutdown(socket.SHUT_WR)
+        with pytest.raises(Exception) as info:
+            run_handshake(b, Responder(config(timeout)), timeout=timeout)
+        return info.value
+
+
+def test_garbage_is_not_a_peer() -> None:
+    err = _responder_error(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert isinstance(err, RemoteProtocolError) and "not a hybridkex peer" in str(err)
+
+
+def test_oversized_frame_rejected_from_header() -> None:
+    err = _responder_error(b"HX\x01\x01" + struct.pack(">I", 50_000_000), close=False)
+    assert isinstance(err, RemoteProtocolError) and "oversized" in str(err)
+
+
+def test_truncated_frame_then_close() -> None:
+    err = _responder_error(b"HX\x01\x01" + struct.pack(">I", 100) + b"x" * 10)
+    assert isinstance(err, TransportError) and "after 10 of 100 bytes" in str(err)
+
+
+def test_silent_peer_times_out_in_bounded_time() -> None:
+    start = time.monotonic()
+    err = _responder_error(b"", close=False, timeout=0.5)
+    assert isinstance(err, HandshakeTimeout) and time.monotonic() - start < 3
+
+
+def test_initiator_sees_responder_vanish() -> None:
+    with pair() as (a, b):
+        def read_then_close() -> None:
+            b.recv(65536)
+            b.close()
+        t = threading.Thread(target=read_then_close)
+        t.start()
+        with pytest.raises(TransportError, match="closed the connection"):
+            run_handshake(a, Initiator(config()))
+        t.join(5)
+
+
+def test_wrong_version_named() -> None:
+    err = _responder_error(b"HX\x07\x01\x00\x00\x00\x00")
+    assert isinstance(err, RemoteProtocolError) and "version 7" in str(err)
+
+
+def test_connect_refused_and_retry() -> None:
+    s = listen(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    with pytest.raises(TransportError, match="refused"):
+        connect(("127.0.0.1", port), retry_for=0.3)
+
+
+def test_parse_address() -> None:
+    assert parse_address("127.0.0.1:7443") == ("127.0.0.1", 7443)
+    assert parse_address("[::1]:80") == ("::1", 80)
+    for bad in ("nohost", "h:port", "h:70000"):
+        with pytest.raises(ValueError):
+            parse_address(bad)
+
+
+def test_asyncio_adapter() -> None:
+    async def main() -> tuple[bytes, bytes]:
+        done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            result = await run_handshake_async(reader, writer, Responder(config()))
+            done.set_result(result.key())
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        result = await run_handshake_async(reader, writer, Initiator(config()))
+        writer.close()
+        other = await asyncio.wait_for(done, 10)
+        server.close()
+        return result.key(), other
+
+    a, b = asyncio.run(main())
+    assert a == b
+
+
+def test_asyncio_timeout() -> None:
+    async def main() -> None:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await asyncio.sleep(2)
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        with pytest.raises(HandshakeTimeout):
+            await run_handshake_async(reader, writer, Initiator(config()), timeout=0.3)
+        writer.close()
+        server.close()
+
+    asyncio.run(main())
