@@ -9,15 +9,35 @@ from ._auth import Authenticator, PeerInfo, PSKAuthenticator, SignatureAuthentic
 from ._catkdf import catkdf
 from ._config import ExchangeSettings, load_psk_file
 from ._errors import (
-    AuthenticationError, BackendUnavailable, ConfigError, HandshakeTimeout, HybridKexError, KMEError,
-    LocalProtocolError, NegotiationError, PeerAlertError, QKDError, QKDKeyReplay, QKDPolicyError, QKDUnavailable,
-    RemoteProtocolError, TransportError,
+    AuthenticationError,
+    BackendUnavailable,
+    ConfigError,
+    HandshakeTimeout,
+    HybridKexError,
+    KMEError,
+    LocalProtocolError,
+    NegotiationError,
+    PeerAlertError,
+    QKDError,
+    QKDKeyReplay,
+    QKDPolicyError,
+    QKDUnavailable,
+    RemoteProtocolError,
+    TransportError,
 )
 from ._exchange import exchange, exchange_over_socket
 from ._files import atomic_write, write_key_file
 from ._handshake import (
-    Event, HandshakeComplete, HandshakeConfig, HandshakeResult, Initiator, NeedQKDKeys, QKDOutcome, Responder,
-    SendMessage, key_fingerprint,
+    Event,
+    HandshakeComplete,
+    HandshakeConfig,
+    HandshakeResult,
+    Initiator,
+    NeedQKDKeys,
+    QKDOutcome,
+    Responder,
+    SendMessage,
+    key_fingerprint,
 )
 from ._identity import Identity, PublicIdentity, generate_identity, load_identity, load_public_identity, write_identity
 from ._primitives import available_backends, get_backend

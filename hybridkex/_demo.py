@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 from ._config import ExchangeSettings
 from ._errors import HybridKexError

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 from ._config import ExchangeSettings
 from ._errors import TransportError

@@ -33,8 +33,8 @@ import os
 import struct
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence, Union
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
@@ -43,15 +43,34 @@ from . import _labels
 from ._auth import Authenticator, PeerInfo
 from ._catkdf import HASHES, catkdf
 from ._errors import (
-    AuthenticationError, HandshakeTimeout, HybridKexError, LocalProtocolError, NegotiationError, PeerAlertError,
-    QKDError, QKDKeyReplay, QKDPolicyError, QKDUnavailable, RemoteProtocolError,
+    AuthenticationError,
+    HandshakeTimeout,
+    HybridKexError,
+    LocalProtocolError,
+    NegotiationError,
+    PeerAlertError,
+    QKDError,
+    QKDKeyReplay,
+    QKDPolicyError,
+    QKDUnavailable,
+    RemoteProtocolError,
 )
 from ._primitives import Backend, get_backend
 from ._state import Input, Role, State, transition
 from ._suites import QKD_POLICIES, QKD_POLICY_CODES, SUITES, Suite
 from ._wire import (
-    NONCE_SIZE, Alert, AlertCode, InitFinish, InitHello, RespFinish, RespHello, decode, encode,
-    push_init_finish_core, push_resp_finish_core, push_resp_hello_core,
+    NONCE_SIZE,
+    Alert,
+    AlertCode,
+    InitFinish,
+    InitHello,
+    RespFinish,
+    RespHello,
+    decode,
+    encode,
+    push_init_finish_core,
+    push_resp_finish_core,
+    push_resp_hello_core,
 )
 from .qkd._source import QKD_KEY_BYTES, QKDKey
 
@@ -180,7 +199,7 @@ class HandshakeComplete:
     result: HandshakeResult
 
 
-Event = Union[SendMessage, NeedQKDKeys, HandshakeComplete]
+Event = SendMessage | NeedQKDKeys | HandshakeComplete
 
 
 def _hash_algorithm(suite: Suite) -> hashes.HashAlgorithm:
@@ -235,6 +254,19 @@ class Connection:
         self.result: HandshakeResult | None = None
         #: after a failure: an Alert frame to send to the peer, if the peer should be told
         self.error_alert: bytes | None = None
+
+    # -- the interface both roles implement ---------------------------------------------
+    def receive(self, frame: bytes) -> list[Event]:
+        """Handle one whole frame from the peer."""
+        raise NotImplementedError
+
+    def qkd_keys(self, keys: Sequence[QKDKey]) -> list[Event]:
+        """Answer a :class:`NeedQKDKeys` with the keys the source delivered."""
+        raise NotImplementedError
+
+    def qkd_failed(self, error: QKDError) -> list[Event]:
+        """Answer a :class:`NeedQKDKeys` with the source's failure; the policies decide."""
+        raise NotImplementedError
 
     # -- helpers -----------------------------------------------------------------------
     @property

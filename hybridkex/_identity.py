@@ -24,14 +24,14 @@ from ._files import atomic_write, read_secret_file
 __all__ = ["Identity", "PublicIdentity", "generate_identity", "load_identity", "load_public_identity",
            "fingerprint", "write_identity"]
 
-_PRIVATE_TYPES: dict[type, str] = {
+_PRIVATE_TYPES: dict[Any, str] = {
     mldsa.MLDSA44PrivateKey: "ml-dsa-44", mldsa.MLDSA65PrivateKey: "ml-dsa-65", mldsa.MLDSA87PrivateKey: "ml-dsa-87",
 }
-_PUBLIC_TYPES: dict[type, str] = {
+_PUBLIC_TYPES: dict[Any, str] = {
     mldsa.MLDSA44PublicKey: "ml-dsa-44", mldsa.MLDSA65PublicKey: "ml-dsa-65", mldsa.MLDSA87PublicKey: "ml-dsa-87",
 }
-_PRIVATE_BY_NAME = {v: k for k, v in _PRIVATE_TYPES.items()}
-_PUBLIC_BY_NAME = {v: k for k, v in _PUBLIC_TYPES.items()}
+_PRIVATE_BY_NAME: dict[str, Any] = {v: k for k, v in _PRIVATE_TYPES.items()}
+_PUBLIC_BY_NAME: dict[str, Any] = {v: k for k, v in _PUBLIC_TYPES.items()}
 
 
 def _public_object(alg: str, raw: bytes) -> Any:

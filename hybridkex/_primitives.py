@@ -13,8 +13,9 @@ on disk as their FIPS 204 32-byte seed (xi), the form every backend can load.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ._errors import BackendUnavailable
 

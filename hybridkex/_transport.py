@@ -14,7 +14,12 @@ import socket
 import time
 
 from ._errors import (
-    HandshakeTimeout, HybridKexError, QKDError, QKDUnavailable, RemoteProtocolError, TransportError,
+    HandshakeTimeout,
+    HybridKexError,
+    QKDError,
+    QKDUnavailable,
+    RemoteProtocolError,
+    TransportError,
 )
 from ._handshake import Connection, Event, HandshakeComplete, HandshakeResult, Initiator, NeedQKDKeys, SendMessage
 from ._wire import HEADER_SIZE, decode, parse_header
@@ -115,7 +120,7 @@ def run_handshake(sock: socket.socket, conn: Connection, qkd_source: QKDKeySourc
     try:
         events: list[Event] = conn.initiate() if isinstance(conn, Initiator) else []
         if not isinstance(conn, Initiator):
-            events = conn.receive(read_frame(sock, deadline))  # type: ignore[attr-defined]
+            events = conn.receive(read_frame(sock, deadline))
         while True:
             follow_up: list[Event] = []
             for event in events:
@@ -124,7 +129,7 @@ def run_handshake(sock: socket.socket, conn: Connection, qkd_source: QKDKeySourc
                 elif isinstance(event, NeedQKDKeys):
                     answer = _ask_qkd(qkd_source, event)
                     follow_up += conn.qkd_failed(answer) if isinstance(answer, QKDError) \
-                        else conn.qkd_keys(answer)  # type: ignore[attr-defined]
+                        else conn.qkd_keys(answer)
                 elif isinstance(event, HandshakeComplete):
                     if await_close and not isinstance(conn, Initiator):
                         _await_close(sock, min(deadline, time.monotonic() + 5.0))
@@ -132,7 +137,7 @@ def run_handshake(sock: socket.socket, conn: Connection, qkd_source: QKDKeySourc
             if follow_up:
                 events = follow_up
                 continue
-            events = conn.receive(read_frame(sock, deadline))  # type: ignore[attr-defined]
+            events = conn.receive(read_frame(sock, deadline))
     except HybridKexError:
         _send_alert(sock, conn)
         raise
@@ -187,13 +192,14 @@ async def _read_frame_async(reader: asyncio.StreamReader) -> bytes:
 
 
 async def run_handshake_async(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: Connection,
-                              qkd_source: QKDKeySource | None = None, *, timeout: float | None = None) -> HandshakeResult:
+                              qkd_source: QKDKeySource | None = None, *,
+                              timeout: float | None = None) -> HandshakeResult:
     """asyncio version of :func:`run_handshake`.  QKD source calls (blocking HTTPS) run in a thread."""
 
     async def drive() -> HandshakeResult:
         loop = asyncio.get_running_loop()
         events: list[Event] = conn.initiate() if isinstance(conn, Initiator) else \
-            conn.receive(await _read_frame_async(reader))  # type: ignore[attr-defined]
+            conn.receive(await _read_frame_async(reader))
         while True:
             follow_up: list[Event] = []
             for event in events:
@@ -203,10 +209,10 @@ async def run_handshake_async(reader: asyncio.StreamReader, writer: asyncio.Stre
                 elif isinstance(event, NeedQKDKeys):
                     answer = await loop.run_in_executor(None, _ask_qkd, qkd_source, event)
                     follow_up += conn.qkd_failed(answer) if isinstance(answer, QKDError) \
-                        else conn.qkd_keys(answer)  # type: ignore[attr-defined]
+                        else conn.qkd_keys(answer)
                 elif isinstance(event, HandshakeComplete):
                     return event.result
-            events = follow_up or conn.receive(await _read_frame_async(reader))  # type: ignore[attr-defined]
+            events = follow_up or conn.receive(await _read_frame_async(reader))
 
     try:
         return await asyncio.wait_for(drive(), timeout if timeout is not None else conn.config.timeout)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import struct
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Union
 
 from ._errors import RemoteProtocolError
 
@@ -105,7 +105,7 @@ class Alert:
     reason: str = field(default="")
 
 
-Message = Union[InitHello, RespHello, InitFinish, RespFinish, Alert]
+Message = InitHello | RespHello | InitFinish | RespFinish | Alert
 
 _TYPES: dict[type, MessageType] = {
     InitHello: MessageType.INIT_HELLO, RespHello: MessageType.RESP_HELLO,
@@ -287,7 +287,7 @@ def _pull_alert(buf: Buffer) -> Alert:
     return Alert(code, _clean_reason(reason))
 
 
-_PULL = {
+_PULL: dict[MessageType, Callable[[Buffer], Message]] = {
     MessageType.INIT_HELLO: _pull_init_hello, MessageType.RESP_HELLO: _pull_resp_hello,
     MessageType.INIT_FINISH: _pull_init_finish, MessageType.RESP_FINISH: _pull_resp_finish,
     MessageType.ALERT: _pull_alert,

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from hybridkex import (
-    HandshakeComplete, HandshakeConfig, HandshakeResult, HybridKexError, Initiator, NeedQKDKeys, PeerAlertError,
-    QKDKey, QKDKeyReplay, Responder, SendMessage, get_backend,
+    HandshakeComplete,
+    HandshakeConfig,
+    HandshakeResult,
+    HybridKexError,
+    Initiator,
+    NeedQKDKeys,
+    PeerAlertError,
+    QKDKey,
+    QKDKeyReplay,
+    Responder,
+    SendMessage,
+    get_backend,
 )
 
 BACKEND = get_backend("cryptography")

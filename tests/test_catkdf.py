@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from vectors import load
 
 from hybridkex import catkdf
-from vectors import load
 
 VECTORS = load("etsi-ts103744-catkdf.json")["vectors"]
 

@@ -4,18 +4,34 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
+from handshake_harness import QKDPair, ok, run
 
 from hybridkex import (
-    AuthenticationError, HandshakeConfig, HandshakeResult, HandshakeTimeout, HybridKexError,
-    Initiator, LocalProtocolError, NegotiationError, PeerAlertError, PSKAuthenticator, QKDKey,
-    QKDKeyReplay, QKDPolicyError, QKDUnavailable, RemoteProtocolError, Responder, SendMessage,
-    SignatureAuthenticator, generate_identity, get_backend,
+    AuthenticationError,
+    HandshakeConfig,
+    HandshakeResult,
+    HandshakeTimeout,
+    HybridKexError,
+    Initiator,
+    LocalProtocolError,
+    NegotiationError,
+    PeerAlertError,
+    PSKAuthenticator,
+    QKDKey,
+    QKDKeyReplay,
+    QKDPolicyError,
+    QKDUnavailable,
+    RemoteProtocolError,
+    Responder,
+    SendMessage,
+    SignatureAuthenticator,
+    generate_identity,
+    get_backend,
 )
 from hybridkex._state import State
-from handshake_harness import QKDPair, ok, run
 
 BACKEND = get_backend("cryptography")
 ALICE = generate_identity("ml-dsa-65")

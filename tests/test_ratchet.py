@@ -8,8 +8,8 @@ import stat
 from pathlib import Path
 
 import pytest
-
 from handshake_harness import QKDPair, run
+
 from hybridkex import ConfigError, HandshakeResult, HybridKexError
 from hybridkex._ratchet import AuthRatchet
 

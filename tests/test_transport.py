@@ -9,13 +9,21 @@ import socket
 import struct
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from hybridkex import (
-    HandshakeConfig, HandshakeTimeout, Initiator, PSKAuthenticator, RemoteProtocolError, Responder, TransportError,
-    get_backend, run_handshake, run_handshake_async,
+    HandshakeConfig,
+    HandshakeTimeout,
+    Initiator,
+    PSKAuthenticator,
+    RemoteProtocolError,
+    Responder,
+    TransportError,
+    get_backend,
+    run_handshake,
+    run_handshake_async,
 )
 from hybridkex._transport import connect, listen, parse_address
 

@@ -9,7 +9,6 @@ never imports a plugin by name.
 from __future__ import annotations
 
 import importlib.metadata
-import sys
 
 import click
 
@@ -48,4 +47,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -15,14 +15,21 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
 from .._config import QKD_KINDS, ExchangeSettings
 from .._errors import (
-    AuthenticationError, ConfigError, HandshakeTimeout, HybridKexError, NegotiationError, QKDError, TransportError,
+    AuthenticationError,
+    ConfigError,
+    HandshakeTimeout,
+    HybridKexError,
+    NegotiationError,
+    QKDError,
+    TransportError,
 )
 from .._primitives import KEM_NAMES
 from .._suites import QKD_POLICIES
@@ -59,8 +66,8 @@ _OPTIONS = [
                  help="Allow plain http:// to the KME. For simulators only: keys would cross the network in clear."),
     click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds for the whole handshake."),
 ]
-EXCHANGE_KEYS = ("identity", "peers", "psk_file", "psk_ratchet", "kem", "backend", "qkd", "qkd_link", "qkd_policy", "kme_url",
-                 "kme_ca", "sae_cert", "sae_key", "sae_id", "peer_sae_id", "kme_insecure_http", "timeout")
+EXCHANGE_KEYS = ("identity", "peers", "psk_file", "psk_ratchet", "kem", "backend", "qkd", "qkd_link", "qkd_policy",
+                 "kme_url", "kme_ca", "sae_cert", "sae_key", "sae_id", "peer_sae_id", "kme_insecure_http", "timeout")
 
 
 def exchange_options(f: F) -> F:

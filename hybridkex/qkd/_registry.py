@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .._errors import ConfigError
 from ._source import QKDKeySource
@@ -13,7 +14,7 @@ if TYPE_CHECKING:
 __all__ = ["open_source", "register_source"]
 
 
-def _open_sim(s: "ExchangeSettings") -> QKDKeySource:
+def _open_sim(s: ExchangeSettings) -> QKDKeySource:
     if s.qkd_link is None:
         raise ConfigError("--qkd sim needs --qkd-link FILE (create one with 'hybridkex qkd-link init FILE' and "
                           "copy it to both sides)")
@@ -22,7 +23,7 @@ def _open_sim(s: "ExchangeSettings") -> QKDKeySource:
     return SimulatedLinkSource(s.qkd_link)
 
 
-def _open_etsi014(s: "ExchangeSettings") -> QKDKeySource:
+def _open_etsi014(s: ExchangeSettings) -> QKDKeySource:
     missing = [flag for flag, value in (("--kme-url", s.kme_url), ("--sae-id", s.sae_id),
                                         ("--peer-sae-id", s.peer_sae_id)) if not value]
     insecure = bool(s.kme_url and s.kme_url.startswith("http://"))
@@ -38,15 +39,15 @@ def _open_etsi014(s: "ExchangeSettings") -> QKDKeySource:
                          insecure_http=s.kme_insecure_http)
 
 
-_SOURCES: dict[str, Callable[["ExchangeSettings"], QKDKeySource]] = {"sim": _open_sim, "etsi014": _open_etsi014}
+_SOURCES: dict[str, Callable[[ExchangeSettings], QKDKeySource]] = {"sim": _open_sim, "etsi014": _open_etsi014}
 
 
-def register_source(name: str, factory: Callable[["ExchangeSettings"], QKDKeySource]) -> None:
+def register_source(name: str, factory: Callable[[ExchangeSettings], QKDKeySource]) -> None:
     """Add a QKD key source by name (e.g. from a plugin)."""
     _SOURCES[name] = factory
 
 
-def open_source(settings: "ExchangeSettings") -> QKDKeySource:
+def open_source(settings: ExchangeSettings) -> QKDKeySource:
     try:
         factory = _SOURCES[settings.qkd]
     except KeyError:

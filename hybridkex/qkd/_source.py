@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import abc
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 __all__ = ["QKDKey", "QKDKeySource", "QKD_KEY_BYTES"]
 
@@ -49,10 +49,10 @@ class QKDKeySource(abc.ABC):
         """A one-line, secret-free description for logs and --json."""
         return self.kind
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Release connections; the default does nothing."""
 
-    def __enter__(self) -> "QKDKeySource":
+    def __enter__(self) -> QKDKeySource:
         return self
 
     def __exit__(self, *exc: object) -> None:
