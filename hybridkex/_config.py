@@ -33,13 +33,14 @@ def load_psk_file(path: str | os.PathLike[str]) -> bytes:
     data = read_secret_file(path, "pre-shared key file", max_size=4096)
     text = data.strip()
     candidates: list[bytes] = []
-    try:
-        candidates.append(base64.b64decode(text, validate=True))
-    except (binascii.Error, ValueError):
-        pass
+    # Hex first: hex digits are also base64 characters, the converse almost never holds.
     try:
         candidates.append(bytes.fromhex(text.decode("ascii")))
     except (UnicodeDecodeError, ValueError):
+        pass
+    try:
+        candidates.append(base64.b64decode(text, validate=True))
+    except (binascii.Error, ValueError):
         pass
     for key in candidates:
         if len(key) >= MIN_PSK_BYTES:
