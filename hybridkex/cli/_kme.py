@@ -108,6 +108,8 @@ def serve(pki_dir: Path, listen_a: str, listen_b: str, sae_a: str, sae_b: str, k
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
+    # Handlers first: a signal during start-up (the link fills the pool) stops cleanly too.
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         host_a, port_a = parse_listen(listen_a)
         host_b, port_b = parse_listen(listen_b)
@@ -116,16 +118,18 @@ def serve(pki_dir: Path, listen_a: str, listen_b: str, sae_a: str, sae_b: str, k
                        key_rate=key_rate, link_error=link_error, eve=eve, config=config, seed=seed_bytes,
                        prefill=not empty, tls=not insecure_http, create_pki=False)
     except HybridKexError as exc:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         raise _fail(exc) from None
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        pair.serve()
-        if insecure_http:
-            click.echo("hybridkex: warning: serving plain HTTP without authentication; keys cross the "
-                       "network in clear", err=True)
-        for line in pair.ready_lines():
-            click.echo(line)
-        click.get_text_stream("stdout").flush()
+        if not stop.is_set():
+            pair.serve()
+            if insecure_http:
+                click.echo("hybridkex: warning: serving plain HTTP without authentication; keys cross the "
+                           "network in clear", err=True)
+            for line in pair.ready_lines():
+                click.echo(line)
+            click.get_text_stream("stdout").flush()
         while not stop.wait(0.5):
             pass
     finally:

@@ -605,5 +605,5 @@ class Etsi014Client(QKDKeySource):
                 f"KME {self.kme_url} refused a key_ID as already consumed{said}; each QKD key is delivered once "
                 f"-- a replayed or duplicated key_ID, abort this exchange and start a new one",
                 status=status, kme_message=message, details=details)
-        return KMEError(f"KME {self.kme_url} answered {status} {reason} to {op}{tries}{said}; {advice}",
+        return KMEError(f"KME {self.kme_url} answered {status} {_shown(reason)[:40]} to {op}{tries}{said}; {advice}",
                         status=status, kme_message=message, details=details)

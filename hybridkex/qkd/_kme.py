@@ -207,19 +207,14 @@ class LinkPump:
         self._staged = bytearray()
         self._index = 0
         self._block_bits = _DEFAULT_BLOCK_BITS
-        self._blocks = 0
-        self._aborted_blocks = 0
-        self._qber = 0.0
-        self._aborted = False
-        self._reason = ""
+        # Published as one immutable snapshot so readers never wait for a block to be computed.
+        self._state = LinkState(0, 0, 0.0, False, "", self.key_rate)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def state(self) -> LinkState:
         """The link's current state (no key material)."""
-        with self._lock:
-            return LinkState(self._blocks, self._aborted_blocks, self._qber, self._aborted, self._reason,
-                             self.key_rate)
+        return self._state
 
     def advance(self, seconds: float) -> None:
         """Run the link for ``seconds`` of simulated time."""
@@ -236,13 +231,12 @@ class LinkPump:
                 if not self._staged:
                     result = self.link.block(self._index)
                     self._index += 1
-                    self._blocks += 1
-                    self._qber = float(result.qber)
-                    self._aborted = bool(result.aborted)
-                    self._reason = str(result.reason)
                     nbytes = int(result.final_bits) // 8
-                    if result.aborted or nbytes == 0:
-                        self._aborted_blocks += 1
+                    dry = bool(result.aborted) or nbytes == 0
+                    last = self._state
+                    self._state = LinkState(last.blocks + 1, last.aborted_blocks + dry, float(result.qber),
+                                            bool(result.aborted), str(result.reason), self.key_rate)
+                    if dry:
                         self._credit -= self._block_bits
                         continue
                     self._staged = bytearray(bytes(result.key)[:nbytes])
