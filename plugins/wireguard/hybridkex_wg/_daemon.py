@@ -1,0 +1,319 @@
+"""``hybridkex wg run``: keep every configured peer's pre-shared key fresh.
+
+Threads, each with one job:
+
+* the scheduler (the thread that calls :meth:`Daemon.run`, normally the main thread):
+  polls every peer's state machine, starts due exchanges, applies failure policies,
+  handles SIGHUP (reload) and SIGTERM/SIGINT (stop), writes the status file;
+* a listener that accepts partners' connections and hands each to the responder pool,
+  which dispatches it to the right peer by the two WireGuard public keys in the Request;
+* two bounded thread pools, one for exchanges we initiate and one for those we answer
+  (separate, so that two daemons initiating to each other can never starve each other).
+
+A dead peer costs one worker for at most its timeout and then backs off exponentially;
+a malformed message, a KME outage or a failing sink affects only the peer concerned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from hybridkex import Authenticator, ConfigError, ExchangeSettings, HybridKexError, TransportError
+
+from ._config import DaemonConfig, PeerConfig
+from ._rotation import Stale, StartExchange
+from ._session import PeerRuntime, Reporter, SocketSet, build_runtime, handle_stale, run_initiator, serve_connection
+from ._status import highest_epochs, peer_entry, status_document, write_status
+
+__all__ = ["Daemon"]
+
+log = logging.getLogger("hybridkex_wg")
+
+#: Shortest pause of the scheduler loop, so a burst of finishing jobs cannot make it spin.
+_MIN_TICK = 0.05
+#: Longest pause: bounds how late a change made outside the loop is noticed.
+_MAX_TICK = 1.0
+_STATUS_PERIOD = 1.0
+
+
+def _listen(address: tuple[str, int], backlog: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise TransportError(f"cannot listen on {address[0]}:{address[1]}: {exc.strerror or exc}") from None
+    sock.listen(backlog)
+    sock.settimeout(0.5)
+    return sock
+
+
+class Daemon:
+    """The rotator for one configuration.  ``loader`` re-reads the configuration on SIGHUP."""
+
+    def __init__(self, config: DaemonConfig, *, loader: Callable[[], DaemonConfig] | None = None,
+                 reporter: Reporter | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self._loader = loader
+        self.reporter = reporter or Reporter()
+        self._clock = clock
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._reload_requested = False
+        self._sockets = SocketSet()
+        self._listener: socket.socket | None = None
+        self._listener_thread: threading.Thread | None = None
+        self._last_status = ""
+        self._last_status_time = 0.0
+        self.peers: dict[tuple[bytes, bytes], PeerRuntime] = self._build(config, {})
+        self._initiators = ThreadPoolExecutor(config.workers, thread_name_prefix="hkwg-init")
+        self._responders = ThreadPoolExecutor(config.workers, thread_name_prefix="hkwg-resp")
+        self._slots = threading.BoundedSemaphore(config.workers * 4)
+        self.bound_address: tuple[str, int] | None = None
+
+    # -- configuration ----------------------------------------------------------------
+    def _build(self, config: DaemonConfig,
+               current: dict[tuple[bytes, bytes], PeerRuntime]) -> dict[tuple[bytes, bytes], PeerRuntime]:
+        """Runtimes for ``config``: existing pairs keep their state, new ones start fresh.  Loads credentials
+        (ConfigError before anything changes)."""
+        now = self._clock()
+        epochs = highest_epochs(config.status_file)
+        cache: dict[ExchangeSettings, Authenticator] = {}
+        result: dict[tuple[bytes, bytes], PeerRuntime] = {}
+        for peer in config.peers:
+            try:
+                old = current.get(peer.key)
+                if old is not None and old.config.role is peer.role:
+                    auth = cache.get(peer.settings) or peer.settings.authenticator()
+                    cache[peer.settings] = auth
+                    result[peer.key] = old  # updated in _apply, after every peer loaded
+                    continue
+                carried = old.state.highest_epoch if old is not None else epochs.get(peer.key, 0)
+                result[peer.key] = build_runtime(peer, now=now, highest_epoch=carried, authenticators=cache)
+            except ConfigError as exc:
+                raise ConfigError(f"peer {peer.ref.label}: {exc}") from None
+        self._cache = cache
+        return result
+
+    def _apply(self, config: DaemonConfig, runtimes: dict[tuple[bytes, bytes], PeerRuntime]) -> tuple[int, int, int]:
+        now = self._clock()
+        by_key: dict[tuple[bytes, bytes], PeerConfig] = {p.key: p for p in config.peers}
+        added = changed = 0
+        for key, rt in runtimes.items():
+            peer = by_key[key]
+            if key not in self.peers or self.peers[key] is not rt:
+                added += 1
+                continue
+            with rt.lock:
+                if rt.config != peer or rt.config.sinks != peer.sinks:
+                    changed += 1
+                rt.config = peer
+                rt.authenticator = self._cache[peer.settings]
+                rt.state.update_policy(peer.policy, now)
+        removed = 0
+        for key, rt in self.peers.items():
+            if runtimes.get(key) is not rt:
+                rt.removed = True
+                if key not in runtimes:
+                    removed += 1
+        self.peers = runtimes
+        return added, removed, changed
+
+    def reload(self) -> bool:
+        """Re-read the configuration; on any error keep running the old one.  Returns success."""
+        if self._loader is None:
+            log.warning("reload requested, but this daemon was not started from a configuration file")
+            return False
+        try:
+            config = self._loader()
+            runtimes = self._build(config, self.peers)
+            if config.listen != self.config.listen:
+                self._restart_listener(config.listen)
+        except (HybridKexError, OSError) as exc:
+            log.error("reload failed, still running the previous configuration: %s", exc)
+            return False
+        if config.workers != self.config.workers:
+            log.warning("reload: 'workers' changes take effect after a restart")
+        added, removed, changed = self._apply(config, runtimes)
+        self.config = config
+        log.info("reloaded %s: %d peers (%d added, %d removed, %d changed)", config.source or "configuration",
+                 len(runtimes), added, removed, changed)
+        self._last_status = ""
+        return True
+
+    # -- listener ---------------------------------------------------------------------
+    def _restart_listener(self, address: tuple[str, int] | None) -> None:
+        new = _listen(address, 512) if address is not None else None
+        old, old_thread = self._listener, self._listener_thread
+        self._listener = new
+        self._listener_thread = None
+        if old is not None:
+            old.close()
+        if old_thread is not None:
+            old_thread.join(2.0)
+        if new is not None:
+            self.bound_address = new.getsockname()[:2]
+            self._listener_thread = threading.Thread(target=self._accept_loop, args=(new,), name="hkwg-listen",
+                                                     daemon=True)
+            self._listener_thread.start()
+            log.info("listening for rotations on %s:%d", *self.bound_address)
+
+    def _accept_loop(self, server: socket.socket) -> None:
+        while not self._stopping.is_set() and self._listener is server:
+            try:
+                conn, address = server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stopping.is_set() or self._listener is not server:
+                    return
+                time.sleep(0.1)
+                continue
+            if not self._slots.acquire(blocking=False):
+                log.warning("too many rotation connections in progress; dropped one from %s", address[0])
+                conn.close()
+                continue
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                self._responders.submit(self._serve, conn, f"{address[0]}:{address[1]}")
+            except RuntimeError:  # pool shut down: stopping
+                self._slots.release()
+                conn.close()
+                return
+
+    def _lookup(self, local_public: bytes, peer_public: bytes) -> PeerRuntime | None:
+        return self.peers.get((local_public, peer_public))
+
+    def _serve(self, conn: socket.socket, address: str) -> None:
+        try:
+            with self._sockets.track(conn):
+                serve_connection(conn, self._lookup, self.reporter, clock=self._clock, peer_address=address)
+        except HybridKexError:
+            pass  # stopping
+        finally:
+            self._slots.release()
+            self._wake.set()
+
+    # -- scheduler --------------------------------------------------------------------
+    def _initiate(self, rt: PeerRuntime, action: StartExchange) -> None:
+        try:
+            run_initiator(rt, action.request, self.reporter, self._sockets, clock=self._clock)
+        finally:
+            self._wake.set()
+
+    def tick(self) -> float:
+        """Poll every peer once; returns the clock value of the next thing due."""
+        now = self._clock()
+        wake = now + _MAX_TICK
+        for rt in list(self.peers.values()):
+            with rt.lock:
+                actions = rt.state.poll(now)
+                for action in actions:
+                    if isinstance(action, Stale):
+                        handle_stale(rt, action, self.reporter)
+                wake = min(wake, rt.state.next_wakeup())
+            for action in actions:
+                if isinstance(action, StartExchange):
+                    self._initiators.submit(self._initiate, rt, action)
+        return wake
+
+    def status_document(self) -> dict[str, Any]:
+        offset = time.time() - self._clock()
+        entries = []
+        for rt in list(self.peers.values()):
+            with rt.lock:
+                status = rt.state.status()
+            c = rt.config
+            entries.append(peer_entry(c.interface, c.name, c.local_public, c.public_key, c.endpoint,
+                                      c.policy.failure_policy.value, c.policy.interval, status, offset))
+        return status_document(entries, listen=self.config.listen, config=self.config.source)
+
+    def write_status(self, force: bool = False) -> None:
+        path = self.config.status_file
+        if path is None:
+            return
+        now = self._clock()
+        if not force and now - self._last_status_time < _STATUS_PERIOD:
+            return
+        self._last_status_time = now
+        document = self.status_document()
+        body = repr({k: v for k, v in document.items() if k != "updated"})
+        if body == self._last_status and not force:
+            return
+        try:
+            write_status(Path(path), document)
+            self._last_status = body
+        except (HybridKexError, OSError) as exc:
+            log.error("cannot write the status file: %s", exc)
+
+    # -- life cycle -------------------------------------------------------------------
+    def request_reload(self) -> None:
+        self._reload_requested = True
+        self._wake.set()
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    def _signal(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self.request_reload()
+        else:
+            self.request_stop()
+
+    def run(self, *, on_ready: Callable[[], None] | None = None) -> None:
+        """Serve until stopped (SIGTERM/SIGINT or :meth:`request_stop`)."""
+        installed: dict[signal.Signals, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+                installed[sig] = signal.signal(sig, self._signal)
+        try:
+            self._restart_listener(self.config.listen)
+            log.info("rotating %d peer(s)", len(self.peers))
+            if on_ready is not None:
+                on_ready()
+            while not self._stopping.is_set():
+                if self._reload_requested:
+                    self._reload_requested = False
+                    self.reload()
+                wake = self.tick()
+                self.write_status()
+                timeout = min(_MAX_TICK, max(_MIN_TICK, wake - self._clock()))
+                self._wake.wait(timeout)
+                self._wake.clear()
+                if not self._stopping.is_set():
+                    time.sleep(_MIN_TICK / 5)  # coalesce bursts of wake-ups
+        finally:
+            self._shutdown()
+            for sig, handler in installed.items():
+                signal.signal(sig, handler)
+
+    def _shutdown(self) -> None:
+        self._stopping.set()
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+        self._sockets.close_all()
+        self._initiators.shutdown(wait=True, cancel_futures=True)
+        self._responders.shutdown(wait=True, cancel_futures=True)
+        if self._listener_thread is not None:
+            self._listener_thread.join(2.0)
+        self.write_status(force=True)
+        log.info("stopped")
+
+    def close(self) -> None:
+        """Stop without having run (tests)."""
+        with contextlib.suppress(Exception):
+            self._shutdown()

@@ -1,0 +1,167 @@
+"""Where a rotated key goes: one-method objects with ``set_psk(peer, key, epoch)``.
+
+* :class:`WgSink` runs ``wg set IF peer PUB preshared-key /dev/stdin`` with the key in
+  base64 on the child's stdin -- never on a command line (visible in ``ps``) or on disk.
+* :class:`FileSink` replaces one key file per peer atomically, mode 0600.
+* :class:`CommandSink` runs an operator's hook with the key on stdin and the metadata in
+  ``HKWG_*`` environment variables (e.g. a tiny privileged helper, or another VPN).
+
+Every failure raises :class:`SinkError` with a one-line reason; anything a child process
+printed is scrubbed of the key before it reaches a message.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import string
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+from hybridkex import ConfigError, HybridKexError, key_fingerprint, write_key_file
+
+from ._keys import PeerRef
+
+__all__ = ["Sink", "SinkError", "WgSink", "FileSink", "CommandSink", "FILE_FORMATS", "SINK_TYPES", "run_wg",
+           "interface_public_key", "scrub"]
+
+FILE_FORMATS = ("base64", "hex", "raw")
+SINK_TYPES = ("wg", "file", "command")
+_TEMPLATE_FIELDS = frozenset({"interface", "peer", "name"})
+_MAX_OUTPUT = 300
+
+
+class SinkError(HybridKexError):
+    """A sink could not take the key (the message says which sink and why; never the key)."""
+
+
+class Sink(Protocol):
+    """Takes a peer's new pre-shared key."""
+
+    def set_psk(self, peer: PeerRef, key: bytes, epoch: int, *, event: str = "set") -> None:
+        """Install ``key`` for ``peer``.  ``event`` is ``set``, ``rollback`` or ``stale`` (a random key)."""
+
+
+def scrub(text: str, key: bytes) -> str:
+    """Remove every encoding of ``key`` from ``text`` and keep one short line."""
+    for form in (base64.b64encode(key).decode(), base64.b64encode(key).decode().rstrip("="), key.hex(),
+                 key.hex().upper()):
+        text = text.replace(form, "[key]")
+    line = " ".join(text.split())
+    return line[:_MAX_OUTPUT] + ("…" if len(line) > _MAX_OUTPUT else "")
+
+
+def _run(argv: Sequence[str], stdin: bytes, timeout: float, what: str, key: bytes,
+         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    try:
+        proc = subprocess.run(list(argv), input=stdin, capture_output=True, timeout=timeout, env=env, check=False)
+    except FileNotFoundError:
+        raise SinkError(f"{what}: {argv[0]} not found; install it or give its full path") from None
+    except PermissionError:
+        raise SinkError(f"{what}: {argv[0]} is not executable by this user") from None
+    except subprocess.TimeoutExpired:
+        raise SinkError(f"{what}: {argv[0]} did not finish within {timeout:g} s") from None
+    except OSError as exc:
+        raise SinkError(f"{what}: cannot run {argv[0]}: {exc.strerror or exc}") from None
+    if proc.returncode != 0:
+        said = scrub(proc.stderr.decode("utf-8", "replace") or proc.stdout.decode("utf-8", "replace"), key)
+        raise SinkError(f"{what}: {argv[0]} exited with status {proc.returncode}" + (f": {said}" if said else ""))
+    return proc
+
+
+def run_wg(wg: str, args: Sequence[str], timeout: float = 10.0) -> str:
+    """Run a ``wg`` command that handles no secret; returns its stdout."""
+    proc = _run([wg, *args], b"", timeout, f"'wg {' '.join(args)}'", b"\0" * 32)
+    return proc.stdout.decode("utf-8", "replace")
+
+
+def interface_public_key(interface: str, wg: str = "wg") -> str:
+    """The public key of a WireGuard interface (``wg show IF public-key``)."""
+    try:
+        return run_wg(wg, ["show", interface, "public-key"]).strip()
+    except SinkError as exc:
+        raise ConfigError(f"cannot read the public key of interface {interface}: {exc}; give it as public_key "
+                          "in the configuration, or run with CAP_NET_ADMIN") from None
+
+
+class WgSink:
+    """``wg set IF peer PUB preshared-key /dev/stdin``: WireGuard mixes the key from its next handshake."""
+
+    def __init__(self, wg: str = "wg", timeout: float = 10.0) -> None:
+        self.wg = wg
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"WgSink({self.wg!r})"
+
+    def set_psk(self, peer: PeerRef, key: bytes, epoch: int, *, event: str = "set") -> None:
+        _run([self.wg, "set", peer.interface, "peer", peer.public_key_text, "preshared-key", "/dev/stdin"],
+             base64.b64encode(key) + b"\n", self.timeout, f"wg sink ({peer.label})", key)
+
+
+def check_template(template: str) -> None:
+    """Reject a file-sink path template with placeholders other than {interface}, {peer}, {name}."""
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as exc:
+        raise ConfigError(f"file sink path {template!r} is not a valid template: {exc}") from None
+    unknown = fields - _TEMPLATE_FIELDS
+    if unknown:
+        raise ConfigError(f"file sink path {template!r} uses unknown placeholder(s) {sorted(unknown)}; use "
+                          "{interface}, {peer} (file-safe public key) and {name}")
+
+
+class FileSink:
+    """One key file per peer, replaced atomically with mode 0600 (e.g. for a WireGuard ``PresharedKeyFile``
+    watcher or another consumer).  ``path`` may use {interface}, {peer} and {name}."""
+
+    def __init__(self, path: str, fmt: str = "base64") -> None:
+        check_template(path)
+        if fmt not in FILE_FORMATS:
+            raise ConfigError(f"file sink format {fmt!r} is not one of {', '.join(FILE_FORMATS)}")
+        self.path = path
+        self.fmt = fmt
+
+    def __repr__(self) -> str:
+        return f"FileSink({self.path!r}, {self.fmt!r})"
+
+    def path_for(self, peer: PeerRef) -> Path:
+        return Path(self.path.format(interface=peer.interface, peer=peer.file_safe_key,
+                                     name=peer.name or peer.file_safe_key))
+
+    def set_psk(self, peer: PeerRef, key: bytes, epoch: int, *, event: str = "set") -> None:
+        target = self.path_for(peer)
+        try:
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_key_file(target, key, self.fmt)
+        except (HybridKexError, OSError) as exc:
+            raise SinkError(f"file sink ({peer.label}): {exc}") from None
+
+
+class CommandSink:
+    """Runs ``argv`` with the key (base64 and a newline) on stdin and the metadata in the environment:
+    ``HKWG_INTERFACE``, ``HKWG_PEER`` (base64 public key), ``HKWG_PEER_NAME``, ``HKWG_EPOCH``,
+    ``HKWG_EVENT`` (set|rollback|stale) and ``HKWG_FINGERPRINT``."""
+
+    def __init__(self, argv: Sequence[str], timeout: float = 10.0) -> None:
+        if not argv or not all(isinstance(a, str) and a for a in argv):
+            raise ConfigError("command sink needs a non-empty list of program and arguments")
+        self.argv = tuple(argv)
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"CommandSink({list(self.argv)!r})"
+
+    def set_psk(self, peer: PeerRef, key: bytes, epoch: int, *, event: str = "set") -> None:
+        env = dict(os.environ)
+        env.update({
+            "HKWG_INTERFACE": peer.interface,
+            "HKWG_PEER": peer.public_key_text,
+            "HKWG_PEER_NAME": peer.name,
+            "HKWG_EPOCH": str(epoch),
+            "HKWG_EVENT": event,
+            "HKWG_FINGERPRINT": key_fingerprint(key),
+        })
+        _run(self.argv, base64.b64encode(key) + b"\n", self.timeout, f"command sink ({peer.label})", key, env)

@@ -1,0 +1,207 @@
+"""The rotation messages around the hybridkex handshake, version 1.
+
+One rotation is one TCP connection::
+
+    initiator                                                     responder
+    Request (both WireGuard keys, installed epoch + proof, highest epoch) ->
+                                   <- Accept (status, highest epoch)
+    ======== hybridkex handshake, context = label || keys || epoch ========
+    [initiator installs the new PSK]
+    Commit (epoch, MAC)            ->
+                                   [responder installs the new PSK]
+                                   <- Done (status, epoch, MAC)
+
+Frame: ``"HW" | version u8 | type u8 | fixed-size body``.  Every body has a fixed size,
+so a reader knows exactly how much to read after the 4-byte header and never reads into
+the next message.  Request and Accept are unauthenticated: what they carry is either
+bound into the handshake context (keys, epoch) or checked with a MAC (the proof).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from hybridkex import HandshakeTimeout, RemoteProtocolError, TransportError
+
+__all__ = [
+    "VERSION", "MAGIC", "MessageType", "AcceptStatus", "DoneStatus", "Request", "Accept", "Commit", "Done",
+    "Message", "encode", "decode", "read_message", "send_message", "TAG_SIZE",
+]
+
+MAGIC = b"HW"
+VERSION = 1
+HEADER = struct.Struct(">2sBB")
+TAG_SIZE = 32
+_KEY = 32
+
+
+class MessageType(IntEnum):
+    REQUEST = 1
+    ACCEPT = 2
+    COMMIT = 3
+    DONE = 4
+
+
+class AcceptStatus(IntEnum):
+    """The responder's answer to a Request."""
+
+    OK = 0
+    UNKNOWN_PEER = 1
+    """No such (interface key, peer key) pair in the responder's configuration."""
+    BUSY = 2
+    """A rotation for this peer is already running; retry later."""
+    ROLE_CONFLICT = 3
+    """The responder is configured to initiate for this pair: both sides think they connect."""
+
+
+class DoneStatus(IntEnum):
+    INSTALLED = 0
+    INSTALL_FAILED = 1
+    """The responder could not install the key (and restored the previous one)."""
+
+
+@dataclass(frozen=True)
+class Request:
+    initiator_public: bytes
+    responder_public: bytes
+    installed_epoch: int
+    """Epoch of the shared key the initiator has installed; 0 for none (or a stale random key)."""
+    highest_epoch: int
+    """Highest epoch the initiator has used; the new epoch is max(both highest) + 1."""
+    proof: bytes = field(repr=False)
+    """MAC under the installed epoch's confirmation key (zeros with installed_epoch 0)."""
+
+
+@dataclass(frozen=True)
+class Accept:
+    status: AcceptStatus
+    highest_epoch: int
+
+
+@dataclass(frozen=True)
+class Commit:
+    epoch: int
+    tag: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Done:
+    status: DoneStatus
+    epoch: int
+    tag: bytes = field(repr=False)
+
+
+Message = Request | Accept | Commit | Done
+
+_BODIES: dict[MessageType, struct.Struct] = {
+    MessageType.REQUEST: struct.Struct(f">{_KEY}s{_KEY}sQQ{TAG_SIZE}s"),
+    MessageType.ACCEPT: struct.Struct(">BQ"),
+    MessageType.COMMIT: struct.Struct(f">Q{TAG_SIZE}s"),
+    MessageType.DONE: struct.Struct(f">BQ{TAG_SIZE}s"),
+}
+
+
+def encode(message: Message) -> bytes:
+    """Serialize one message (header + body)."""
+    if isinstance(message, Request):
+        kind, body = MessageType.REQUEST, _BODIES[MessageType.REQUEST].pack(
+            message.initiator_public, message.responder_public, message.installed_epoch, message.highest_epoch,
+            message.proof)
+        if len(message.initiator_public) != _KEY or len(message.responder_public) != _KEY or \
+                len(message.proof) != TAG_SIZE:
+            raise ValueError("Request fields have the wrong length")
+    elif isinstance(message, Accept):
+        kind, body = MessageType.ACCEPT, _BODIES[MessageType.ACCEPT].pack(message.status, message.highest_epoch)
+    elif isinstance(message, Commit):
+        if len(message.tag) != TAG_SIZE:
+            raise ValueError("Commit tag has the wrong length")
+        kind, body = MessageType.COMMIT, _BODIES[MessageType.COMMIT].pack(message.epoch, message.tag)
+    elif isinstance(message, Done):
+        if len(message.tag) != TAG_SIZE:
+            raise ValueError("Done tag has the wrong length")
+        kind, body = MessageType.DONE, _BODIES[MessageType.DONE].pack(message.status, message.epoch, message.tag)
+    else:
+        raise TypeError(f"not a rotation message: {type(message).__name__}")
+    return HEADER.pack(MAGIC, VERSION, kind) + body
+
+
+def _parse_header(header: bytes) -> MessageType:
+    magic, version, kind = HEADER.unpack(header)
+    if magic != MAGIC:
+        raise RemoteProtocolError("the peer did not speak the WireGuard rotation protocol (bad magic); is the "
+                                  "endpoint a 'hybridkex wg' listener?")
+    if version != VERSION:
+        raise RemoteProtocolError(f"the peer speaks rotation protocol version {version}, this side {VERSION}; "
+                                  "upgrade the older side")
+    try:
+        return MessageType(kind)
+    except ValueError:
+        raise RemoteProtocolError(f"unknown rotation message type {kind}") from None
+
+
+def decode(data: bytes) -> Message:
+    """Parse one whole message; the length must match its type exactly."""
+    if len(data) < HEADER.size:
+        raise RemoteProtocolError("truncated rotation message")
+    kind = _parse_header(data[:HEADER.size])
+    body = data[HEADER.size:]
+    layout = _BODIES[kind]
+    if len(body) != layout.size:
+        raise RemoteProtocolError(f"{kind.name.lower()} message is {len(body)} bytes, expected {layout.size}")
+    values = layout.unpack(body)
+    try:
+        if kind is MessageType.REQUEST:
+            return Request(*values)
+        if kind is MessageType.ACCEPT:
+            return Accept(AcceptStatus(values[0]), values[1])
+        if kind is MessageType.COMMIT:
+            return Commit(*values)
+        return Done(DoneStatus(values[0]), values[1], values[2])
+    except ValueError:
+        raise RemoteProtocolError(f"{kind.name.lower()} message has an unknown status code") from None
+
+
+def _recv_exact(sock: socket.socket, n: int, deadline: float, what: str) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise HandshakeTimeout(f"timed out waiting for the peer's {what}")
+        sock.settimeout(remaining)
+        try:
+            chunk = sock.recv(n - len(buf))
+        except TimeoutError:
+            raise HandshakeTimeout(f"timed out waiting for the peer's {what}") from None
+        except OSError as exc:
+            raise TransportError(f"connection failed while reading the peer's {what}: {exc.strerror or exc}") \
+                from None
+        if not chunk:
+            raise TransportError(f"the peer closed the connection before sending its {what}; see the peer's log")
+        buf += chunk
+    return bytes(buf)
+
+
+def read_message(sock: socket.socket, deadline: float, expected: type[Message], what: str) -> Message:
+    """Read exactly one message of type ``expected`` (header first, then its fixed-size body)."""
+    header = _recv_exact(sock, HEADER.size, deadline, what)
+    kind = _parse_header(header)
+    body = _recv_exact(sock, _BODIES[kind].size, deadline, what)
+    message = decode(header + body)
+    if not isinstance(message, expected):
+        raise RemoteProtocolError(f"expected the peer's {what}, got a {kind.name.lower()} message")
+    return message
+
+
+def send_message(sock: socket.socket, message: Message, deadline: float) -> None:
+    """Send one message before ``deadline`` (a ``time.monotonic()`` value)."""
+    sock.settimeout(max(0.001, deadline - time.monotonic()))
+    try:
+        sock.sendall(encode(message))
+    except TimeoutError:
+        raise HandshakeTimeout("timed out sending to the peer; it is not reading") from None
+    except OSError as exc:
+        raise TransportError(f"connection failed while sending to the peer: {exc.strerror or exc}") from None
