@@ -189,3 +189,42 @@ def test_psk_ratchet_across_processes(ids: Path, tmp_path: Path) -> None:
     r, i = pair(["--psk-file", ids / "psk", "--out", tmp_path / "kx"],
                 ["--psk-file", ids / "psk", "--psk-ratchet", tmp_path / "i.ratchet", "--out", tmp_path / "ky"])
     assert r.returncode != 0 and i.returncode != 0 and not (tmp_path / "ky").exists()
+
+
+def test_etsi014_exchange_through_kme_serve(ids: Path, tmp_path: Path) -> None:
+    pki = tmp_path / "pki"
+    hkx("kme", "pki", pki, "--sae", "alice", "--sae", "bob")
+    kme = subprocess.Popen([*HKX, "kme", "serve", "--pki", str(pki), "--listen-a", "127.0.0.1:0", "--listen-b",
+                            "127.0.0.1:0", "--sae-a", "alice", "--sae-b", "bob"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        urls = {}
+        assert kme.stdout is not None
+        while len(urls) < 2:
+            line = kme.stdout.readline()
+            assert line, kme.stderr.read() if kme.stderr else "kme exited"
+            if "listening on" in line:
+                urls[line.split()[0]] = line.split()[3]
+
+        def side(me: str, peer: str, url: str, out: str, *extra: str) -> list[str | Path]:
+            return ["--psk-file", ids / "psk", "--qkd", "etsi014", "--kme-url", url, "--kme-ca", pki / "ca.crt",
+                    "--sae-cert", pki / f"{me}.crt", "--sae-key", pki / f"{me}.key", "--sae-id", me,
+                    "--peer-sae-id", peer, "--out", tmp_path / out, "--json", *extra]
+
+        r, i = pair(side("bob", "alice", urls["kme-b"], "kr"), side("alice", "bob", urls["kme-a"], "ki"))
+        assert r.returncode == 0 and i.returncode == 0, (r.stderr, i.stderr)
+        ji, jr = json.loads(i.stdout), json.loads(r.stdout)
+        assert ji["qkd"] == jr["qkd"] == "used" and ji["qkd_key_ids"] == jr["qkd_key_ids"]
+        assert (tmp_path / "ki").read_bytes() == (tmp_path / "kr").read_bytes()
+    finally:
+        kme.terminate()
+        kme.wait(10)
+    # The KME is gone: 'required' fails with a clear error, 'preferred' goes on and says so.
+    r, i = pair(side("bob", "alice", urls["kme-b"], "kr2"), side("alice", "bob", urls["kme-a"], "ki2"))
+    assert i.returncode == 4 and r.returncode != 0 and "KME" in i.stderr
+    assert not (tmp_path / "ki2").exists() and not (tmp_path / "kr2").exists()
+    r, i = pair(side("bob", "alice", urls["kme-b"], "kr3", "--qkd-policy", "preferred"),
+                side("alice", "bob", urls["kme-a"], "ki3", "--qkd-policy", "preferred"))
+    assert r.returncode == 0 and i.returncode == 0, (r.stderr, i.stderr)
+    assert json.loads(i.stdout)["qkd"] == "unavailable" and "KME" in json.loads(i.stdout)["qkd_reason"]
+    assert (tmp_path / "ki3").read_bytes() == (tmp_path / "kr3").read_bytes()

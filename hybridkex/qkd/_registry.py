@@ -36,7 +36,7 @@ def _open_etsi014(s: ExchangeSettings) -> QKDKeySource:
 
     return Etsi014Client(s.kme_url or "", ca=s.kme_ca, sae_cert=s.sae_cert, sae_key=s.sae_key,
                          sae_id=s.sae_id or "", peer_sae_id=s.peer_sae_id or "",
-                         insecure_http=s.kme_insecure_http)
+                         insecure_http=s.kme_insecure_http, timeout=min(10.0, s.timeout))
 
 
 _SOURCES: dict[str, Callable[[ExchangeSettings], QKDKeySource]] = {"sim": _open_sim, "etsi014": _open_etsi014}
