@@ -1,0 +1,321 @@
+"""asyncio helpers: :func:`open_connection` and :func:`start_server`, shaped like ``asyncio``'s own.
+
+Everything runs on the event loop, without threads: the hybrid exchange through
+:func:`hybridkex.run_handshake_async` (QKD key-source calls go to the default executor),
+the TLS handshake and records through the sans-I/O engine.  The public-key operations of
+a handshake (ML-DSA, ML-KEM, X25519; a few milliseconds of CPU) run on the loop and
+briefly hold it, as any in-loop TLS handshake does.
+
+The streams are pull-based: :class:`TLSStreamReader` reads and decrypts only when asked,
+so a slow consumer slows the peer down through TCP flow control.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from hybridkex import HandshakeTimeout, HybridKexError, Initiator, Responder, TransportError, run_handshake_async
+
+from ._context import HybridTLSContext, psk_from_result
+from ._engine import TLSEngine
+from ._socket import connection_info
+
+__all__ = ["open_connection", "start_server", "wrap_streams", "TLSStreamReader", "TLSStreamWriter"]
+
+log = logging.getLogger("hybridkex_tls")
+
+_READ_CHUNK = 1 << 16
+_DEFAULT_LIMIT = 1 << 16
+
+
+class TLSStreamReader:
+    """Decrypted bytes from the peer, with the reading methods of :class:`asyncio.StreamReader`."""
+
+    def __init__(self, engine: TLSEngine, raw_reader: asyncio.StreamReader, raw_writer: asyncio.StreamWriter,
+                 limit: int = _DEFAULT_LIMIT) -> None:
+        self._engine = engine
+        self._raw_reader = raw_reader
+        self._raw_writer = raw_writer
+        self._buffer = bytearray()
+        self._eof = False
+        self._limit = limit
+        self._busy = False
+
+    async def _fill(self) -> bool:
+        """Decrypt at least one more byte into the buffer; False at the end of the stream."""
+        if self._eof:
+            return False
+        if self._busy:
+            raise RuntimeError("TLSStreamReader is already being read by another task")
+        self._busy = True
+        try:
+            while True:
+                data = self._engine.read(_READ_CHUNK)
+                out = self._engine.data_to_send()
+                if out and not self._raw_writer.is_closing():
+                    self._raw_writer.write(out)
+                if data is None:
+                    try:
+                        raw = await self._raw_reader.read(_READ_CHUNK)
+                    except OSError as exc:
+                        raise TransportError(f"the connection failed: {exc.strerror or exc}") from None
+                    if raw:
+                        self._engine.receive_bytes(raw)
+                    else:
+                        self._engine.receive_eof()
+                    continue
+                if not data:
+                    self._eof = True
+                    return False
+                self._buffer += data
+                return True
+        finally:
+            self._busy = False
+
+    def _take(self, n: int) -> bytes:
+        data = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        return data
+
+    async def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes (``-1``: everything until the end of the stream); ``b""`` at the end."""
+        if n == 0:
+            return b""
+        if n < 0:
+            while await self._fill():
+                pass
+            return self._take(len(self._buffer))
+        if not self._buffer:
+            await self._fill()
+        return self._take(n)
+
+    async def readexactly(self, n: int) -> bytes:
+        """Exactly ``n`` bytes, or :class:`asyncio.IncompleteReadError` at an early end of stream."""
+        if n < 0:
+            raise ValueError("readexactly size can not be less than zero")
+        while len(self._buffer) < n:
+            if not await self._fill():
+                partial = self._take(len(self._buffer))
+                raise asyncio.IncompleteReadError(partial, n)
+        return self._take(n)
+
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        """Bytes up to and including ``separator`` (errors as :meth:`asyncio.StreamReader.readuntil`)."""
+        if not separator:
+            raise ValueError("separator should be at least one-byte string")
+        start = 0
+        while True:
+            index = self._buffer.find(separator, start)
+            if index >= 0:
+                end = index + len(separator)
+                if end > self._limit:
+                    raise asyncio.LimitOverrunError("separator is found, but chunk is longer than limit", index)
+                return self._take(end)
+            if len(self._buffer) > self._limit:
+                raise asyncio.LimitOverrunError("separator is not found, and chunk exceed the limit",
+                                                len(self._buffer))
+            start = max(0, len(self._buffer) - len(separator) + 1)
+            if not await self._fill():
+                partial = self._take(len(self._buffer))
+                raise asyncio.IncompleteReadError(partial, None)
+
+    async def readline(self) -> bytes:
+        """One line including ``\\n``; the rest of the stream at its end."""
+        try:
+            return await self.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            return exc.partial
+
+    def at_eof(self) -> bool:
+        """True when the buffer is empty and the peer closed its sending direction."""
+        return self._eof and not self._buffer
+
+    def __aiter__(self) -> TLSStreamReader:
+        return self
+
+    async def __anext__(self) -> bytes:
+        line = await self.readline()
+        if not line:
+            raise StopAsyncIteration
+        return line
+
+
+class TLSStreamWriter:
+    """Encrypting writer with the methods of :class:`asyncio.StreamWriter`."""
+
+    def __init__(self, engine: TLSEngine, raw_writer: asyncio.StreamWriter, summary: dict[str, object] | None) \
+            -> None:
+        self._engine = engine
+        self._raw = raw_writer
+        self._summary = summary
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Encrypt ``data`` and queue it; ``await drain()`` to wait for the network."""
+        view = memoryview(data).cast("B")
+        while view:
+            taken = self._engine.write(view)
+            view = view[taken:]
+            self._raw.write(self._engine.data_to_send())
+
+    def writelines(self, data: Any) -> None:
+        for chunk in data:
+            self.write(chunk)
+
+    async def drain(self) -> None:
+        """Wait until the kernel buffer has room (flow control), as StreamWriter.drain."""
+        await self._raw.drain()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        """Send the TLS close_notify and half-close TCP; the peer reads end-of-stream, reading goes on here."""
+        if not self._engine.close_notify_sent:
+            self._engine.send_close_notify()
+            out = self._engine.data_to_send()
+            if out:
+                self._raw.write(out)
+        if self._raw.can_write_eof():
+            self._raw.write_eof()
+
+    def close(self) -> None:
+        """Send close_notify (if not yet sent) and close the connection."""
+        if not self._raw.is_closing():
+            with contextlib.suppress(Exception):
+                if not self._engine.close_notify_sent:
+                    self._engine.send_close_notify()
+                    self._raw.write(self._engine.data_to_send())
+        self._engine.close()
+        self._raw.close()
+
+    def is_closing(self) -> bool:
+        return self._raw.is_closing()
+
+    async def wait_closed(self) -> None:
+        with contextlib.suppress(OSError):
+            await self._raw.wait_closed()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """``tls_version``, ``cipher``, ``group``, ``external_psk``, ``peer``, ``qkd_key_ids``, ``hybridkex``
+        (the hybrid summary), ``info`` (all of them); anything else from the TCP transport (``peername``...)."""
+        info = connection_info(self._engine, self._summary)
+        if name == "info":
+            return info
+        if name == "hybridkex":
+            return dict(self._summary) if self._summary else None
+        if name in info:
+            return info[name]
+        if name == "socket":
+            return default  # reading or writing the raw socket would corrupt the TLS stream
+        return self._raw.get_extra_info(name, default)
+
+
+async def _tls_handshake(engine: TLSEngine, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            try:
+                done = engine.do_handshake()
+            finally:
+                out = engine.data_to_send()  # includes OpenSSL's alert on failure
+                if out:
+                    writer.write(out)
+                    with contextlib.suppress(OSError):
+                        await writer.drain()
+            if done:
+                return
+            data = await reader.read(_READ_CHUNK)
+            if data:
+                engine.receive_bytes(data)
+            else:
+                engine.receive_eof()
+    except OSError as exc:
+        if isinstance(exc, HybridKexError):
+            raise
+        raise TransportError(f"the connection failed during the TLS handshake: {exc.strerror or exc}") from None
+
+
+async def wrap_streams(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, context: HybridTLSContext, *,
+                       limit: int = _DEFAULT_LIMIT, suppress_ragged_eofs: bool = True) \
+        -> tuple[TLSStreamReader, TLSStreamWriter]:
+    """Run the hybrid exchange and TLS over connected streams (role from the context); closes them on failure."""
+    engine: TLSEngine | None = None
+    try:
+        async with asyncio.timeout(context.timeout):
+            summary: dict[str, object] | None = None
+            if context.static_psk is not None:
+                psk = context.static_psk
+            else:
+                config = context.handshake_config
+                conn = Initiator(config) if context.role == "client" else Responder(config)
+                source, owned = context.open_qkd_source()
+                try:
+                    result = await run_handshake_async(reader, writer, conn, source, timeout=context.timeout)
+                finally:
+                    if owned and source is not None:
+                        source.close()
+                psk, summary = psk_from_result(result)
+            engine = context.new_engine(psk, suppress_ragged_eofs=suppress_ragged_eofs)
+            await _tls_handshake(engine, reader, writer)
+    except BaseException as exc:
+        if engine is not None:
+            engine.close()
+        writer.close()
+        if isinstance(exc, TimeoutError):
+            raise HandshakeTimeout(f"the hybrid exchange and TLS handshake did not finish within "
+                                   f"{context.timeout:g} s; the peer is down, stuck or too slow") from None
+        raise
+    return (TLSStreamReader(engine, reader, writer, limit), TLSStreamWriter(engine, writer, summary))
+
+
+async def open_connection(host: str, port: int, context: HybridTLSContext, *, limit: int = _DEFAULT_LIMIT,
+                          **kwargs: Any) -> tuple[TLSStreamReader, TLSStreamWriter]:
+    """Connect, run the hybrid exchange and TLS; like :func:`asyncio.open_connection` (extra kwargs go to it)."""
+    if context.role != "client":
+        raise ValueError("open_connection needs a client context (HybridTLSContext.client(...))")
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, **kwargs), context.timeout)
+    except TimeoutError:
+        raise TransportError(f"connecting to {host}:{port} timed out after {context.timeout:g} s") from None
+    except OSError as exc:
+        raise TransportError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+    return await wrap_streams(reader, writer, context, limit=limit)
+
+
+ClientConnected = Callable[[TLSStreamReader, TLSStreamWriter], Awaitable[None] | None]
+
+
+async def start_server(client_connected_cb: ClientConnected, host: str | None, port: int,
+                       context: HybridTLSContext, *, limit: int = _DEFAULT_LIMIT,
+                       on_error: Callable[[Any, BaseException], None] | None = None,
+                       **kwargs: Any) -> asyncio.Server:
+    """Like :func:`asyncio.start_server`: ``client_connected_cb(reader, writer)`` runs for every client whose
+    hybrid exchange and TLS handshake succeeded.  Failed setups go to ``on_error(peer, exc)`` and the log;
+    the server goes on.  The writer is closed when the callback returns."""
+    if context.role != "server":
+        raise ValueError("start_server needs a server context (HybridTLSContext.server(...))")
+
+    async def handle(raw_reader: asyncio.StreamReader, raw_writer: asyncio.StreamWriter) -> None:
+        peer = raw_writer.get_extra_info("peername")
+        try:
+            tls_reader, tls_writer = await wrap_streams(raw_reader, raw_writer, context, limit=limit)
+        except Exception as exc:
+            log.warning("connection from %s: setup failed: %s", peer, exc)
+            if on_error is not None:
+                on_error(peer, exc)
+            return
+        try:
+            outcome = client_connected_cb(tls_reader, tls_writer)
+            if outcome is not None:
+                await outcome
+        except Exception as exc:
+            log.warning("connection from %s: handler failed: %s", peer, exc)
+            if on_error is not None:
+                on_error(peer, exc)
+        finally:
+            tls_writer.close()
+
+    return await asyncio.start_server(handle, host, port, **kwargs)

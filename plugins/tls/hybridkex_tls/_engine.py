@@ -1,0 +1,248 @@
+"""The TLS 1.3 connection as a sans-I/O engine over pyOpenSSL memory BIOs.
+
+Bytes from the network go in with :meth:`TLSEngine.receive_bytes`, bytes for the network
+come out of :meth:`TLSEngine.data_to_send`; the blocking socket wrapper and the asyncio
+streams are thin drivers around it.  After the handshake the engine checks what the
+hybrid mode promises -- the external PSK was used on both sides and the key exchange ran
+over the expected group -- and refuses the connection otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from ._errors import TLSConnectionClosed, TLSError, TLSHandshakeError, TLSPSKError
+from ._importer import ExternalPSK
+from ._openssl import (
+    SSL,
+    ContextHandle,
+    PSKBinding,
+    negotiated_group,
+    new_connection,
+    release_connection,
+    session_reused,
+)
+
+__all__ = ["TLSEngine", "TLSFacts"]
+
+#: Bytes taken out of the outgoing memory BIO per call.
+_BIO_CHUNK = 1 << 18
+#: Application data handed to SSL_write per call (a few TLS records).
+_WRITE_CHUNK = 1 << 16
+
+# OpenSSL reason strings -> what they mean for a PSK-only TLS 1.3 handshake, and what to do.
+_PSK_MISMATCH = ("the two sides hold different TLS PSKs (the binder did not verify); with --external-psk give both "
+                 "sides the same key and identity; in hybrid mode the two sides derived different keys")
+_CLOSED_DURING_HANDSHAKE = "the peer closed the connection during the TLS handshake; see the peer's log for why"
+_NO_GROUP = "no common key-exchange group; the hybrid mode needs X25519MLKEM768 on both sides"
+_REASONS: dict[str, tuple[type[TLSHandshakeError], str]] = {
+    "binder does not verify": (TLSPSKError, _PSK_MISMATCH),
+    "tlsv1 alert decrypt error": (TLSPSKError, "the peer could not verify the PSK binder: " + _PSK_MISMATCH),
+    "sslv3 alert handshake failure": (TLSPSKError, "the peer refused the handshake (alert handshake_failure): it "
+                                      "did not accept the external PSK (different key or identity), or found no "
+                                      "common cipher suite or group"),
+    "no suitable signature algorithm": (TLSPSKError, "the client offered no PSK this server knows, and this server "
+                                        "has no certificate to fall back on"),
+    "certificate verify failed": (TLSPSKError, "the server answered with a certificate instead of accepting the "
+                                  "external PSK; is it running hybridkex-tls with the same PSK?"),
+    "no shared cipher": (TLSHandshakeError, "no common TLS 1.3 cipher suite: the PSK needs a SHA-256 suite "
+                         "(TLS_AES_128_GCM_SHA256 or TLS_CHACHA20_POLY1305_SHA256)"),
+    "no suitable key share": (TLSHandshakeError, _NO_GROUP),
+    "no shared groups": (TLSHandshakeError, _NO_GROUP),
+    "wrong version number": (TLSHandshakeError, "the peer does not speak TLS here (is it a plain TCP service?)"),
+    "unsupported protocol": (TLSHandshakeError, "the peer does not support TLS 1.3"),
+}
+
+
+def _reason(exc: SSL.Error) -> str:
+    """The OpenSSL reason string of a pyOpenSSL error (never key material)."""
+    entries = exc.args[0] if exc.args else None
+    if isinstance(entries, list) and entries:
+        last = entries[-1]
+        if isinstance(last, tuple) and len(last) >= 3:
+            return str(last[2])
+    return str(exc) or type(exc).__name__
+
+
+class TLSFacts:
+    """What a finished handshake negotiated (secret-free)."""
+
+    def __init__(self, version: str, cipher: str, cipher_bits: int, group: str | None, psk_used: bool) -> None:
+        self.version = version
+        self.cipher = cipher
+        self.cipher_bits = cipher_bits
+        self.group = group
+        self.psk_used = psk_used
+
+
+class TLSEngine:
+    """One TLS 1.3 connection (client or server) keyed by an external PSK, without I/O."""
+
+    def __init__(self, handle: ContextHandle, psk: ExternalPSK, *, expected_group: str | None = None,
+                 suppress_ragged_eofs: bool = True) -> None:
+        self.role: Literal["client", "server"] = handle.role
+        self._binding = PSKBinding(psk)
+        self._conn = new_connection(handle, self._binding)
+        self._expected_group = expected_group
+        self._suppress_ragged_eofs = suppress_ragged_eofs
+        self.handshake_done = False
+        self.facts: TLSFacts | None = None
+        self.peer_closed = False
+        """The peer sent close_notify (or closed the TCP connection, with ragged EOFs suppressed)."""
+        self.close_notify_sent = False
+        self._released = False
+
+    # -- bytes in and out ----------------------------------------------------------------
+    def receive_bytes(self, data: bytes) -> None:
+        """Feed bytes read from the network."""
+        self._conn.bio_write(data)
+
+    def receive_eof(self) -> None:
+        """The network connection delivered EOF."""
+        self._conn.bio_shutdown()
+
+    def data_to_send(self) -> bytes:
+        """All bytes the engine wants on the network now (possibly empty)."""
+        chunks = []
+        while True:
+            try:
+                chunk = self._conn.bio_read(_BIO_CHUNK)
+            except SSL.WantReadError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    # -- handshake -----------------------------------------------------------------------
+    def do_handshake(self) -> bool:
+        """Advance the handshake; True once it finished and passed the checks, False when it needs input."""
+        if self.handshake_done:
+            return True
+        try:
+            self._conn.do_handshake()
+        except SSL.WantReadError:
+            return False
+        except (SSL.ZeroReturnError, SSL.SysCallError):
+            self._release()
+            raise TLSConnectionClosed(_CLOSED_DURING_HANDSHAKE) from None
+        except SSL.Error as exc:
+            self._release()
+            raise self._handshake_error(_reason(exc)) from None
+        try:
+            self._check_handshake()
+        finally:
+            self._release()
+        self.handshake_done = True
+        return True
+
+    def _handshake_error(self, reason: str) -> TLSHandshakeError:
+        if reason == "unexpected eof while reading":
+            return TLSConnectionClosed(_CLOSED_DURING_HANDSHAKE)
+        if self.role == "server" and self._binding.unknown_identity:
+            return TLSPSKError("the client offered a TLS PSK identity this server does not expect; it derived a "
+                               "different hybrid key or is configured with another --psk-identity")
+        if self.role == "server" and not self._binding.accepted and reason == "no suitable signature algorithm":
+            return TLSPSKError("the client offered no external PSK; it must run hybridkex-tls (or use "
+                               "--external-psk with the same key and identity)")
+        cls, explained = _REASONS.get(reason, (TLSHandshakeError, reason))
+        return cls(f"TLS handshake failed: {explained}")
+
+    def _check_handshake(self) -> None:
+        used = session_reused(self._conn) and (self._binding.offered if self.role == "client"
+                                                else self._binding.accepted)
+        if not used:
+            raise TLSPSKError("the TLS handshake finished without the external PSK; refusing the connection "
+                              "because only the PSK authenticates it")
+        group = negotiated_group(self._conn)
+        if self._expected_group is not None and group != self._expected_group:
+            raise TLSHandshakeError(f"the TLS key exchange used {group or 'no group'} instead of "
+                                    f"{self._expected_group}; refusing the connection")
+        cipher = self._conn.get_cipher_name() or ""
+        self.facts = TLSFacts(self._conn.get_protocol_version_name(), cipher, self._conn.get_cipher_bits() or 0,
+                              group, True)
+
+    def _release(self) -> None:
+        if not self._released:
+            self._released = True
+            release_connection(self._conn)
+
+    # -- application data ----------------------------------------------------------------
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Encrypt up to one chunk of ``data``; returns how many bytes were taken."""
+        if not self.handshake_done:
+            raise TLSError("the TLS handshake has not finished; no data can be sent yet")
+        if self.close_notify_sent:
+            raise BrokenPipeError("this side already shut down its sending direction (close_notify sent)")
+        view = memoryview(data)[:_WRITE_CHUNK]
+        if not view:
+            return 0
+        try:
+            return int(self._conn.send(view))
+        except SSL.Error as exc:
+            raise TLSError(f"TLS error while sending: {_reason(exc)}") from None
+
+    def read(self, size: int) -> bytes | None:
+        """Decrypted bytes (up to ``size``); ``b""`` at the end of the stream; None when input is needed."""
+        if self.peer_closed:
+            return b""
+        try:
+            return bytes(self._conn.recv(size))
+        except SSL.WantReadError:
+            return None
+        except SSL.ZeroReturnError:
+            self.peer_closed = True
+            return b""
+        except SSL.SysCallError:
+            return self._ragged_eof()
+        except SSL.Error as exc:
+            reason = _reason(exc)
+            if reason == "unexpected eof while reading":
+                return self._ragged_eof()
+            raise TLSError(f"TLS error while receiving: {reason}; the connection cannot be used any more") from None
+
+    def read_into(self, buffer: bytearray | memoryview, size: int) -> int | None:
+        """Like :meth:`read`, into ``buffer``: the count, 0 at the end of the stream, None when input is needed."""
+        if self.peer_closed:
+            return 0
+        try:
+            return int(self._conn.recv_into(buffer, size))
+        except SSL.WantReadError:
+            return None
+        except SSL.ZeroReturnError:
+            self.peer_closed = True
+            return 0
+        except SSL.SysCallError:
+            return len(self._ragged_eof())
+        except SSL.Error as exc:
+            reason = _reason(exc)
+            if reason == "unexpected eof while reading":
+                return len(self._ragged_eof())
+            raise TLSError(f"TLS error while receiving: {reason}; the connection cannot be used any more") from None
+
+    def _ragged_eof(self) -> bytes:
+        if not self._suppress_ragged_eofs:
+            raise TLSError("the peer closed the TCP connection without a TLS close_notify; data may have been "
+                           "truncated")
+        self.peer_closed = True
+        return b""
+
+    def pending(self) -> int:
+        """Decrypted bytes ready to read without more input."""
+        return int(self._conn.pending())
+
+    def send_close_notify(self) -> None:
+        """Close this side's sending direction (TLS 1.3 close_notify, RFC 8446 §6.1); reading may go on."""
+        if self.close_notify_sent or not self.handshake_done:
+            self.close_notify_sent = True
+            return
+        self.close_notify_sent = True
+        try:
+            self._conn.shutdown()
+        except SSL.Error:
+            pass  # the connection is already broken; closing goes on regardless
+
+    def close(self) -> None:
+        """Forget the PSK binding (the handshake may have been abandoned)."""
+        self._release()
+

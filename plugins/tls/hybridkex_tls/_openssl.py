@@ -1,0 +1,242 @@
+"""Every OpenSSL function this plugin reaches past pyOpenSSL's public API, in one module.
+
+pyOpenSSL has no public API for TLS 1.3 external PSKs or for the key-exchange groups, so
+they are called through its cffi binding (``OpenSSL._util.lib`` / ``ffi``, which is
+``cryptography``'s binding of the OpenSSL bundled in its wheel):
+
+- ``SSL_CTX_set_psk_use_session_callback`` (client) and
+  ``SSL_CTX_set_psk_find_session_callback`` (server) hand OpenSSL an ``SSL_SESSION``
+  holding the PSK, its cipher suite (which fixes the PSK's hash, RFC 8446 §4.2.11) and
+  TLS 1.3 as the version.  These callbacks take binary identities, which RFC 9258
+  ImportedIdentity structures are; the legacy ``SSL_CTX_set_psk_client_callback`` takes
+  NUL-terminated strings and is not used.
+- ``SSL_CTX_set1_curves_list`` (the same control as ``SSL_CTX_set1_groups_list``) sets
+  the groups, e.g. ``X25519MLKEM768``.
+- ``SSL_session_reused`` tells whether the handshake used the PSK.
+
+The module checks at import that the binding has all of them and raises
+:class:`~hybridkex_tls.TLSUnavailable` naming the versions needed.  Callbacks reach the
+per-connection PSK through a table keyed by the ``SSL *`` address; the ``ffi.callback``
+objects live as long as the context that uses them.
+"""
+
+from __future__ import annotations
+
+import hmac
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ._errors import TLSUnavailable
+from ._importer import ExternalPSK
+
+__all__ = [
+    "SSL", "OPENSSL_VERSION", "PYOPENSSL_VERSION", "PSKBinding", "ContextHandle", "new_context", "new_connection",
+    "release_connection", "session_reused", "negotiated_group", "REQUIREMENTS",
+]
+
+REQUIREMENTS = ("pyOpenSSL >= 26.4 on cryptography >= 48, whose wheel bundles OpenSSL >= 3.5 "
+                "(TLS 1.3 PSK session callbacks and the X25519MLKEM768 group)")
+
+_NEEDED = (
+    "SSL_CTX_set_psk_use_session_callback", "SSL_CTX_set_psk_find_session_callback",
+    "Cryptography_SSL_SESSION_new", "SSL_SESSION_set1_master_key", "SSL_SESSION_set_cipher",
+    "SSL_SESSION_set_protocol_version", "SSL_CIPHER_find", "SSL_CTX_set1_curves_list", "SSL_session_reused",
+    "SSL_get0_group_name", "SSL_get_session", "ERR_get_error", "TLS1_3_VERSION",
+)
+
+try:
+    import OpenSSL
+    from OpenSSL import SSL
+    from OpenSSL._util import ffi as _ffi
+    from OpenSSL._util import lib as _lib
+except ImportError as exc:  # pragma: no cover - depends on the installation
+    raise TLSUnavailable(f"hybridkex-tls needs {REQUIREMENTS}; pyOpenSSL could not be imported ({exc}); "
+                         "install it with 'pip install pyOpenSSL'") from None
+
+PYOPENSSL_VERSION: str = OpenSSL.__version__
+OPENSSL_VERSION: str = SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode("ascii", "replace")
+
+
+def _check_binding() -> None:
+    missing = [name for name in _NEEDED if not hasattr(_lib, name)]
+    if not missing and not (getattr(_lib, "Cryptography_HAS_PSK_TLSv1_3", 0)
+                            and getattr(_lib, "Cryptography_HAS_SSL_GET0_GROUP_NAME", 0)):
+        missing.append("TLS 1.3 PSK support")
+    if missing:
+        raise TLSUnavailable(f"hybridkex-tls needs {REQUIREMENTS}; this is pyOpenSSL {PYOPENSSL_VERSION} with "
+                             f"{OPENSSL_VERSION}, whose binding lacks {', '.join(missing)}; upgrade with "
+                             "'pip install -U pyOpenSSL cryptography'")
+
+
+_check_binding()
+
+#: TLS_AES_128_GCM_SHA256 (RFC 8446 Appendix B.4): the suite named in the PSK's session.  A SHA-256 suite,
+#: so the server may pick either SHA-256 suite offered and still use the PSK.
+_PSK_SESSION_SUITE = b"\x13\x01"
+
+Role = Literal["client", "server"]
+
+
+@dataclass(eq=False)
+class PSKBinding:
+    """One connection's external PSK and what the PSK callbacks saw (read after the handshake)."""
+
+    psk: ExternalPSK | None
+    offered: bool = False
+    """Client: the PSK was put in the ClientHello."""
+    accepted: bool = False
+    """Server: the client offered our identity and the PSK session was handed to OpenSSL."""
+    unknown_identity: bool = False
+    """Server: the client offered a PSK identity other than ours."""
+    _identity_buffer: Any = field(default=None, repr=False)
+
+
+@dataclass(eq=False)
+class ContextHandle:
+    """A pyOpenSSL context plus the ffi callbacks installed on it (kept referenced here)."""
+
+    context: SSL.Context
+    role: Role
+    groups: str | None
+    callbacks: tuple[Any, ...] = ()
+
+
+_bindings: dict[int, PSKBinding] = {}
+_bindings_lock = threading.Lock()
+
+
+def _address(ssl: Any) -> int:
+    return int(_ffi.cast("uintptr_t", ssl))
+
+
+def _lookup(ssl: Any) -> PSKBinding | None:
+    with _bindings_lock:
+        return _bindings.get(_address(ssl))
+
+
+def _psk_session(ssl: Any, key: bytes) -> Any:
+    """A new SSL_SESSION carrying ``key`` as a TLS 1.3 PSK for SHA-256 suites; NULL on failure."""
+    cipher = _lib.SSL_CIPHER_find(ssl, _PSK_SESSION_SUITE)
+    if cipher == _ffi.NULL:
+        return _ffi.NULL
+    session = _lib.Cryptography_SSL_SESSION_new()
+    if session == _ffi.NULL:
+        return _ffi.NULL
+    key_buffer = _ffi.from_buffer("unsigned char[]", key)
+    if (_lib.SSL_SESSION_set1_master_key(session, key_buffer, len(key)) != 1
+            or _lib.SSL_SESSION_set_cipher(session, cipher) != 1
+            or _lib.SSL_SESSION_set_protocol_version(session, _lib.TLS1_3_VERSION) != 1):
+        _lib.SSL_SESSION_free(session)
+        return _ffi.NULL
+    return session
+
+
+def _use_session(ssl: Any, md: Any, identity_out: Any, identity_len_out: Any, session_out: Any) -> int:
+    """Client: offer the connection's PSK (OpenSSL owns the returned session and frees it)."""
+    session_out[0] = _ffi.NULL
+    binding = _lookup(ssl)
+    if binding is None or binding.psk is None:
+        return 1  # no PSK: the server will refuse the handshake, which the caller reports
+    session = _psk_session(ssl, binding.psk.key)
+    if session == _ffi.NULL:
+        return 0
+    if binding._identity_buffer is None:
+        # OpenSSL keeps the pointer until the handshake ends: the buffer lives on the binding.
+        binding._identity_buffer = _ffi.new("unsigned char[]", binding.psk.identity)
+    identity_out[0] = binding._identity_buffer
+    identity_len_out[0] = len(binding.psk.identity)
+    session_out[0] = session
+    binding.offered = True
+    return 1
+
+
+def _find_session(ssl: Any, identity: Any, identity_len: int, session_out: Any) -> int:
+    """Server: accept the client's PSK only under the identity this connection expects."""
+    session_out[0] = _ffi.NULL
+    binding = _lookup(ssl)
+    if binding is None or binding.psk is None:
+        return 1
+    offered = bytes(_ffi.buffer(identity, identity_len))
+    if not hmac.compare_digest(offered, binding.psk.identity):
+        binding.unknown_identity = True
+        return 1  # not ours: OpenSSL goes on without a PSK and fails for want of a certificate
+    session = _psk_session(ssl, binding.psk.key)
+    if session == _ffi.NULL:
+        return 0
+    session_out[0] = session
+    binding.accepted = True
+    return 1
+
+
+def _reject_certificate(*_args: object) -> bool:
+    # Authentication is the hybrid exchange's (or the static PSK's) job; a server that answers with
+    # a certificate instead of the PSK is refused rather than trusted.
+    return False
+
+
+def new_context(role: Role, *, groups: str | None, ciphersuites: str) -> ContextHandle:
+    """A TLS 1.3-only context for external-PSK handshakes (psk_dhe_ke), with PSK callbacks installed."""
+    ctx = SSL.Context(SSL.TLS_CLIENT_METHOD if role == "client" else SSL.TLS_SERVER_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
+    ctx.set_max_proto_version(SSL.TLS1_3_VERSION)
+    try:
+        ctx.set_tls13_ciphersuites(ciphersuites.encode("ascii"))
+    except SSL.Error:
+        raise TLSUnavailable(f"{OPENSSL_VERSION} accepts none of the TLS 1.3 cipher suites {ciphersuites}") from None
+    if groups is not None and _lib.SSL_CTX_set1_curves_list(ctx._context, groups.encode("ascii")) != 1:
+        _drain_error_queue()
+        raise TLSUnavailable(f"{OPENSSL_VERSION} (through pyOpenSSL {PYOPENSSL_VERSION}) does not support the "
+                             f"group(s) {groups}; hybridkex-tls needs {REQUIREMENTS}")
+    # No session cache and no tickets to resume from: every connection runs a new hybrid exchange.
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    ctx.set_options(SSL.OP_NO_TICKET)
+    callbacks: tuple[Any, ...]
+    if role == "client":
+        ctx.set_verify(SSL.VERIFY_PEER, _reject_certificate)
+        use_type = _ffi.typeof(_lib.SSL_CTX_set_psk_use_session_callback).args[1]
+        use_cb = _ffi.callback(use_type, _use_session, error=0)
+        _lib.SSL_CTX_set_psk_use_session_callback(ctx._context, use_cb)
+        callbacks = (use_cb,)
+    else:
+        find_type = _ffi.typeof(_lib.SSL_CTX_set_psk_find_session_callback).args[1]
+        find_cb = _ffi.callback(find_type, _find_session, error=0)
+        _lib.SSL_CTX_set_psk_find_session_callback(ctx._context, find_cb)
+        callbacks = (find_cb,)
+    return ContextHandle(ctx, role, groups, callbacks)
+
+
+def new_connection(handle: ContextHandle, binding: PSKBinding) -> SSL.Connection:
+    """A memory-BIO connection for ``handle`` whose PSK callbacks will see ``binding``."""
+    conn = SSL.Connection(handle.context, None)
+    if handle.role == "client":
+        conn.set_connect_state()
+    else:
+        conn.set_accept_state()
+    with _bindings_lock:
+        _bindings[_address(conn._ssl)] = binding
+    return conn
+
+
+def release_connection(conn: SSL.Connection) -> None:
+    """Forget the connection's PSK binding (after the handshake, or when it failed)."""
+    with _bindings_lock:
+        _bindings.pop(_address(conn._ssl), None)
+
+
+def session_reused(conn: SSL.Connection) -> bool:
+    """True when the handshake used a PSK (for TLS 1.3, SSL_session_reused reports exactly that)."""
+    return bool(_lib.SSL_session_reused(conn._ssl))
+
+
+def negotiated_group(conn: SSL.Connection) -> str | None:
+    """The key-exchange group of a finished handshake, e.g. ``X25519MLKEM768`` (None before)."""
+    if _lib.SSL_get_session(conn._ssl) == _ffi.NULL:  # SSL_get0_group_name needs an established session
+        return None
+    name = _lib.SSL_get0_group_name(conn._ssl)
+    return None if name == _ffi.NULL else str(_ffi.string(name).decode("ascii"))
+
+
+def _drain_error_queue() -> None:
+    while _lib.ERR_get_error() != 0:
+        pass
