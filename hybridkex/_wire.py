@@ -31,6 +31,7 @@ HEADER_SIZE = 8
 MAX_BODY_SIZE = 32 * 1024
 NONCE_SIZE = 32
 MAX_QKD_KEYS = 16
+MAX_SUITES = 0x7F
 
 
 class MessageType(IntEnum):
@@ -163,8 +164,8 @@ def _vec16(data: bytes) -> bytes:
 
 
 def push_init_hello(m: InitHello) -> bytes:
-    if not 0 < len(m.suites) <= 0x7F:
-        raise ValueError("InitHello must offer 1..127 suites")
+    if not 0 < len(m.suites) <= MAX_SUITES:
+        raise ValueError(f"InitHello must offer 1..{MAX_SUITES} suites")
     return (m.nonce + bytes([len(m.suites)]) + b"".join(struct.pack(">H", s) for s in m.suites)
             + bytes([m.auth_kind]) + _vec16(m.identity) + _vec8(m.x25519) + _vec16(m.kem_key)
             + bytes([m.qkd_policy]) + _vec8(m.context))
@@ -246,8 +247,8 @@ def parse_header(header: bytes) -> tuple[MessageType, int]:
 def _pull_init_hello(buf: Buffer) -> InitHello:
     nonce = buf.pull_bytes(NONCE_SIZE, "nonce")
     count = buf.pull_u8("suites")
-    if count == 0:
-        raise RemoteProtocolError("malformed InitHello: no suites offered")
+    if not 0 < count <= MAX_SUITES:
+        raise RemoteProtocolError(f"malformed InitHello: {count} suites offered (1..{MAX_SUITES} allowed)")
     suites = tuple(buf.pull_u16("suites") for _ in range(count))
     return InitHello(nonce, suites, buf.pull_u8("auth_kind"), buf.pull_vec16("identity"),
                      buf.pull_vec8("x25519"), buf.pull_vec16("kem_key"), buf.pull_u8("qkd_policy"),
@@ -308,6 +309,10 @@ def decode(frame: bytes) -> Message:
     buf.finish()
     # The encoding is canonical; re-encoding must give the same bytes, so the "core" of a
     # message that signatures cover can be rebuilt exactly from the parsed fields.
-    if mtype is not MessageType.ALERT and encode(message) != frame:
+    try:
+        canonical = mtype is MessageType.ALERT or encode(message) == frame
+    except ValueError:  # a field the encoder refuses: the peer sent something no encoder makes
+        canonical = False
+    if not canonical:
         raise RemoteProtocolError(f"malformed {mtype.name}: non-canonical encoding")
     return message
