@@ -1,0 +1,620 @@
+"""How much the handshake costs beyond the cryptography it cannot avoid.
+
+    python -m hybridkex.bench [--backend cryptography|liboqs|auto] [--iterations N] [--batches B]
+                              [--kem ml-kem-768|ml-kem-1024] [--sig ml-dsa-44|ml-dsa-65|ml-dsa-87]
+                              [--quick] [--profile]
+
+Runs whole handshakes -- both sides in this process, the sans-I/O state machines wired back
+to back, ML-DSA authentication, once without QKD and once with a QKD key handed over as
+data -- and, in the same run, the *floor*: the primitive operations those handshakes make,
+called directly through the same backend on inputs of the same sizes:
+
+* X25519: both key pairs from seeds and both exchanges;
+* ML-KEM: the initiator's key pair from its seed, the responder's encapsulation, the
+  initiator's decapsulation;
+* ML-DSA: both signatures over a transcript hash and both verifications;
+* CatKDF: the handshake and the session secret, on each side (four calls), over inputs as
+  long as the real messages.
+
+Everything else -- framing, parsing, transcript hashes, key confirmation MACs, fingerprints,
+events, state checks -- is protocol overhead.  Time is CPU time (:func:`time.process_time`),
+after a warm-up, in batches that rotate between handshakes and the floor so that drift
+(frequency scaling, a noisy neighbour) hits both; the figures are medians over the batches.
+The goal is a ratio handshake/floor of at most 1.15.
+
+ML-DSA signing is randomized and rejection-sampled, so single signatures vary a lot in
+cost and the direct ratio is noisy.  A second figure measures the overhead on its own:
+handshakes replayed over a backend that serves the primitives' results recorded from a real
+handshake (with fixed randomness both sides repeat it byte for byte), minus the CatKDF calls
+that still run; ``ratio_replayed`` is (floor + that overhead) / floor.
+
+The last line printed is one JSON object with every figure (``ratio``, ``handshake_us``,
+``floor_us``, ``backend``, message sizes ...), for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import hashlib
+import json
+import os
+import platform
+import pstats
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import _labels
+from ._auth import PSKAuthenticator, SignatureAuthenticator
+from ._catkdf import catkdf
+from ._errors import BackendUnavailable
+from ._handshake import (
+    Event,
+    HandshakeComplete,
+    HandshakeConfig,
+    HandshakeResult,
+    Initiator,
+    NeedQKDKeys,
+    Responder,
+    SendMessage,
+)
+from ._identity import Identity, generate_identity
+from ._primitives import KEM, KEM_NAMES, SIG_NAMES, Backend, KeyAgreement, SignatureScheme, get_backend
+from ._suites import SUITES, Suite, suites_for_kem
+from ._wire import HEADER_SIZE
+from .qkd._source import QKD_KEY_BYTES, QKDKey
+
+__all__ = ["main", "measure", "make_setup", "message_sizes", "run_handshake", "Floor", "Measurement", "ReplayBackend"]
+
+#: The overhead the protocol may add on top of its primitives (1.15 = 15 %).
+GOAL_RATIO = 1.15
+DEFAULT_ITERATIONS = 100
+DEFAULT_BATCHES = 15
+_SIG_CONTEXTS = (_labels.SIG_CONTEXT_RESPONDER, _labels.SIG_CONTEXT_INITIATOR)
+
+
+# --------------------------------------------------------------------------- the handshake
+
+
+def _sent(events: Sequence[Event]) -> bytes:
+    event = events[0]
+    if not isinstance(event, SendMessage):
+        raise RuntimeError(f"expected a message to send, got {type(event).__name__}")
+    return event.data
+
+
+def _completed(events: Sequence[Event]) -> HandshakeResult:
+    event = events[-1]
+    if not isinstance(event, HandshakeComplete):
+        raise RuntimeError(f"expected the handshake to complete, got {type(event).__name__}")
+    return event.result
+
+
+def run_handshake(i_config: HandshakeConfig, r_config: HandshakeConfig, qkd_key: QKDKey | None = None,
+                  rngs: tuple[Callable[[int], bytes], Callable[[int], bytes]] = (os.urandom, os.urandom),
+                  ) -> tuple[HandshakeResult, HandshakeResult]:
+    """One whole handshake, both sides in this process; ``qkd_key`` is what both QKD sources deliver."""
+    ini, res = Initiator(i_config, rng=rngs[0]), Responder(r_config, rng=rngs[1])
+    resp_hello = _sent(res.receive(_sent(ini.initiate())))
+    events = ini.receive(resp_hello)
+    if isinstance(events[0], NeedQKDKeys):
+        if qkd_key is None:
+            raise RuntimeError("the initiator asked for a QKD key but none was supplied")
+        events = ini.qkd_keys([qkd_key])
+    events = res.receive(_sent(events))
+    if isinstance(events[0], NeedQKDKeys):
+        assert qkd_key is not None
+        events = res.qkd_keys([qkd_key])
+    r_result = _completed(events)
+    i_result = _completed(ini.receive(_sent(events)))
+    return i_result, r_result
+
+
+def _qkd_keys(n: int, qkd: bool) -> list[QKDKey | None]:
+    """Keys for one batch, made before the clock starts: the KME's work is not the handshake's."""
+    return [QKDKey(uuid.uuid4(), os.urandom(QKD_KEY_BYTES)) if qkd else None for _ in range(n)]
+
+
+# --------------------------------------------------------------------------- replayed primitives
+
+
+class _Tape:
+    """Primitive results recorded from one real handshake, then served instead of computing them.
+
+    With fixed randomness both state machines repeat the recorded handshake byte for byte, so
+    a handshake over a replaying backend costs exactly the protocol's own work (plus a few
+    dictionary look-ups on short keys): the overhead, without the noise of randomized ML-DSA
+    signing, whose rejection loop makes each signature take a different time.
+    """
+
+    def __init__(self) -> None:
+        self.recording = True
+        self.results: dict[tuple[str, bytes, bytes], Any] = {}
+
+    def __call__(self, op: str, a: bytes, b: bytes, compute: Callable[[], Any]) -> Any:
+        key = (op, a, b)
+        if self.recording and key not in self.results:  # the first result stands: replays must agree
+            self.results[key] = compute()
+        try:
+            return self.results[key]
+        except KeyError:
+            raise RuntimeError(f"replay: {op} was called with inputs the recorded handshake did not use") from None
+
+
+class _ReplayKEM(KEM):
+    def __init__(self, real: KEM, tape: _Tape) -> None:
+        self.name, self.sizes, self._real, self._tape = real.name, real.sizes, real, tape
+
+    def generate(self, seed: bytes) -> tuple[Any, bytes]:
+        result: tuple[Any, bytes] = self._tape("kem-generate", seed, b"", lambda: self._real.generate(seed))
+        return result
+
+    def encapsulate(self, encapsulation_key: bytes) -> tuple[bytes, bytes]:
+        result: tuple[bytes, bytes] = self._tape("kem-encapsulate", encapsulation_key[:64], b"",
+                                                 lambda: self._real.encapsulate(encapsulation_key))
+        return result
+
+    def decapsulate(self, private: Any, ciphertext: bytes) -> bytes:
+        result: bytes = self._tape("kem-decapsulate", ciphertext[:64], b"",
+                                   lambda: self._real.decapsulate(private, ciphertext))
+        return result
+
+
+class _ReplayKeyAgreement(KeyAgreement):
+    def __init__(self, real: KeyAgreement, tape: _Tape) -> None:
+        self.name, self._real, self._tape = real.name, real, tape
+        self.public_key_size, self.private_key_size = real.public_key_size, real.private_key_size
+
+    def generate(self, seed: bytes) -> tuple[Any, bytes]:
+        result: tuple[Any, bytes] = self._tape("ka-generate", seed, b"", lambda: self._real.generate(seed))
+        return result
+
+    def exchange(self, private: Any, peer_public: bytes) -> bytes:
+        # Each side's peer public key is different, so it names the exchange.
+        result: bytes = self._tape("ka-exchange", peer_public, b"", lambda: self._real.exchange(private, peer_public))
+        return result
+
+
+class _ReplaySignature(SignatureScheme):
+    def __init__(self, real: SignatureScheme, tape: _Tape) -> None:
+        self.name, self.sizes, self._real, self._tape = real.name, real.sizes, real, tape
+
+    def from_seed(self, seed: bytes) -> tuple[Any, bytes]:
+        return self._real.from_seed(seed)
+
+    def sign(self, private: Any, message: bytes, context: bytes) -> bytes:
+        # The message is a transcript hash: short, and different for every signature of a handshake.
+        result: bytes = self._tape("sign", message, context, lambda: self._real.sign(private, message, context))
+        return result
+
+    def verify(self, public_key: bytes, message: bytes, signature: bytes, context: bytes) -> bool:
+        result: bool = self._tape("verify", message, context,
+                                  lambda: self._real.verify(public_key, message, signature, context))
+        return result
+
+
+class ReplayBackend(Backend):
+    """A backend that records the primitives of a real backend once, then replays them."""
+
+    def __init__(self, real: Backend) -> None:
+        self.name = f"replay({real.name})"
+        self.tape = _Tape()
+        self._real = real
+
+    def kem(self, name: str) -> KEM:
+        return _ReplayKEM(self._real.kem(name), self.tape)
+
+    def key_agreement(self, name: str) -> KeyAgreement:
+        return _ReplayKeyAgreement(self._real.key_agreement(name), self.tape)
+
+    def signature(self, name: str) -> SignatureScheme:
+        return _ReplaySignature(self._real.signature(name), self.tape)
+
+
+def _fixed_rng(fill: int) -> Callable[[int], bytes]:
+    return lambda n: bytes([fill]) * n
+
+
+#: Fixed randomness for replayed handshakes (distinct per side, so the two X25519 shares differ).
+REPLAY_RNGS = (_fixed_rng(1), _fixed_rng(2))
+
+
+# --------------------------------------------------------------------------- the floor
+
+
+@dataclass(frozen=True)
+class _Sizes:
+    """Lengths of the byte strings CatKDF hashes, taken from a real handshake."""
+
+    init_hello: int
+    resp_hello_core: int
+    resp_hello: int
+    init_finish: int
+
+
+class Floor:
+    """The primitive operations of one handshake, called straight through the backend."""
+
+    def __init__(self, backend: Backend, suite: Suite, initiator: Identity, responder: Identity,
+                 sizes: _Sizes) -> None:
+        self.suite = suite
+        self.kem = backend.kem(suite.kem)
+        self.ka = backend.key_agreement(suite.key_agreement)
+        i_scheme, r_scheme = backend.signature(initiator.alg), backend.signature(responder.alg)
+        self.i_sign, self.r_sign = i_scheme.sign, r_scheme.sign
+        self.i_verify, self.r_verify = i_scheme.verify, r_scheme.verify
+        self.i_signer, self.i_public = i_scheme.from_seed(initiator.seed)
+        self.r_signer, self.r_public = r_scheme.from_seed(responder.seed)
+        self.kem_seed = os.urandom(self.kem.sizes.decapsulation_key_seed)
+        self.x_seeds = (os.urandom(self.ka.private_key_size), os.urandom(self.ka.private_key_size))
+        # What is signed is a transcript hash; CatKDF hashes whole messages.
+        self.th_resp = hashlib.new(suite.hash, b"resp").digest()
+        self.th_init = hashlib.new(suite.hash, b"init").digest()
+        self.ma_hs, self.mb_hs = os.urandom(sizes.init_hello), os.urandom(sizes.resp_hello_core)
+        self.ma_session = os.urandom(sizes.init_hello + sizes.init_finish)
+        self.mb_session = os.urandom(sizes.resp_hello)
+
+    def _catkdf(self, psk: bytes, k1: bytes, k2: bytes, ma: bytes, mb: bytes, stage: str) -> bytes:
+        context = _labels.CATKDF_CONTEXT_HANDSHAKE if stage == "handshake" else _labels.CATKDF_CONTEXT_SESSION
+        label = _labels.CATKDF_LABEL_HANDSHAKE if stage == "handshake" else _labels.CATKDF_LABEL_SESSION
+        return catkdf(hash=self.suite.hash, kdf=self.suite.kdf, psk=psk, k1=k1, k2=k2, ma=ma, mb=mb,
+                      context=context, label=label, length=self.suite.hash_len)
+
+    def run(self, qkd_key: QKDKey | None) -> None:
+        """One handshake's worth of primitives, in protocol order, each output feeding the next step."""
+        kem, ka = self.kem, self.ka
+        psk = qkd_key.key if qkd_key is not None else b""
+        # initiator: key shares
+        kem_private, encapsulation_key = kem.generate(self.kem_seed)
+        xi_private, xi_public = ka.generate(self.x_seeds[0])
+        # responder: key share, both secrets, signature, handshake secret
+        xr_private, xr_public = ka.generate(self.x_seeds[1])
+        k1 = ka.exchange(xr_private, xi_public)
+        k2, ciphertext = kem.encapsulate(encapsulation_key)
+        r_tag = self.r_sign(self.r_signer, self.th_resp, _SIG_CONTEXTS[0])
+        self._catkdf(b"", k1, k2, self.ma_hs, self.mb_hs, "handshake")
+        # initiator: check the responder, both secrets, handshake secret, signature
+        if not self.r_verify(self.r_public, self.th_resp, r_tag, _SIG_CONTEXTS[0]):
+            raise RuntimeError("floor: responder signature did not verify")
+        k1 = ka.exchange(xi_private, xr_public)
+        k2 = kem.decapsulate(kem_private, ciphertext)
+        self._catkdf(b"", k1, k2, self.ma_hs, self.mb_hs, "handshake")
+        i_tag = self.i_sign(self.i_signer, self.th_init, _SIG_CONTEXTS[1])
+        # responder: check the initiator, session secret; then the initiator's session secret
+        if not self.i_verify(self.i_public, self.th_init, i_tag, _SIG_CONTEXTS[1]):
+            raise RuntimeError("floor: initiator signature did not verify")
+        self._catkdf(psk, k1, k2, self.ma_session, self.mb_session, "session")
+        self._catkdf(psk, k1, k2, self.ma_session, self.mb_session, "session")
+
+    def operations(self) -> dict[str, tuple[int, Callable[[], object]]]:
+        """Each primitive alone, with how many times one handshake calls it (for the breakdown)."""
+        kem_private, encapsulation_key = self.kem.generate(self.kem_seed)
+        x_private, x_public = self.ka.generate(self.x_seeds[0])
+        _, ciphertext = self.kem.encapsulate(encapsulation_key)
+        tag = self.r_sign(self.r_signer, self.th_resp, _SIG_CONTEXTS[0])
+        secret = bytes(32)
+        return {
+            "x25519 keygen": (2, lambda: self.ka.generate(self.x_seeds[1])),
+            "x25519 exchange": (2, lambda: self.ka.exchange(x_private, x_public)),
+            f"{self.kem.name} keygen": (1, lambda: self.kem.generate(self.kem_seed)),
+            f"{self.kem.name} encaps": (1, lambda: self.kem.encapsulate(encapsulation_key)),
+            f"{self.kem.name} decaps": (1, lambda: self.kem.decapsulate(kem_private, ciphertext)),
+            "ml-dsa sign": (2, lambda: self.r_sign(self.r_signer, self.th_resp, _SIG_CONTEXTS[0])),
+            "ml-dsa verify": (2, lambda: self.r_verify(self.r_public, self.th_resp, tag, _SIG_CONTEXTS[0])),
+            "catkdf handshake": (2, lambda: self._catkdf(b"", secret, secret, self.ma_hs, self.mb_hs, "handshake")),
+            "catkdf session": (2, lambda: self._catkdf(secret, secret, secret, self.ma_session, self.mb_session,
+                                                       "session")),
+        }
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+Pair = tuple[HandshakeConfig, HandshakeConfig]
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Configurations for both sides, real and replayed, with and without QKD, and the matching floor."""
+
+    backend: Backend
+    suite: Suite
+    configs: Pair
+    qkd_configs: Pair
+    replay_configs: Pair
+    replay_qkd_configs: Pair
+    replay_qkd_key: QKDKey
+    floor: Floor
+
+
+def _signature_pair(backend: Backend, alice: Identity, bob: Identity, suites: tuple[int, ...]) -> dict[str, Pair]:
+    i_auth = SignatureAuthenticator(alice, [bob.public], backend)
+    r_auth = SignatureAuthenticator(bob, [alice.public], backend)
+    return {policy: (HandshakeConfig(i_auth, suites, policy, backend=backend),
+                     HandshakeConfig(r_auth, suites, policy, backend=backend)) for policy in ("off", "required")}
+
+
+def make_setup(backend: Backend, kem: str, sig: str) -> Setup:
+    """Identities, configurations and the floor for ``kem`` and ``sig``; records the replay tape."""
+    alice, bob = generate_identity(sig), generate_identity(sig)
+    suites = suites_for_kem(kem)
+    real = _signature_pair(backend, alice, bob, suites)
+    replay_backend = ReplayBackend(backend)
+    replay = _signature_pair(replay_backend, alice, bob, suites)
+    qkd_key = QKDKey(uuid.UUID(int=1), bytes(range(QKD_KEY_BYTES)))
+    recorded = (run_handshake(*replay["off"], None, REPLAY_RNGS), run_handshake(*replay["required"], qkd_key,
+                                                                                  REPLAY_RNGS))
+    replay_backend.tape.recording = False
+    replayed = (run_handshake(*replay["off"], None, REPLAY_RNGS), run_handshake(*replay["required"], qkd_key,
+                                                                                  REPLAY_RNGS))
+    for (before, _), (after, _) in zip(recorded, replayed, strict=True):
+        if before.transcript_hash != after.transcript_hash or before.key() != after.key():
+            raise RuntimeError("replay: the replayed handshake differs from the recorded one")
+    result, _ = run_handshake(*real["off"])
+    ih, rh, if_, _rf = result.message_sizes
+    # RespHello's core is what its signature and confirmation are computed over: no header, no tag, no MAC.
+    tag_and_confirm = 2 + backend.signature(sig).sizes.signature + 1 + result.suite.hash_len
+    sizes = _Sizes(init_hello=ih, resp_hello_core=rh - HEADER_SIZE - tag_and_confirm, resp_hello=rh,
+                   init_finish=if_)
+    return Setup(backend, result.suite, real["off"], real["required"], replay["off"], replay["required"], qkd_key,
+                 Floor(backend, result.suite, alice, bob, sizes))
+
+
+def _time_handshakes(configs: Pair, keys: Sequence[QKDKey | None]) -> float:
+    i_config, r_config = configs
+    start = time.process_time()
+    for key in keys:
+        run_handshake(i_config, r_config, key)
+    return (time.process_time() - start) / len(keys) * 1e6
+
+
+def _time_replays(configs: Pair, keys: Sequence[QKDKey | None]) -> float:
+    i_config, r_config = configs
+    start = time.process_time()
+    for key in keys:
+        run_handshake(i_config, r_config, key, REPLAY_RNGS)
+    return (time.process_time() - start) / len(keys) * 1e6
+
+
+def _time_floor(floor: Floor, keys: Sequence[QKDKey | None]) -> float:
+    run = floor.run
+    start = time.process_time()
+    for key in keys:
+        run(key)
+    return (time.process_time() - start) / len(keys) * 1e6
+
+
+def _time_call(fn: Callable[[], object], n: int) -> float:
+    start = time.process_time()
+    for _ in range(n):
+        fn()
+    return (time.process_time() - start) / n * 1e6
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Medians over the batches, in microseconds of CPU time per handshake (both sides)."""
+
+    samples: dict[str, list[float]]
+    """Per-batch figures for each kind: handshake, floor, replay, and the same with ``_qkd``."""
+    breakdown_us: dict[str, float]
+    """The floor's primitives, each timed alone, times the calls one handshake makes."""
+
+    def median(self, kind: str) -> float:
+        return statistics.median(self.samples[kind])
+
+    def ratio(self, qkd: bool = False) -> float:
+        """Handshake over floor, from the medians of the batches that ran side by side."""
+        suffix = "_qkd" if qkd else ""
+        return self.median("handshake" + suffix) / self.median("floor" + suffix)
+
+    def batch_ratios(self, qkd: bool = False) -> list[float]:
+        suffix = "_qkd" if qkd else ""
+        return [h / f for h, f in zip(self.samples["handshake" + suffix], self.samples["floor" + suffix], strict=True)]
+
+    @property
+    def catkdf_us(self) -> float:
+        return sum(us for op, us in self.breakdown_us.items() if op.startswith("catkdf"))
+
+    def overhead_replayed(self, qkd: bool = False) -> float:
+        """The protocol's own work: a replayed handshake minus the CatKDF calls it still makes for real."""
+        return self.median("replay_qkd" if qkd else "replay") - self.catkdf_us
+
+    def ratio_replayed(self, qkd: bool = False) -> float:
+        """(floor + overhead measured by replay) over floor: the ratio without the signing noise."""
+        floor = self.median("floor_qkd" if qkd else "floor")
+        return (floor + self.overhead_replayed(qkd)) / floor
+
+
+def measure(setup: Setup, iterations: int, batches: int, *,
+            progress: Callable[[str], None] | None = None) -> Measurement:
+    """Alternate batches of handshakes, of the floor and of replays, with and without QKD."""
+    fixed = [setup.replay_qkd_key] * iterations
+    kinds: dict[str, Callable[[bool], float]] = {
+        "handshake": lambda qkd: _time_handshakes(setup.configs, _qkd_keys(iterations, qkd)),
+        "floor": lambda qkd: _time_floor(setup.floor, _qkd_keys(iterations, qkd)),
+        "handshake_qkd": lambda qkd: _time_handshakes(setup.qkd_configs, _qkd_keys(iterations, qkd)),
+        "floor_qkd": lambda qkd: _time_floor(setup.floor, _qkd_keys(iterations, qkd)),
+        "replay": lambda qkd: _time_replays(setup.replay_configs, [None] * iterations),
+        "replay_qkd": lambda qkd: _time_replays(setup.replay_qkd_configs, fixed),
+    }
+    names = list(kinds)
+    for name in names:  # warm-up: caches, lazy imports, the allocator
+        kinds[name](name.endswith("_qkd"))
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for batch in range(batches):
+        # Rotate the order so that no kind always runs first, or always right after another.
+        shift = batch % len(names)
+        for name in names[shift:] + names[:shift]:
+            gc.collect()
+            samples[name].append(kinds[name](name.endswith("_qkd")))
+        if progress is not None:
+            progress(f"batch {batch + 1}/{batches}: handshake {samples['handshake'][-1]:.0f} us, "
+                     f"floor {samples['floor'][-1]:.0f} us, replayed handshake {samples['replay'][-1]:.0f} us")
+    breakdown: dict[str, float] = {}
+    for op, (count, fn) in setup.floor.operations().items():
+        fn()
+        breakdown[op] = count * statistics.median(_time_call(fn, iterations) for _ in range(3))
+    return Measurement(samples, breakdown)
+
+
+# --------------------------------------------------------------------------- message sizes
+
+
+def message_sizes(backend: Backend) -> list[dict[str, Any]]:
+    """The four message sizes for every suite and authentication mode, without and with a QKD key."""
+    identities = {sig: (generate_identity(sig), generate_identity(sig)) for sig in SIG_NAMES}
+    psk = os.urandom(32)
+    rows: list[dict[str, Any]] = []
+    for suite in SUITES.values():
+        for auth in (*SIG_NAMES, "psk"):
+            if auth == "psk":
+                i_auth: PSKAuthenticator | SignatureAuthenticator = PSKAuthenticator([psk])
+                r_auth: PSKAuthenticator | SignatureAuthenticator = PSKAuthenticator([psk])
+            else:
+                alice, bob = identities[auth]
+                i_auth = SignatureAuthenticator(alice, [bob.public], backend)
+                r_auth = SignatureAuthenticator(bob, [alice.public], backend)
+            for qkd in (False, True):
+                policy = "required" if qkd else "off"
+                key = QKDKey(uuid.uuid4(), os.urandom(QKD_KEY_BYTES)) if qkd else None
+                result, _ = run_handshake(HandshakeConfig(i_auth, (suite.code,), policy, backend=backend),
+                                          HandshakeConfig(r_auth, (suite.code,), policy, backend=backend), key)
+                ih, rh, if_, rf = result.message_sizes
+                rows.append({"suite": suite.name, "auth": auth, "qkd": qkd, "init_hello": ih, "resp_hello": rh,
+                             "init_finish": if_, "resp_finish": rf, "total": ih + rh + if_ + rf})
+    return rows
+
+
+def _print_sizes(rows: list[dict[str, Any]]) -> None:
+    print("message sizes in bytes, frame headers included (QKD adds one 16-byte key_ID to InitFinish):")
+    print(f"  {'suite':<32} {'auth':<10} {'qkd':<4} {'InitHello':>9} {'RespHello':>9} {'InitFinish':>10} "
+          f"{'RespFinish':>10} {'total':>6}")
+    for r in rows:
+        print(f"  {r['suite']:<32} {r['auth']:<10} {'on' if r['qkd'] else 'off':<4} {r['init_hello']:>9} "
+              f"{r['resp_hello']:>9} {r['init_finish']:>10} {r['resp_finish']:>10} {r['total']:>6}")
+
+
+# --------------------------------------------------------------------------- profiling
+
+
+def profile(setup: Setup, iterations: int, top: int = 25) -> None:
+    """cProfile replayed handshakes: with the primitives served from the tape, all that is left is
+    the protocol's own work (and CatKDF).  cProfile's per-call cost inflates small functions."""
+    profiler = cProfile.Profile(time.process_time)
+    profiler.enable()
+    for _ in range(iterations):
+        run_handshake(*setup.replay_configs, None, REPLAY_RNGS)
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    raw: dict[tuple[str, int, str], tuple[int, int, float, float, Any]] = stats.stats  # type: ignore[attr-defined]
+    total = sum(tt for (_, _, tt, _, _) in raw.values())
+    print(f"profile of {iterations} replayed handshakes (cProfile, CPU time): {total / iterations * 1e6:.0f} us each")
+
+    def where(filename: str, line: int) -> str:
+        return f"{os.path.basename(filename)}:{line}" if line else "built-in"
+
+    print(f"  top {top} by own time (us per handshake, calls per handshake):")
+    by_own = sorted(((tt, nc, f, line, fn) for (f, line, fn), (_, nc, tt, _, _) in raw.items()), reverse=True)
+    for tt, nc, filename, line, function in by_own[:top]:
+        print(f"    {tt / iterations * 1e6:8.1f}  {nc / iterations:6.1f}  {function} ({where(filename, line)})")
+    print(f"  top {top} hybridkex functions by cumulative time (us per handshake, calls per handshake):")
+    by_cum = sorted(((ct, nc, f, line, fn) for (f, line, fn), (_, nc, _, ct, _) in raw.items()
+                     if f"hybridkex{os.sep}" in f and not f.endswith("bench.py")), reverse=True)
+    for ct, nc, filename, line, function in by_cum[:top]:
+        print(f"    {ct / iterations * 1e6:8.1f}  {nc / iterations:6.1f}  {function} ({where(filename, line)})")
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m hybridkex.bench",
+        description="CPU cost of the full handshake against the sum of its primitive operations.")
+    parser.add_argument("--backend", choices=("cryptography", "liboqs", "auto"), default="cryptography",
+                        help="crypto backend (default: cryptography)")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help=f"handshakes per batch (default {DEFAULT_ITERATIONS}; 5 with --quick)")
+    parser.add_argument("--batches", type=int, default=None,
+                        help=f"batches of each kind; medians are taken over them (default {DEFAULT_BATCHES}; "
+                             "3 with --quick)")
+    parser.add_argument("--kem", choices=KEM_NAMES, default="ml-kem-768", help="KEM (default ml-kem-768)")
+    parser.add_argument("--sig", choices=SIG_NAMES, default="ml-dsa-65",
+                        help="ML-DSA level of both identities (default ml-dsa-65)")
+    parser.add_argument("--quick", action="store_true", help="a few iterations only: checks that it runs")
+    parser.add_argument("--profile", action="store_true", help="also profile the handshake with cProfile")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    iterations = args.iterations or (5 if args.quick else DEFAULT_ITERATIONS)
+    batches = args.batches or (3 if args.quick else DEFAULT_BATCHES)
+    if iterations < 1 or batches < 1:
+        print("error: --iterations and --batches must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        backend = get_backend(args.backend)
+    except BackendUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    setup = make_setup(backend, args.kem, args.sig)
+    print(f"hybridkex handshake benchmark: backend {backend.name}, suite {setup.suite.name}, {args.sig} both ways; "
+          f"{batches} batches of {iterations} handshakes; CPU time; Python {platform.python_version()}")
+    m = measure(setup, iterations, batches, progress=lambda line: print("  " + line, flush=True))
+    print("floor, per handshake (each primitive timed alone, times the calls one handshake makes):")
+    for op, us in m.breakdown_us.items():
+        print(f"  {op:<22} {us:8.1f} us")
+    print(f"  {'sum':<22} {sum(m.breakdown_us.values()):8.1f} us")
+    for qkd in (False, True):
+        suffix = "_qkd" if qkd else ""
+        ratios = m.batch_ratios(qkd)
+        verdict = "within" if m.ratio(qkd) <= GOAL_RATIO else "ABOVE"
+        print(f"QKD {'on ' if qkd else 'off'}: handshake {m.median('handshake' + suffix):.0f} us, "
+              f"floor {m.median('floor' + suffix):.0f} us, ratio {m.ratio(qkd):.3f} "
+              f"(batches {min(ratios):.3f}..{max(ratios):.3f}; {verdict} the {GOAL_RATIO} goal)")
+        direct = m.median("handshake" + suffix) - m.median("floor" + suffix)
+        print(f"         overhead {direct:.0f} us = the protocol's own work {m.overhead_replayed(qkd):.0f} us "
+              f"(replayed primitives; ratio {m.ratio_replayed(qkd):.3f})")
+        print(f"           + {direct - m.overhead_replayed(qkd):.0f} us of primitives running slower between "
+              "that work than back to back (cold caches), and noise")
+    if args.profile:
+        profile(setup, max(iterations, 50))
+    sizes = message_sizes(backend)
+    _print_sizes(sizes)
+    summary: dict[str, Any] = {
+        "ratio": round(m.ratio(), 4),
+        "handshake_us": round(m.median("handshake"), 1),
+        "floor_us": round(m.median("floor"), 1),
+        "backend": backend.name,
+        "kem": args.kem,
+        "sig": args.sig,
+        "suite": setup.suite.name,
+        "iterations": iterations,
+        "batches": batches,
+        "goal_ratio": GOAL_RATIO,
+        "batch_ratios": [round(r, 4) for r in m.batch_ratios()],
+        "overhead_replayed_us": round(m.overhead_replayed(), 1),
+        "ratio_replayed": round(m.ratio_replayed(), 4),
+        "ratio_qkd": round(m.ratio(True), 4),
+        "handshake_qkd_us": round(m.median("handshake_qkd"), 1),
+        "floor_qkd_us": round(m.median("floor_qkd"), 1),
+        "overhead_replayed_qkd_us": round(m.overhead_replayed(True), 1),
+        "ratio_replayed_qkd": round(m.ratio_replayed(True), 4),
+        "floor_breakdown_us": {op: round(us, 1) for op, us in m.breakdown_us.items()},
+        "sizes": sizes,
+        "python": platform.python_version(),
+    }
+    print(json.dumps(summary, separators=(",", ":")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
