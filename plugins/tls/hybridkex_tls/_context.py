@@ -18,6 +18,7 @@ fixed key, as ``openssl s_client -psk`` does, for interop and tests.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import stat
@@ -108,6 +109,8 @@ class HybridTLSContext:
         if (settings is None) == (static_psk is None):
             raise ConfigError("choose one mode: hybrid exchange settings, or a static external PSK "
                               "(--external-psk FILE --psk-identity ID)")
+        if settings is not None and timeout is not None:
+            settings = dataclasses.replace(settings, timeout=float(timeout))  # bounds the hybrid exchange too
         self.role: Role = role
         self.settings = settings
         self._static_psk = static_psk

@@ -37,10 +37,6 @@ _CLOSED_DURING_HANDSHAKE = "the peer closed the connection during the TLS handsh
 _NO_GROUP = "no common key-exchange group; the hybrid mode needs X25519MLKEM768 on both sides"
 _REASONS: dict[str, tuple[type[TLSHandshakeError], str]] = {
     "binder does not verify": (TLSPSKError, _PSK_MISMATCH),
-    "tlsv1 alert decrypt error": (TLSPSKError, "the peer could not verify the PSK binder: " + _PSK_MISMATCH),
-    "sslv3 alert handshake failure": (TLSPSKError, "the peer refused the handshake (alert handshake_failure): it "
-                                      "did not accept the external PSK (different key or identity), or found no "
-                                      "common cipher suite or group"),
     "no suitable signature algorithm": (TLSPSKError, "the client offered no PSK this server knows, and this server "
                                         "has no certificate to fall back on"),
     "certificate verify failed": (TLSPSKError, "the server answered with a certificate instead of accepting the "
@@ -52,6 +48,21 @@ _REASONS: dict[str, tuple[type[TLSHandshakeError], str]] = {
     "wrong version number": (TLSHandshakeError, "the peer does not speak TLS here (is it a plain TCP service?)"),
     "unsupported protocol": (TLSHandshakeError, "the peer does not support TLS 1.3"),
 }
+# Alerts received from the peer, by name (OpenSSL prefixes them with "sslv3", "tlsv1" or "tls" by version).
+_ALERTS: dict[str, tuple[type[TLSHandshakeError], str]] = {
+    "decrypt error": (TLSPSKError, "the peer could not verify the PSK binder: " + _PSK_MISMATCH),
+    "handshake failure": (TLSPSKError, "the peer refused the handshake (alert handshake_failure): it did not accept "
+                          "the external PSK (different key or identity), or found no common cipher suite or group"),
+}
+
+
+def _explain(reason: str) -> tuple[type[TLSHandshakeError], str]:
+    if reason in _REASONS:
+        return _REASONS[reason]
+    prefix, sep, alert = reason.partition("alert ")
+    if sep and prefix in ("sslv3 ", "tlsv1 ", "tls ", "tlsv13 "):
+        return _ALERTS.get(alert, (TLSHandshakeError, f"the peer aborted the handshake with alert '{alert}'"))
+    return TLSHandshakeError, reason
 
 
 def _reason(exc: SSL.Error) -> str:
@@ -145,7 +156,7 @@ class TLSEngine:
         if self.role == "server" and not self._binding.accepted and reason == "no suitable signature algorithm":
             return TLSPSKError("the client offered no external PSK; it must run hybridkex-tls (or use "
                                "--external-psk with the same key and identity)")
-        cls, explained = _REASONS.get(reason, (TLSHandshakeError, reason))
+        cls, explained = _explain(reason)
         return cls(f"TLS handshake failed: {explained}")
 
     def _check_handshake(self) -> None:

@@ -7,6 +7,7 @@ timeout; at most ``max_connections`` run at once, further clients wait in the ba
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -150,6 +151,8 @@ class HybridTLSServer:
     def shutdown(self, timeout: float | None = 5.0) -> None:
         """Stop accepting, close the listening socket, and wait up to ``timeout`` s for running connections."""
         self._stop.set()
+        with contextlib.suppress(OSError):
+            self.socket.shutdown(socket.SHUT_RDWR)  # wakes a blocked accept() on Linux
         if self._thread is not None:
             self._thread.join(timeout)
         else:

@@ -138,6 +138,8 @@ class HybridTLSSocket:
         self._send_lock = threading.Lock()
         self._outgoing: deque[bytes] = deque()
         self._closed = False
+        """close() was called (the TCP socket closes once no makefile() object is left)."""
+        self._released = False
         self._io_refs = 0
 
     # -- network plumbing --------------------------------------------------------------------
@@ -179,7 +181,7 @@ class HybridTLSSocket:
                 self._engine.receive_eof()
 
     def _check_open(self) -> None:
-        if self._closed:
+        if self._released:
             raise OSError(9, "the TLS socket is closed")
 
     # -- sending -------------------------------------------------------------------------------
@@ -277,6 +279,9 @@ class HybridTLSSocket:
             self._real_close()
 
     def _real_close(self) -> None:
+        if self._released:
+            return
+        self._released = True
         try:
             if not self._engine.close_notify_sent and self._send_lock.acquire(timeout=_CLOSE_NOTIFY_TIMEOUT):
                 try:
