@@ -208,12 +208,14 @@ def _fail(rt: PeerRuntime, exc: BaseException, clock: Callable[[], float], what:
     with rt.lock:
         rt.state.failed(text, clock())
         retry = rt.state.next_due - clock() if rt.state.role is Role.INITIATOR else None
-    log.error("%s: %s failed: %s%s", rt.label, what, text, f"; retry in {retry:.0f} s" if retry is not None else "")
+    log.error("%s: %s failed: %s%s", rt.label, what, text, f"; retry in {retry:.1f} s" if retry is not None else "")
 
 
 def run_initiator(rt: PeerRuntime, request: Request, reporter: Reporter, sockets: SocketSet, *,
-                  clock: Callable[[], float] = time.monotonic, raise_errors: bool = False) -> None:
-    """Run the exchange that ``PeerRotation.poll`` started.
+                  clock: Callable[[], float] = time.monotonic, raise_errors: bool = False,
+                  connected: socket.socket | None = None) -> None:
+    """Run the exchange that ``PeerRotation.poll`` started: connect to the peer's endpoint (or use
+    ``connected``), rotate, close.
 
     Failures are recorded on the peer and logged; with ``raise_errors`` (one-shot use)
     they are raised afterwards too.
@@ -221,9 +223,9 @@ def run_initiator(rt: PeerRuntime, request: Request, reporter: Reporter, sockets
     endpoint = rt.config.endpoint
     timeout = rt.config.settings.timeout
     try:
-        if endpoint is None:
+        if connected is None and endpoint is None:
             raise LocalProtocolError("no endpoint configured for a peer this side initiates for")
-        with sockets.track(_connect(endpoint, min(timeout, 10.0))) as sock:
+        with sockets.track(connected or _connect(endpoint, min(timeout, 5.0))) as sock:  # type: ignore[arg-type]
             deadline = time.monotonic() + timeout
             send_message(sock, request, deadline)
             accept = read_message(sock, deadline, Accept, "Accept")

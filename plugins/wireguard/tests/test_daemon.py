@@ -1,0 +1,271 @@
+"""The daemon on loopback with file sinks: many peers, dead peers, garbage, failure policies, reload, stop."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hybridkex_wg._config import parse_config
+from hybridkex_wg._daemon import Daemon
+from hybridkex_wg._keys import PeerRef
+from hybridkex_wg._session import Reporter
+from hybridkex_wg._status import read_status
+from hybridkex_wg._wire import Request, encode
+
+FAST = {"interval": 0.5, "jitter": 0.0, "deadline": 30.0, "retry_initial": 0.2, "retry_max": 0.5}
+
+
+class Lines:
+    """A thread-safe stdout stand-in for the Reporter."""
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self._lock = threading.Lock()
+
+    def write(self, s: str) -> None:
+        with self._lock:
+            self.text.extend(x for x in s.splitlines() if x)
+
+    def flush(self) -> None:
+        pass
+
+    def records(self, kind: str) -> list[dict[str, str]]:
+        with self._lock:
+            lines = list(self.text)
+        return [dict(f.split("=", 1) for f in line.split()[1:]) for line in lines if line.split()[0] == kind]
+
+
+def key() -> str:
+    return base64.b64encode(os.urandom(32)).decode()
+
+
+def wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    give_up = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > give_up:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def run_daemon() -> Iterator[Callable[[dict[str, Any], Path], tuple[Daemon, Lines]]]:
+    """Start in-process daemons in threads; all are stopped and joined afterwards."""
+    running: list[tuple[Daemon, threading.Thread]] = []
+
+    def start(document: dict[str, Any], base: Path) -> tuple[Daemon, Lines]:
+        out = Lines()
+        daemon = Daemon(parse_config(document, base=base), reporter=Reporter(out))  # type: ignore[arg-type]
+        ready = threading.Event()
+        thread = threading.Thread(target=daemon.run, kwargs={"on_ready": ready.set}, daemon=True)
+        thread.start()
+        assert ready.wait(10), "daemon did not start"
+        running.append((daemon, thread))
+        return daemon, out
+
+    yield start
+    for daemon, thread in running:
+        daemon.request_stop()
+        thread.join(30)
+        assert not thread.is_alive(), "daemon did not stop"
+
+
+def file_sink(directory: Path) -> list[dict[str, str]]:
+    return [{"type": "file", "path": str(directory / "{interface}" / "{name}.psk")}]
+
+
+def rotations(daemon: Daemon, name: str) -> int:
+    return next(rt.state.rotations for rt in daemon.peers.values() if rt.config.name == name)
+
+
+def test_dead_peer_and_garbage_do_not_disturb_the_others(tmp_path: Path, psk_file: Path,
+                                                         run_daemon: Callable[..., tuple[Daemon, Lines]],
+                                                         port: Callable[[], int]) -> None:
+    kb, dead = key(), key()
+    ka = [key() for _ in range(3)]
+    listen = port()
+    exchange = {"psk_file": str(psk_file), "timeout": 5.0}
+    responder = {
+        "listen": f"127.0.0.1:{listen}", "rotation": FAST, "exchange": exchange,
+        "interface": [{"name": "wgB", "public_key": kb, "sink": file_sink(tmp_path / "b")}],
+        "peer": [{"public_key": k, "name": f"a{i}", "role": "responder"} for i, k in enumerate(ka)],
+    }
+    initiator = {
+        "rotation": FAST, "exchange": exchange,
+        "interface": [{"name": f"wgA{i}", "public_key": k, "sink": file_sink(tmp_path / "a")}
+                      for i, k in enumerate(ka)],
+        "peer": [{"interface": f"wgA{i}", "public_key": kb, "name": f"a{i}", "role": "initiator",
+                  "endpoint": f"127.0.0.1:{listen}"} for i in range(3)]
+        + [{"interface": "wgA0", "public_key": dead, "name": "dead", "role": "initiator",
+            "endpoint": f"127.0.0.1:{port()}"}],
+    }
+    b, b_out = run_daemon(responder, tmp_path)
+    # Garbage, a truncated message and a Request for a pair nobody configured, before and while rotating.
+    for payload in (b"GET / HTTP/1.0\r\n\r\n" + os.urandom(200), b"HW\x01",
+                    encode(Request(os.urandom(32), os.urandom(32), 0, 0, bytes(32)))):
+        with socket.create_connection(("127.0.0.1", listen)) as s:
+            s.sendall(payload)
+    a, a_out = run_daemon(initiator, tmp_path)
+    wait(lambda: all(rotations(a, f"a{i}") >= 3 and rotations(b, f"a{i}") >= 3 for i in range(3)), 30,
+         "three rotations of every live peer")
+    dead_state = next(rt.state for rt in a.peers.values() if rt.config.name == "dead")
+    assert dead_state.failures >= 2 and "refused" in dead_state.last_error and dead_state.rotations == 0
+    a.request_stop()
+    wait(lambda: not any(rt.state.busy for rt in b.peers.values()), 10, "the responder to finish")
+    for i in range(3):
+        assert (tmp_path / "a" / f"wgA{i}" / f"a{i}.psk").read_bytes() == (tmp_path / "b" / "wgB" / f"a{i}.psk") \
+            .read_bytes()
+    assert not (tmp_path / "a" / "wgA0" / "dead.psk").exists()
+    # Both ends printed the same fingerprint for the same epoch.
+    seen_a = {(r["name"], r["epoch"]): r["fingerprint"] for r in a_out.records("psk-set")}
+    seen_b = {(r["name"], r["epoch"]): r["fingerprint"] for r in b_out.records("psk-set")}
+    common = set(seen_a) & set(seen_b)
+    assert len(common) >= 9 and all(seen_a[k] == seen_b[k] for k in common)
+
+
+def test_failure_policies_when_the_partner_stops(tmp_path: Path, psk_file: Path,
+                                                 run_daemon: Callable[..., tuple[Daemon, Lines]],
+                                                 port: Callable[[], int]) -> None:
+    kb = key()
+    closed, kept = key(), key()
+    listen = port()
+    rotation = {**FAST, "deadline": 2.0}
+    exchange = {"psk_file": str(psk_file), "timeout": 2.0}
+    responder = {
+        "listen": f"127.0.0.1:{listen}", "rotation": rotation, "exchange": exchange,
+        "interface": [{"name": "wgB", "public_key": kb, "sink": file_sink(tmp_path / "b")}],
+        "peer": [{"public_key": closed, "name": "closed", "role": "responder"},
+                 {"public_key": kept, "name": "kept", "role": "responder"}],
+    }
+    initiator = {
+        "rotation": {**rotation, "failure_policy": "fail-closed"}, "exchange": exchange,
+        "interface": [{"name": "wgC", "public_key": closed, "sink": file_sink(tmp_path / "a")},
+                      {"name": "wgK", "public_key": kept, "sink": file_sink(tmp_path / "a")}],
+        "peer": [{"interface": "wgC", "public_key": kb, "name": "closed", "role": "initiator",
+                  "endpoint": f"127.0.0.1:{listen}"},
+                 {"interface": "wgK", "public_key": kb, "name": "kept", "role": "initiator",
+                  "endpoint": f"127.0.0.1:{listen}", "rotation": {"failure_policy": "keep"}}],
+    }
+    b, _ = run_daemon(responder, tmp_path)
+    a, a_out = run_daemon(initiator, tmp_path)
+    wait(lambda: rotations(b, "closed") >= 1 and rotations(b, "kept") >= 1, 20, "first rotations")
+    b.request_stop()
+    wait(lambda: not any(rt.state.busy for rt in b.peers.values()), 10, "the responder to stop")
+    kept_key = tmp_path / "a" / "wgK" / "kept.psk"
+    wait(lambda: len(a_out.records("psk-stale")) >= 2, 10, "both peers to go stale")
+    stale = {r["name"]: r for r in a_out.records("psk-stale")}
+    assert stale["closed"]["policy"] == "fail-closed" and stale["closed"]["action"] == "random-key"
+    assert stale["kept"]["policy"] == "keep" and stale["kept"]["action"] == "kept"
+    assert float(stale["closed"]["age"]) >= 2
+    # Fail closed: this side now holds a random key that the (stopped) partner does not have.
+    assert (tmp_path / "a" / "wgC" / "closed.psk").read_bytes() != (tmp_path / "b" / "wgB" / "closed.psk").read_bytes()
+    assert kept_key.read_bytes() == (tmp_path / "b" / "wgB" / "kept.psk").read_bytes()
+    assert all(rt.state.status().stale for rt in a.peers.values())
+
+
+def test_sighup_reload_and_sigterm_with_real_processes(tmp_path: Path, psk_file: Path, port: Callable[[], int],
+                                                       spawn: Callable[..., Any],
+                                                       write_toml: Callable[[Path, dict[str, Any]], Path]) -> None:
+    kb = key()
+    ka = {name: key() for name in ("p1", "p2", "p3")}
+    listen = port()
+    exchange = {"psk_file": str(psk_file), "timeout": 5.0}
+    rotation = {**FAST, "interval": 0.4}
+
+    def configs(names: list[str]) -> None:
+        write_toml(tmp_path / "b.toml", {
+            "listen": f"127.0.0.1:{listen}", "status_file": "b-status.json", "rotation": rotation,
+            "exchange": exchange,
+            "interface": [{"name": "wgB", "public_key": kb, "sink": file_sink(tmp_path / "b")}],
+            "peer": [{"public_key": ka[n], "name": n, "role": "responder"} for n in names]})
+        write_toml(tmp_path / "a.toml", {
+            "status_file": "a-status.json", "rotation": rotation, "exchange": exchange,
+            "interface": [{"name": f"wg{n}", "public_key": ka[n], "sink": file_sink(tmp_path / "a")} for n in ka],
+            "peer": [{"interface": f"wg{n}", "public_key": kb, "name": n, "role": "initiator",
+                      "endpoint": f"127.0.0.1:{listen}"} for n in names]})
+
+    configs(["p1", "p2"])
+    b = spawn(["wg", "run", "--config", str(tmp_path / "b.toml")], stderr_path=tmp_path / "b.log")
+    a = spawn(["wg", "run", "--config", str(tmp_path / "a.toml")], stderr_path=tmp_path / "a.log")
+
+    def count(process: Any, name: str) -> int:
+        return sum(1 for r in process.records("psk-set") if r["name"] == name)
+
+    a.wait_for(lambda: count(a, "p1") >= 2 and count(a, "p2") >= 2, 20, "p1 and p2 rotated")
+    p2_epochs_before = [int(r["epoch"]) for r in a.records("psk-set") if r["name"] == "p2"]
+
+    configs(["p2", "p3"])  # remove p1, add p3, keep p2
+    b.signal(signal.SIGHUP)
+    b.wait_for(lambda: "reloaded" in b.stderr_tail(), 10, "the responder to reload")
+    a.signal(signal.SIGHUP)
+    a.wait_for(lambda: count(a, "p3") >= 2 and count(b, "p3") >= 2, 20, "p3 rotated after the reload")
+    p1_after = count(a, "p1")
+    time.sleep(1.0)
+    assert count(a, "p1") == p1_after, "a removed peer kept rotating"
+    p2_epochs = [int(r["epoch"]) for r in a.records("psk-set") if r["name"] == "p2"]
+    # p2 was not restarted: its epochs continue to grow from where they were.
+    assert p2_epochs[: len(p2_epochs_before)] == p2_epochs_before
+    assert p2_epochs == sorted(p2_epochs) and p2_epochs[-1] > p2_epochs_before[-1]
+    assert p2_epochs == list(range(p2_epochs[0], p2_epochs[0] + len(p2_epochs)))
+    assert "1 added, 1 removed" in a.stderr_tail()
+    assert a.proc.poll() is None and b.proc.poll() is None
+
+    # A broken configuration is refused and the daemon keeps running the previous one.
+    (tmp_path / "a.toml").write_text("this is = [not toml\n")
+    a.signal(signal.SIGHUP)
+    a.wait_for(lambda: "reload failed" in a.stderr_tail(), 10, "the bad reload to be refused")
+    before = count(a, "p3")
+    a.wait_for(lambda: count(a, "p3") > before, 10, "rotation to go on after a bad reload")
+
+    started = time.monotonic()
+    assert a.stop() == 0 and b.stop() == 0
+    assert time.monotonic() - started < 10
+    status = read_status(tmp_path / "a-status.json")
+    names = {p["name"]: p for p in status["peers"]}
+    assert set(names) == {"p2", "p3"}
+    assert names["p3"]["epoch"] >= 1 and names["p3"]["role"] == "initiator" and names["p3"]["last_error"] == ""
+    text = json.dumps(status)
+    for path in (tmp_path / "a").rglob("*.psk"):
+        assert path.read_text().strip() not in text
+
+
+def test_status_command_and_status_file_have_no_keys(tmp_path: Path, psk_file: Path, port: Callable[[], int],
+                                                    run_daemon: Callable[..., tuple[Daemon, Lines]],
+                                                    spawn: Callable[..., Any]) -> None:
+    kb, ka = key(), key()
+    listen = port()
+    exchange = {"psk_file": str(psk_file), "timeout": 5.0}
+    b, _ = run_daemon({"listen": f"127.0.0.1:{listen}", "rotation": FAST, "exchange": exchange,
+                       "interface": [{"name": "wgB", "public_key": kb, "sink": file_sink(tmp_path / "b")}],
+                       "peer": [{"public_key": ka, "name": "siteA", "role": "responder"}]}, tmp_path)
+    a, _ = run_daemon({"status_file": "status.json", "rotation": FAST, "exchange": exchange,
+                       "interface": [{"name": "wgA", "public_key": ka, "sink": file_sink(tmp_path / "a")}],
+                       "peer": [{"public_key": kb, "name": "siteB", "role": "initiator",
+                                 "endpoint": f"127.0.0.1:{listen}"}]}, tmp_path)
+    wait(lambda: (tmp_path / "status.json").exists() and read_status(tmp_path / "status.json")["peers"][0]["epoch"]
+         >= 2, 20, "the status file to show epoch 2")
+    shown = spawn(["wg", "status", "--status-file", str(tmp_path / "status.json")])
+    assert shown.proc.wait(20) == 0
+    shown.wait_for(lambda: len(shown.lines) >= 3, 5, "the status table")
+    header, row = shown.lines[1], shown.lines[2]
+    for column in ("INTERFACE", "EPOCH", "QKD", "LAST ROTATION", "NEXT DUE", "LAST ERROR"):
+        assert column in header
+    assert row.split()[:4] == ["wgA", kb[:10] + "…", "siteB", "initiator"]
+    as_json = spawn(["wg", "status", "--status-file", str(tmp_path / "status.json"), "--json"])
+    assert as_json.proc.wait(20) == 0
+    as_json.wait_for(lambda: as_json.lines and as_json.lines[-1] == "}", 5, "JSON")
+    document = json.loads("\n".join(as_json.lines))
+    entry = document["peers"][0]
+    assert entry["peer"] == kb and entry["qkd"] == "off" and entry["fingerprint"].startswith("SHA256:")
+    key_text = (tmp_path / "a" / "wgA" / "siteB.psk").read_text().strip()
+    assert key_text not in (tmp_path / "status.json").read_text()
+    assert PeerRef("wgA", base64.b64decode(kb), "siteB").label == "wgA/siteB"
