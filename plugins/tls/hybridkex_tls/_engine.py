@@ -51,6 +51,8 @@ _REASONS: dict[str, tuple[type[TLSHandshakeError], str]] = {
 # Alerts received from the peer, by name (OpenSSL prefixes them with "sslv3", "tlsv1" or "tls" by version).
 _ALERTS: dict[str, tuple[type[TLSHandshakeError], str]] = {
     "decrypt error": (TLSPSKError, "the peer could not verify the PSK binder: " + _PSK_MISMATCH),
+    "illegal parameter": (TLSPSKError, "the peer rejected the handshake (alert illegal_parameter), which OpenSSL "
+                          "3.0 sends when the PSK binder does not verify: " + _PSK_MISMATCH),
     "handshake failure": (TLSPSKError, "the peer refused the handshake (alert handshake_failure): it did not accept "
                           "the external PSK (different key or identity), or found no common cipher suite or group"),
 }
