@@ -122,7 +122,13 @@ class HybridTLSContext:
                                   "to --external-psk")
             groups = HYBRID_GROUPS
             # Load keys and check the QKD source now, so a bad path fails before any connection.
-            self._config = settings.handshake_config(context=EXCHANGE_CONTEXT)
+            if qkd_source is not None and settings.qkd == "off":
+                # A key source handed in directly (e.g. an application's own KME client): QKD is on.
+                policy = settings.qkd_policy or "required"
+                config = dataclasses.replace(settings, qkd_policy=None).handshake_config(context=EXCHANGE_CONTEXT)
+                self._config = dataclasses.replace(config, qkd_policy=policy)
+            else:
+                self._config = settings.handshake_config(context=EXCHANGE_CONTEXT)
             if qkd_source is None:
                 probe = settings.open_qkd_source()
                 if probe is not None:
@@ -147,7 +153,10 @@ class HybridTLSContext:
         ``qkd_policy``, ``kme_url``, ... (paths as str or Path).  Static mode takes
         ``external_psk`` (the raw key) and ``psk_identity``; ``groups`` (OpenSSL syntax,
         e.g. ``"X25519"``) applies to static mode only.  ``timeout`` bounds the whole setup
-        (hybrid exchange and TLS handshake); ``qkd_source`` shares one open key source.
+        (hybrid exchange and TLS handshake).  ``qkd_source`` is an open
+        :class:`~hybridkex.QKDKeySource` (e.g. an application's own KME client) shared by all
+        connections instead of the configured ``qkd``; with it, ``qkd_policy`` defaults to
+        ``required``.
         """
         return cls._build("client", settings, external_psk, psk_identity, groups, timeout, qkd_source, peers, options)
 

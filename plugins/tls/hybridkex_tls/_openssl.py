@@ -32,7 +32,7 @@ from ._importer import ExternalPSK
 
 __all__ = [
     "SSL", "OPENSSL_VERSION", "PYOPENSSL_VERSION", "PSKBinding", "ContextHandle", "new_context", "new_connection",
-    "release_connection", "session_reused", "negotiated_group", "REQUIREMENTS",
+    "release_connection", "session_reused", "negotiated_group", "set_groups", "REQUIREMENTS",
 ]
 
 REQUIREMENTS = ("pyOpenSSL >= 26.4 on cryptography >= 48, whose wheel bundles OpenSSL >= 3.5 "
@@ -175,6 +175,14 @@ def _reject_certificate(*_args: object) -> bool:
     return False
 
 
+def set_groups(ctx: SSL.Context, groups: str) -> None:
+    """SSL_CTX_set1_groups_list: the key-exchange groups, in OpenSSL's syntax (e.g. ``X25519MLKEM768``)."""
+    if _lib.SSL_CTX_set1_curves_list(ctx._context, groups.encode("ascii")) != 1:
+        _drain_error_queue()
+        raise TLSUnavailable(f"{OPENSSL_VERSION} (through pyOpenSSL {PYOPENSSL_VERSION}) does not support the "
+                             f"group(s) {groups}; hybridkex-tls needs {REQUIREMENTS}")
+
+
 def new_context(role: Role, *, groups: str | None, ciphersuites: str) -> ContextHandle:
     """A TLS 1.3-only context for external-PSK handshakes (psk_dhe_ke), with PSK callbacks installed."""
     ctx = SSL.Context(SSL.TLS_CLIENT_METHOD if role == "client" else SSL.TLS_SERVER_METHOD)
@@ -184,10 +192,8 @@ def new_context(role: Role, *, groups: str | None, ciphersuites: str) -> Context
         ctx.set_tls13_ciphersuites(ciphersuites.encode("ascii"))
     except SSL.Error:
         raise TLSUnavailable(f"{OPENSSL_VERSION} accepts none of the TLS 1.3 cipher suites {ciphersuites}") from None
-    if groups is not None and _lib.SSL_CTX_set1_curves_list(ctx._context, groups.encode("ascii")) != 1:
-        _drain_error_queue()
-        raise TLSUnavailable(f"{OPENSSL_VERSION} (through pyOpenSSL {PYOPENSSL_VERSION}) does not support the "
-                             f"group(s) {groups}; hybridkex-tls needs {REQUIREMENTS}")
+    if groups is not None:
+        set_groups(ctx, groups)
     # No session cache and no tickets to resume from: every connection runs a new hybrid exchange.
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     ctx.set_options(SSL.OP_NO_TICKET)
