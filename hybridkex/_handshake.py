@@ -35,6 +35,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
@@ -245,6 +246,8 @@ class Connection:
         self._peer_policy = _OFF
         self._suite: Suite | None = None
         self._frames: dict[str, bytes] = {}
+        self._th: Any = None
+        self._th_frames: list[bytes] = []
         self._hs_secret = b""
         self._k1 = b""
         self._k2 = b""
@@ -275,17 +278,29 @@ class Connection:
         return self._suite
 
     def _h(self, *parts: bytes) -> bytes:
-        h = HASHES[self.suite.hash]()
-        h.update(_labels.TRANSCRIPT)
-        for p in parts:
-            h.update(_lp(p))
+        """H(TRANSCRIPT || lp(part)...).  The frames before the last part are already on the
+        wire and absorbed once into a running hash; each call copies it and adds the last part."""
+        frames, last = parts[:-1], parts[-1]
+        absorbed = self._th_frames
+        stale = len(absorbed) > len(frames) or any(a is not f for a, f in zip(absorbed, frames, strict=False))
+        if self._th is None or stale:
+            self._th = HASHES[self.suite.hash](_labels.TRANSCRIPT)
+            absorbed = self._th_frames = []
+        for frame in frames[len(absorbed):]:
+            self._th.update(struct.pack(">I", len(frame)))
+            self._th.update(frame)
+            absorbed.append(frame)
+        h = self._th.copy()
+        h.update(struct.pack(">I", len(last)))
+        h.update(last)
         return h.digest()
 
     def _expand(self, secret: bytes, label: bytes) -> bytes:
-        return HKDFExpand(_hash_algorithm(self.suite), self.suite.hash_len, label).derive(secret)
+        # HKDF-Expand for one hash length is T(1) = HMAC(PRK, info || 0x01) (RFC 5869 §2.3).
+        return hmac.digest(secret, label + b"\x01", self.suite.hash)
 
     def _mac(self, secret: bytes, label: bytes, data: bytes) -> bytes:
-        return hmac.new(self._expand(secret, label), data, HASHES[self.suite.hash]).digest()
+        return hmac.digest(self._expand(secret, label), data, self.suite.hash)
 
     def _check_mac(self, secret: bytes, label: bytes, data: bytes, tag: bytes, what: str) -> None:
         if not hmac.compare_digest(self._mac(secret, label, data), tag):

@@ -9,6 +9,7 @@ write), created 0600; ``id.pub`` is a SubjectPublicKeyInfo PEM.  A fingerprint i
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ def _public_object(alg: str, raw: bytes) -> Any:
     return _PUBLIC_BY_NAME[alg].from_public_bytes(raw)
 
 
+@functools.lru_cache(maxsize=1024)
 def fingerprint(alg: str, public_key: bytes) -> str:
     """``SHA256:<base64>`` of the SubjectPublicKeyInfo DER of an ML-DSA public key."""
     der = _public_object(alg, public_key).public_bytes(serialization.Encoding.DER,
