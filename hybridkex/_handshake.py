@@ -293,7 +293,8 @@ class Connection:
         h = self._th.copy()
         h.update(struct.pack(">I", len(last)))
         h.update(last)
-        return h.digest()
+        digest: bytes = h.digest()
+        return digest
 
     def _expand(self, secret: bytes, label: bytes) -> bytes:
         # HKDF-Expand for one hash length is T(1) = HMAC(PRK, info || 0x01) (RFC 5869 §2.3).
