@@ -9,6 +9,7 @@ over the expected group -- and refuses the connection otherwise.
 
 from __future__ import annotations
 
+import weakref
 from typing import Literal
 
 from ._errors import TLSConnectionClosed, TLSError, TLSHandshakeError, TLSPSKError
@@ -25,8 +26,8 @@ from ._openssl import (
 
 __all__ = ["TLSEngine", "TLSFacts"]
 
-#: Bytes taken out of the outgoing memory BIO per call.
-_BIO_CHUNK = 1 << 18
+#: Bytes taken out of the outgoing memory BIO per call (below malloc's mmap threshold: no syscalls per call).
+_BIO_CHUNK = 1 << 16
 #: Application data handed to SSL_write per call (a few TLS records).
 _WRITE_CHUNK = 1 << 16
 
@@ -103,7 +104,8 @@ class TLSEngine:
         self.peer_closed = False
         """The peer sent close_notify (or closed the TCP connection, with ragged EOFs suppressed)."""
         self.close_notify_sent = False
-        self._released = False
+        # Forget the PSK binding when the handshake ends, or at the latest when the engine is dropped.
+        self._release_binding = weakref.finalize(self, release_connection, self._conn)
 
     # -- bytes in and out ----------------------------------------------------------------
     def receive_bytes(self, data: bytes) -> None:
@@ -122,9 +124,9 @@ class TLSEngine:
                 chunk = self._conn.bio_read(_BIO_CHUNK)
             except SSL.WantReadError:
                 break
-            if not chunk:
-                break
             chunks.append(chunk)
+            if len(chunk) < _BIO_CHUNK:  # a memory BIO hands out all it holds, up to the size asked
+                break
         return b"".join(chunks)
 
     # -- handshake -----------------------------------------------------------------------
@@ -176,9 +178,8 @@ class TLSEngine:
                               group, True)
 
     def _release(self) -> None:
-        if not self._released:
-            self._released = True
-            release_connection(self._conn)
+        self._release_binding()
+        self._binding.psk = None  # the key is no longer needed once OpenSSL holds the handshake secrets
 
     # -- application data ----------------------------------------------------------------
     def write(self, data: bytes | bytearray | memoryview) -> int:

@@ -9,6 +9,7 @@ network read and write and raise :class:`TimeoutError`, as ``ssl`` sockets do.
 
 from __future__ import annotations
 
+import errno
 import io
 import socket
 import threading
@@ -260,6 +261,7 @@ class HybridTLSSocket:
         """Half- or full-close: ``SHUT_WR``/``SHUT_RDWR`` first send the TLS close_notify, then shut down TCP.
 
         After ``shutdown(SHUT_WR)`` the peer reads end-of-stream and this side can still receive.
+        A TCP connection the peer has already torn down counts as shut down (no ENOTCONN).
         """
         self._check_open()
         if how in (socket.SHUT_WR, socket.SHUT_RDWR):
@@ -268,7 +270,11 @@ class HybridTLSSocket:
                     self._engine.send_close_notify()
                     self._collect_output()
                 self._send_queued()
-        self._sock.shutdown(how)
+        try:
+            self._sock.shutdown(how)
+        except OSError as exc:
+            if exc.errno != errno.ENOTCONN:
+                raise
 
     def close(self) -> None:
         """Send close_notify (best effort, within 1 s) and close the TCP socket once no makefile() is open."""
