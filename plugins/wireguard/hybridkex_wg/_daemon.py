@@ -28,11 +28,20 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from hybridkex import Authenticator, ConfigError, ExchangeSettings, HybridKexError, TransportError
+from hybridkex import ConfigError, ExchangeSettings, HandshakeConfig, HybridKexError, TransportError
 
 from ._config import DaemonConfig, PeerConfig
 from ._rotation import Stale, StartExchange
-from ._session import PeerRuntime, Reporter, SocketSet, build_runtime, handle_stale, run_initiator, serve_connection
+from ._session import (
+    PeerRuntime,
+    Reporter,
+    SocketSet,
+    build_runtime,
+    handle_stale,
+    handshake_for,
+    run_initiator,
+    serve_connection,
+)
 from ._status import highest_epochs, peer_entry, status_document, write_status
 
 __all__ = ["Daemon"]
@@ -90,18 +99,17 @@ class Daemon:
         (ConfigError before anything changes)."""
         now = self._clock()
         epochs = highest_epochs(config.status_file)
-        cache: dict[ExchangeSettings, Authenticator] = {}
+        cache: dict[ExchangeSettings, HandshakeConfig] = {}
         result: dict[tuple[bytes, bytes], PeerRuntime] = {}
         for peer in config.peers:
             try:
                 old = current.get(peer.key)
                 if old is not None and old.config.role is peer.role:
-                    auth = cache.get(peer.settings) or peer.settings.authenticator()
-                    cache[peer.settings] = auth
+                    handshake_for(peer.settings, cache)  # reload the credentials: they may have changed
                     result[peer.key] = old  # updated in _apply, after every peer loaded
                     continue
                 carried = old.state.highest_epoch if old is not None else epochs.get(peer.key, 0)
-                result[peer.key] = build_runtime(peer, now=now, highest_epoch=carried, authenticators=cache)
+                result[peer.key] = build_runtime(peer, now=now, highest_epoch=carried, handshakes=cache)
             except ConfigError as exc:
                 raise ConfigError(f"peer {peer.ref.label}: {exc}") from None
         self._cache = cache
@@ -120,7 +128,7 @@ class Daemon:
                 if rt.config != peer or rt.config.sinks != peer.sinks:
                     changed += 1
                 rt.config = peer
-                rt.authenticator = self._cache[peer.settings]
+                rt.handshake = self._cache[peer.settings]
                 rt.state.update_policy(peer.policy, now)
         removed = 0
         for key, rt in self.peers.items():

@@ -12,6 +12,7 @@ logged as one line.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import socket
 import sys
@@ -21,8 +22,8 @@ from collections.abc import Callable, Iterator
 from typing import TextIO
 
 from hybridkex import (
-    Authenticator,
     ExchangeSettings,
+    HandshakeConfig,
     HybridKexError,
     LocalProtocolError,
     exchange_over_socket,
@@ -98,12 +99,13 @@ class SocketSet:
 
 
 class PeerRuntime:
-    """A configured peer with its rotation state, lock and cached authenticator."""
+    """A configured peer with its rotation state, lock and prepared handshake configuration."""
 
-    def __init__(self, config: PeerConfig, state: PeerRotation, authenticator: Authenticator) -> None:
+    def __init__(self, config: PeerConfig, state: PeerRotation, handshake: HandshakeConfig) -> None:
         self.config = config
         self.state = state
-        self.authenticator = authenticator
+        self.handshake = handshake
+        """Credentials loaded and backend chosen once; each exchange only sets its context."""
         self.lock = threading.Lock()
         self.removed = False
         self.running = False
@@ -114,17 +116,22 @@ class PeerRuntime:
         return self.config.ref.label
 
 
+def handshake_for(settings: ExchangeSettings, cache: dict[ExchangeSettings, HandshakeConfig]) -> HandshakeConfig:
+    """Load credentials and pick the backend once per distinct settings (ConfigError on any problem)."""
+    config = cache.get(settings)
+    if config is None:
+        config = settings.handshake_config()
+        cache[settings] = config
+    return config
+
+
 def build_runtime(config: PeerConfig, *, now: float, highest_epoch: int = 0,
-                  authenticators: dict[ExchangeSettings, Authenticator] | None = None) -> PeerRuntime:
+                  handshakes: dict[ExchangeSettings, HandshakeConfig] | None = None) -> PeerRuntime:
     """Load the peer's credentials (once per distinct settings) and make its state machine."""
-    cache = authenticators if authenticators is not None else {}
-    auth = cache.get(config.settings)
-    if auth is None:
-        auth = config.settings.authenticator()
-        cache[config.settings] = auth
+    handshake = handshake_for(config.settings, handshakes if handshakes is not None else {})
     state = PeerRotation(config.role, config.local_public, config.public_key, config.policy, now=now,
                          highest_epoch=highest_epoch)
-    return PeerRuntime(config, state, auth)
+    return PeerRuntime(config, state, handshake)
 
 
 def _error_text(exc: BaseException) -> str:
@@ -176,7 +183,7 @@ def _exchange(rt: PeerRuntime, sock: socket.socket, role: Role, epoch: int, cloc
     initiator_public, responder_public = rt.state.binding_keys()
     settings = rt.config.settings
     context = _labels.exchange_context(initiator_public, responder_public, epoch)
-    config = settings.handshake_config(context=context, authenticator=rt.authenticator)
+    config = dataclasses.replace(rt.handshake, context=context)
     source = settings.open_qkd_source()
     try:
         result = exchange_over_socket(sock, "initiator" if role is Role.INITIATOR else "responder", config,

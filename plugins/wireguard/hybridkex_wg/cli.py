@@ -71,7 +71,7 @@ def check(config_path: Path) -> None:
     """Validate a configuration and load every credential it names, then exit."""
     config = load_config(config_path)
     for peer in config.peers:
-        peer.settings.authenticator()
+        peer.settings.handshake_config()
     click.echo(f"configuration {config_path} is valid: {len(config.peers)} peer(s)")
     for peer in config.peers:
         click.echo(f"  {peer.ref.label}: {peer.role.value}"
