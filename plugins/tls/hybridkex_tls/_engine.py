@@ -35,6 +35,9 @@ _WRITE_CHUNK = 1 << 16
 _PSK_MISMATCH = ("the two sides hold different TLS PSKs (the binder did not verify); with --external-psk give both "
                  "sides the same key and identity; in hybrid mode the two sides derived different keys")
 _CLOSED_DURING_HANDSHAKE = "the peer closed the connection during the TLS handshake; see the peer's log for why"
+_TAMPERED = "a TLS record failed its integrity check: the connection was tampered with in transit"
+# Reasons OpenSSL adds on top of the root cause.
+_GENERIC = frozenset({"record layer failure"})
 _NO_GROUP = "no common key-exchange group; the hybrid mode needs X25519MLKEM768 on both sides"
 _REASONS: dict[str, tuple[type[TLSHandshakeError], str]] = {
     "binder does not verify": (TLSPSKError, _PSK_MISMATCH),
@@ -46,12 +49,15 @@ _REASONS: dict[str, tuple[type[TLSHandshakeError], str]] = {
                          "(TLS_AES_128_GCM_SHA256 or TLS_CHACHA20_POLY1305_SHA256)"),
     "no suitable key share": (TLSHandshakeError, _NO_GROUP),
     "no shared groups": (TLSHandshakeError, _NO_GROUP),
+    "decryption failed or bad record mac": (TLSHandshakeError, _TAMPERED),
     "wrong version number": (TLSHandshakeError, "the peer does not speak TLS here (is it a plain TCP service?)"),
     "unsupported protocol": (TLSHandshakeError, "the peer does not support TLS 1.3"),
 }
 # Alerts received from the peer, by name (OpenSSL prefixes them with "sslv3", "tlsv1" or "tls" by version).
 _ALERTS: dict[str, tuple[type[TLSHandshakeError], str]] = {
     "decrypt error": (TLSPSKError, "the peer could not verify the PSK binder: " + _PSK_MISMATCH),
+    "bad record mac": (TLSHandshakeError, "the peer received a TLS record that failed its integrity check: the "
+                       "connection was tampered with in transit"),
     "illegal parameter": (TLSPSKError, "the peer rejected the handshake (alert illegal_parameter), which OpenSSL "
                           "3.0 sends when the PSK binder does not verify: " + _PSK_MISMATCH),
     "handshake failure": (TLSPSKError, "the peer refused the handshake (alert handshake_failure): it did not accept "
@@ -69,12 +75,13 @@ def _explain(reason: str) -> tuple[type[TLSHandshakeError], str]:
 
 
 def _reason(exc: SSL.Error) -> str:
-    """The OpenSSL reason string of a pyOpenSSL error (never key material)."""
+    """The root-cause OpenSSL reason string of a pyOpenSSL error (never key material)."""
     entries = exc.args[0] if exc.args else None
-    if isinstance(entries, list) and entries:
-        last = entries[-1]
-        if isinstance(last, tuple) and len(last) >= 3:
-            return str(last[2])
+    reasons = [str(e[2]) for e in entries if isinstance(e, tuple) and len(e) >= 3] \
+        if isinstance(entries, list) else []
+    specific = [r for r in reasons if r not in _GENERIC]
+    if specific or reasons:
+        return (specific or reasons)[0]
     return str(exc) or type(exc).__name__
 
 
@@ -213,7 +220,8 @@ class TLSEngine:
             reason = _reason(exc)
             if reason == "unexpected eof while reading":
                 return self._ragged_eof()
-            raise TLSError(f"TLS error while receiving: {reason}; the connection cannot be used any more") from None
+            raise TLSError(f"TLS error while receiving: {_explain(reason)[1]}; the connection cannot be used "
+                           "any more") from None
 
     def read_into(self, buffer: bytearray | memoryview, size: int) -> int | None:
         """Like :meth:`read`, into ``buffer``: the count, 0 at the end of the stream, None when input is needed."""
@@ -232,7 +240,8 @@ class TLSEngine:
             reason = _reason(exc)
             if reason == "unexpected eof while reading":
                 return len(self._ragged_eof())
-            raise TLSError(f"TLS error while receiving: {reason}; the connection cannot be used any more") from None
+            raise TLSError(f"TLS error while receiving: {_explain(reason)[1]}; the connection cannot be used "
+                           "any more") from None
 
     def _ragged_eof(self) -> bytes:
         if not self._suppress_ragged_eofs:

@@ -352,31 +352,44 @@ class HybridTLSSocket:
         return self._sock.fileno()
 
     def getpeername(self) -> Any:
+        """The peer's TCP address."""
         return self._sock.getpeername()
 
     def getsockname(self) -> Any:
+        """This side's TCP address."""
         return self._sock.getsockname()
 
     def settimeout(self, timeout: float | None) -> None:
         """Timeout for each network read or write; a timed-out call raises :class:`TimeoutError`."""
+        if timeout is not None and timeout <= 0:
+            raise ValueError("the timeout must be positive or None (non-blocking mode is not supported)")
         self._sock.settimeout(timeout)
 
     def gettimeout(self) -> float | None:
+        """The per-operation timeout in seconds (None: block)."""
         return self._sock.gettimeout()
 
     def setblocking(self, flag: bool) -> None:
-        self._sock.setblocking(flag)
+        """``True``: block without timeout.  Non-blocking mode is not supported for TLS records; use the
+        asyncio helpers instead."""
+        if not flag:
+            raise ValueError("a HybridTLSSocket does not support non-blocking mode; use settimeout() or the "
+                             "asyncio helpers (hybridkex_tls.open_connection / start_server)")
+        self._sock.setblocking(True)
 
     @property
     def family(self) -> int:
+        """The TCP socket's address family."""
         return self._sock.family
 
     @property
     def type(self) -> int:
+        """The TCP socket's type (SOCK_STREAM)."""
         return self._sock.type
 
     @property
     def closed(self) -> bool:
+        """True once :meth:`close` was called."""
         return self._closed
 
     # -- what was negotiated -----------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import threading
 import time
@@ -20,7 +21,7 @@ from hybridkex import (
     exchange_over_socket,
 )
 
-from hybridkex_tls import HybridTLSContext, HybridTLSSocket, TLSConnectionClosed, TLSPSKError
+from hybridkex_tls import HybridTLSContext, HybridTLSSocket, TLSConnectionClosed, TLSHandshakeError, TLSPSKError
 
 LOOPBACK = "127.0.0.1"
 SHORT = 1.0
@@ -89,19 +90,25 @@ def test_wrong_static_psk_identity(keys: Any, run_server: Callable[..., Any]) ->
 
 
 @contextlib.contextmanager
-def flipping_proxy(target: tuple[str, int], direction: str, offset: int) -> Iterator[tuple[str, int]]:
-    """A loopback TCP proxy that flips one bit of byte ``offset`` of one direction (``c2s`` or ``s2c``)."""
+def flipping_proxy(target: tuple[str, int], direction: str, offset: int,
+                   after: re.Pattern[bytes] | None = None) -> Iterator[tuple[str, int]]:
+    """A loopback TCP proxy that flips one bit of byte ``offset`` of one direction (``c2s`` or ``s2c``);
+    with ``after``, ``offset`` counts from the first match of that pattern in the stream."""
     listener = socket.create_server((LOOPBACK, 0))
     threads: list[threading.Thread] = []
 
     def pipe(src: socket.socket, dst: socket.socket, flip: bool) -> None:
-        seen = 0
+        stream = bytearray()
+        target_at: int | None = None if after else offset
         try:
             while data := src.recv(65536):
-                if flip and seen <= offset < seen + len(data):
-                    i = offset - seen
+                start = len(stream)
+                stream += data
+                if flip and target_at is None and after is not None and (match := after.search(stream)):
+                    target_at = match.start() + offset
+                if flip and target_at is not None and start <= target_at < len(stream):
+                    i = target_at - start
                     data = data[:i] + bytes([data[i] ^ 0x04]) + data[i + 1:]
-                seen += len(data)
                 dst.sendall(data)
             dst.shutdown(socket.SHUT_WR)
         except OSError:
@@ -140,6 +147,27 @@ def test_tampered_hybrid_message(server_ctx: HybridTLSContext, client_ctx: Hybri
     assert raw.fileno() == -1
     server_error = running.wait_error()
     assert isinstance(server_error, (RemoteProtocolError, TransportError)), server_error
+    assert_clear(exc)
+    assert_clear(server_error)
+
+
+# TLS handshake records: ClientHello (record type 22, legacy version 3.1, handshake type 1) and ServerHello
+# (version 3.3, handshake type 2).  They follow the hybrid exchange on the same connection.
+CLIENT_HELLO = re.compile(rb"\x16\x03\x01..\x01", re.DOTALL)
+SERVER_HELLO = re.compile(rb"\x16\x03\x03..\x02", re.DOTALL)
+
+
+@pytest.mark.parametrize(("direction", "after"), [("c2s", CLIENT_HELLO), ("s2c", SERVER_HELLO)],
+                         ids=["ClientHello", "ServerHello"])
+def test_tampered_tls_handshake(server_ctx: HybridTLSContext, client_ctx: HybridTLSContext,
+                                run_server: Callable[..., Any], direction: str, after: re.Pattern[bytes]) -> None:
+    running = run_server(server_ctx)
+    with flipping_proxy(running.address, direction, 200, after) as proxy:
+        exc, raw = attempt(client_ctx, proxy)
+    assert isinstance(exc, TLSHandshakeError), exc
+    assert raw.fileno() == -1
+    server_error = running.wait_error()
+    assert isinstance(server_error, TLSHandshakeError), server_error
     assert_clear(exc)
     assert_clear(server_error)
 
