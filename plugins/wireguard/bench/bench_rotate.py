@@ -182,7 +182,8 @@ def run_case(n: int, qkd: str, workers: int, work: Path, timeout: float, roles: 
     errors = sum(1 for log in (case / "initiator.log", case / "responder.log")
                  for line in log.read_text().splitlines() if ": ERROR: " in line)
     rate = n / seconds
-    return {"qkd": qkd, "roles": roles, "peers": n, "seconds": round(seconds, 3), "rotations_per_second": round(rate, 1),
+    return {"qkd": qkd, "roles": roles, "peers": n, "seconds": round(seconds, 3),
+            "rotations_per_second": round(rate, 1),
             "seconds_per_1000_peers": round(1000 / rate, 2), "measured_1000": n >= 1000,
             "cpu_seconds_initiator": round(cpu_i, 2), "cpu_seconds_responder": round(cpu_r, 2),
             "mismatched_keys": mismatched, "errors_logged": errors}

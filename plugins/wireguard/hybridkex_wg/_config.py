@@ -189,9 +189,12 @@ def _sinks(items: object, where: str, base: Path, wg: str) -> tuple[Sink, ...]:
         item = _table(raw, here)
         kind = item.get("type")
         if kind == "wg":
-            _check_keys(item, {"type", "wg", "timeout"}, here)
+            _check_keys(item, {"type", "wg", "timeout", "require_peer"}, here)
+            require_peer = item.get("require_peer", True)
+            if not isinstance(require_peer, bool):
+                raise ConfigError(f"{here}.require_peer must be true or false")
             sinks.append(WgSink(_string(item.get("wg", wg), f"{here}.wg"),
-                                _number(item.get("timeout", 10.0), f"{here}.timeout", strict=True)))
+                                _number(item.get("timeout", 10.0), f"{here}.timeout", strict=True), require_peer))
         elif kind == "file":
             _check_keys(item, {"type", "path", "format"}, here)
             path = _string(item.get("path"), f"{here}.path")

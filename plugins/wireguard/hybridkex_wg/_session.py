@@ -108,8 +108,6 @@ class PeerRuntime:
         """Credentials loaded and backend chosen once; each exchange only sets its context."""
         self.lock = threading.Lock()
         self.removed = False
-        self.running = False
-        """An exchange job for this peer is queued or running (initiator side)."""
 
     @property
     def label(self) -> str:

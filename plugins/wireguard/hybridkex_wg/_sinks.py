@@ -87,16 +87,30 @@ def interface_public_key(interface: str, wg: str = "wg") -> str:
 
 
 class WgSink:
-    """``wg set IF peer PUB preshared-key /dev/stdin``: WireGuard mixes the key from its next handshake."""
+    """``wg set IF peer PUB preshared-key /dev/stdin``: WireGuard mixes the key from its next handshake.
 
-    def __init__(self, wg: str = "wg", timeout: float = 10.0) -> None:
+    ``wg set`` would silently *create* a peer that is not configured; with ``require_peer``
+    (the default) the sink first checks ``wg show IF peers`` and refuses, so the rotator
+    never adds peers the operator removed from WireGuard.
+    """
+
+    def __init__(self, wg: str = "wg", timeout: float = 10.0, require_peer: bool = True) -> None:
         self.wg = wg
         self.timeout = timeout
+        self.require_peer = require_peer
 
     def __repr__(self) -> str:
         return f"WgSink({self.wg!r})"
 
     def set_psk(self, peer: PeerRef, key: bytes, epoch: int, *, event: str = "set") -> None:
+        if self.require_peer:
+            try:
+                listed = run_wg(self.wg, ["show", peer.interface, "peers"], self.timeout).split()
+            except SinkError as exc:
+                raise SinkError(f"wg sink ({peer.label}): {exc}") from None
+            if peer.public_key_text not in listed:
+                raise SinkError(f"wg sink ({peer.label}): {peer.public_key_text} is not a peer of interface "
+                                f"{peer.interface}; add it to WireGuard first (or set require_peer = false)")
         _run([self.wg, "set", peer.interface, "peer", peer.public_key_text, "preshared-key", "/dev/stdin"],
              base64.b64encode(key) + b"\n", self.timeout, f"wg sink ({peer.label})", key)
 

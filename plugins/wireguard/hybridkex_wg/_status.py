@@ -63,7 +63,8 @@ def status_document(peers: Iterable[dict[str, Any]], *, listen: tuple[str, int] 
 
 
 def write_status(path: Path, document: Mapping[str, Any]) -> None:
-    """Replace the status file atomically (mode 0644: it holds no secret)."""
+    """Replace the status file atomically (mode 0644: it holds no secret); creates its directory."""
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     atomic_write(path, (json.dumps(document, indent=1, sort_keys=True) + "\n").encode(), mode=0o644)
 
 

@@ -26,10 +26,19 @@ def script(path: Path, body: str) -> str:
     return str(path)
 
 
-def test_wg_sink_passes_the_key_on_stdin_only(tmp_path: Path) -> None:
+def fake_wg(tmp_path: Path, peers: list[str]) -> tuple[str, Path]:
+    """A stand-in for wg: 'show IF peers' lists ``peers``; 'set' records its argv and stdin."""
     record = tmp_path / "record.json"
-    fake = script(tmp_path / "wg", f"json.dump({{'argv': sys.argv[1:], 'stdin': sys.stdin.read()}}, "
-                                    f"open({str(record)!r}, 'w'))")
+    return script(tmp_path / "wg", f"""
+if sys.argv[1] == "show":
+    print("\\n".join({peers!r}))
+else:
+    json.dump({{'argv': sys.argv[1:], 'stdin': sys.stdin.read()}}, open({str(record)!r}, 'w'))
+"""), record
+
+
+def test_wg_sink_passes_the_key_on_stdin_only(tmp_path: Path) -> None:
+    fake, record = fake_wg(tmp_path, [PEER.public_key_text])
     WgSink(fake).set_psk(PEER, KEY, 3)
     seen = json.loads(record.read_text())
     assert seen["argv"] == ["set", "wg0", "peer", PEER.public_key_text, "preshared-key", "/dev/stdin"]
@@ -37,12 +46,21 @@ def test_wg_sink_passes_the_key_on_stdin_only(tmp_path: Path) -> None:
     assert all(base64.b64encode(KEY).decode() not in a and KEY.hex() not in a for a in seen["argv"])
 
 
+def test_wg_sink_refuses_to_create_a_peer(tmp_path: Path) -> None:
+    fake, record = fake_wg(tmp_path, ["someone+else="])
+    with pytest.raises(SinkError, match="is not a peer of interface wg0"):
+        WgSink(fake).set_psk(PEER, KEY, 3)
+    assert not record.exists()
+    WgSink(fake, require_peer=False).set_psk(PEER, KEY, 3)
+    assert record.exists()
+
+
 def test_wg_sink_failure_is_one_scrubbed_line(tmp_path: Path) -> None:
     # A hostile or buggy tool that echoes its input must not leak the key into our error.
     fake = script(tmp_path / "wg", "sys.stderr.write('Unable to set: ' + sys.stdin.read() + '\\nmore\\n'); "
                                    "sys.exit(1)")
     with pytest.raises(SinkError) as info:
-        WgSink(fake).set_psk(PEER, KEY, 3)
+        WgSink(fake, require_peer=False).set_psk(PEER, KEY, 3)
     message = str(info.value)
     assert "exited with status 1" in message and "wg0/site-b" in message and "[key]" in message
     assert base64.b64encode(KEY).decode() not in message and "\n" not in message
