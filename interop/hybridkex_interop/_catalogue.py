@@ -29,9 +29,9 @@ KNOWN_FAILURES: dict[str, str] = {
 
 
 def _modules() -> list[ModuleType]:
-    from . import _hkx
+    from . import _hkx, _oqsjs
 
-    return [_hkx]
+    return [_hkx, _oqsjs]
 
 
 def sections() -> list[Section]:
