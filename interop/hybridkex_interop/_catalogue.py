@@ -29,9 +29,9 @@ KNOWN_FAILURES: dict[str, str] = {
 
 
 def _modules() -> list[ModuleType]:
-    from . import _hkx, _oqsjs
+    from . import _hkx, _openssl, _oqsjs
 
-    return [_hkx, _oqsjs]
+    return [_hkx, _oqsjs, _openssl]
 
 
 def sections() -> list[Section]:
