@@ -12,12 +12,12 @@ traffic keys depend on the QKD key, ML-KEM and X25519 at once::
         data = tls.recv(4096)
 """
 
-from ._asyncio import TLSStreamReader, TLSStreamWriter, open_connection, start_server, wrap_streams
 from ._context import DEFAULT_PSK_IDENTITY, HybridTLSContext, load_external_psk
 from ._errors import TLSConnectionClosed, TLSError, TLSHandshakeError, TLSPSKError, TLSUnavailable
 from ._importer import ExternalPSK, imported_identity, imported_psk
 from ._server import HybridTLSServer
-from ._socket import HybridTLSSocket
+from ._streams import TLSStreamReader, TLSStreamWriter, open_connection, start_server, wrap_streams
+from ._tlssocket import HybridTLSSocket
 
 __version__ = "0.1.0"
 

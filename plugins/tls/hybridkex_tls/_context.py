@@ -42,7 +42,7 @@ from ._importer import (
 from ._openssl import ContextHandle, new_context
 
 if TYPE_CHECKING:
-    from ._socket import HybridTLSSocket
+    from ._tlssocket import HybridTLSSocket
 
 __all__ = ["HybridTLSContext", "load_external_psk", "DEFAULT_PSK_IDENTITY"]
 
@@ -51,8 +51,10 @@ Role = Literal["client", "server"]
 #: The PSK identity ``openssl s_client``/``s_server`` use when none is given.
 DEFAULT_PSK_IDENTITY = "Client_identity"
 
-_PATH_FIELDS = ("identity", "psk_file", "qkd_link", "kme_ca", "sae_cert", "sae_key")
 _SETTINGS_FIELDS = frozenset(ExchangeSettings.__dataclass_fields__) - {"extra"}
+#: Settings fields holding one path (identity, psk_file, qkd_link, ...): str arguments become Path.
+_PATH_FIELDS = frozenset(name for name, f in ExchangeSettings.__dataclass_fields__.items()
+                         if str(f.type).replace(" ", "") == "Path|None")
 
 
 def load_external_psk(path: str | os.PathLike[str]) -> bytes:
@@ -207,7 +209,7 @@ class HybridTLSContext:
         :class:`HybridTLSSocket` owns ``sock``; on any failure ``sock`` is closed and a
         :class:`hybridkex.HybridKexError` (subclass) says what failed.
         """
-        from ._socket import establish
+        from ._tlssocket import establish
 
         return establish(self, sock, suppress_ragged_eofs=suppress_ragged_eofs)
 

@@ -18,7 +18,7 @@ from typing import Any
 from hybridkex import TransportError
 
 from ._context import HybridTLSContext
-from ._socket import HybridTLSSocket
+from ._tlssocket import HybridTLSSocket
 
 __all__ = ["HybridTLSServer"]
 

@@ -58,7 +58,8 @@ def _context(role: str, kwargs: dict[str, Any]) -> Any:
     settings = settings_from_options(kwargs)
     factory = HybridTLSContext.client if role == "client" else HybridTLSContext.server
     if external_psk is not None:
-        if settings.identity or settings.peers or settings.psk_file or settings.qkd != "off":
+        if settings.identity or settings.peers or settings.psk_file or getattr(settings, "psk_ratchet", None) \
+                or settings.qkd != "off":
             raise ConfigError("--external-psk runs TLS with a static key and no hybrid exchange; drop --identity, "
                               "--peer, --psk-file and --qkd, or drop --external-psk")
         return factory(external_psk=load_external_psk(external_psk), psk_identity=psk_identity, groups=groups,
@@ -102,7 +103,7 @@ def tls() -> None:
 def serve(listen_on: str, echo: bool, count: int, max_connections: int, as_json: bool, **kwargs: Any) -> None:
     """Accept TLS clients: hybrid exchange, then TLS 1.3 keyed by it. Prints or echoes what they send."""
     from ._server import HybridTLSServer
-    from ._socket import HybridTLSSocket
+    from ._tlssocket import HybridTLSSocket
 
     address = _parse_address(listen_on)
     context = _context("server", kwargs)

@@ -22,7 +22,7 @@ from hybridkex import HandshakeTimeout, HybridKexError, Initiator, Responder, Tr
 
 from ._context import HybridTLSContext, psk_from_result
 from ._engine import TLSEngine
-from ._socket import connection_info
+from ._tlssocket import connection_info
 
 __all__ = ["open_connection", "start_server", "wrap_streams", "TLSStreamReader", "TLSStreamWriter"]
 
