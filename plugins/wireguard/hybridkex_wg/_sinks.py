@@ -30,6 +30,7 @@ __all__ = ["Sink", "SinkError", "WgSink", "FileSink", "CommandSink", "FILE_FORMA
 FILE_FORMATS = ("base64", "hex", "raw")
 SINK_TYPES = ("wg", "file", "command")
 _TEMPLATE_FIELDS = frozenset({"interface", "peer", "name"})
+_COMMAND_FIELDS = frozenset({"interface", "peer", "name", "epoch", "event"})
 _MAX_OUTPUT = 300
 
 
@@ -115,16 +116,16 @@ class WgSink:
              base64.b64encode(key) + b"\n", self.timeout, f"wg sink ({peer.label})", key)
 
 
-def check_template(template: str) -> None:
-    """Reject a file-sink path template with placeholders other than {interface}, {peer}, {name}."""
+def check_template(template: str, allowed: frozenset[str] = _TEMPLATE_FIELDS, what: str = "file sink path") -> None:
+    """Reject a template with placeholders other than ``allowed`` (public values only, never the key)."""
     try:
         fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
     except ValueError as exc:
-        raise ConfigError(f"file sink path {template!r} is not a valid template: {exc}") from None
-    unknown = fields - _TEMPLATE_FIELDS
+        raise ConfigError(f"{what} {template!r} is not a valid template: {exc}") from None
+    unknown = fields - allowed
     if unknown:
-        raise ConfigError(f"file sink path {template!r} uses unknown placeholder(s) {sorted(unknown)}; use "
-                          "{interface}, {peer} (file-safe public key) and {name}")
+        raise ConfigError(f"{what} {template!r} uses unknown placeholder(s) {sorted(unknown)}; use "
+                          + ", ".join("{" + f + "}" for f in sorted(allowed)))
 
 
 class FileSink:
@@ -157,11 +158,17 @@ class FileSink:
 class CommandSink:
     """Runs ``argv`` with the key (base64 and a newline) on stdin and the metadata in the environment:
     ``HKWG_INTERFACE``, ``HKWG_PEER`` (base64 public key), ``HKWG_PEER_NAME``, ``HKWG_EPOCH``,
-    ``HKWG_EVENT`` (set|rollback|stale) and ``HKWG_FINGERPRINT``."""
+    ``HKWG_EVENT`` (set|rollback|stale) and ``HKWG_FINGERPRINT``.
+
+    Arguments may name the public values too -- {interface}, {peer} (base64 public key),
+    {name}, {epoch}, {event} -- e.g. for ``sudo``, which drops the environment.
+    """
 
     def __init__(self, argv: Sequence[str], timeout: float = 10.0) -> None:
         if not argv or not all(isinstance(a, str) and a for a in argv):
             raise ConfigError("command sink needs a non-empty list of program and arguments")
+        for arg in argv:
+            check_template(arg, _COMMAND_FIELDS, "command sink argument")
         self.argv = tuple(argv)
         self.timeout = timeout
 
@@ -169,6 +176,8 @@ class CommandSink:
         return f"CommandSink({list(self.argv)!r})"
 
     def set_psk(self, peer: PeerRef, key: bytes, epoch: int, *, event: str = "set") -> None:
+        values = {"interface": peer.interface, "peer": peer.public_key_text, "name": peer.name, "epoch": str(epoch),
+                  "event": event}
         env = dict(os.environ)
         env.update({
             "HKWG_INTERFACE": peer.interface,
@@ -178,4 +187,5 @@ class CommandSink:
             "HKWG_EVENT": event,
             "HKWG_FINGERPRINT": key_fingerprint(key),
         })
-        _run(self.argv, base64.b64encode(key) + b"\n", self.timeout, f"command sink ({peer.label})", key, env)
+        argv = [arg.format(**values) for arg in self.argv]
+        _run(argv, base64.b64encode(key) + b"\n", self.timeout, f"command sink ({peer.label})", key, env)

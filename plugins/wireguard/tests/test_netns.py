@@ -174,7 +174,11 @@ def tunnel(require: Callable[[bool, str], None]) -> Iterator[Tunnel]:
                 with_socket.unlink()
 
 
-def rotate_once(tunnel: Tunnel, spawn: Callable[..., Any], psk_file: Path, tmp_path: Path) -> None:
+HOOK = Path(__file__).resolve().parent.parent / "contrib" / "hkwg-set-psk"
+
+
+def rotate_once(tunnel: Tunnel, spawn: Callable[..., Any], psk_file: Path, tmp_path: Path,
+                b_sink: list[str] | None = None) -> None:
     """One ``hybridkex wg rotate --once`` on each end, inside its namespace, over the veth addresses."""
     a, b = tunnel.a, tunnel.b
     common = ["--psk-file", str(psk_file), "--once"]
@@ -183,7 +187,7 @@ def rotate_once(tunnel: Tunnel, spawn: Callable[..., Any], psk_file: Path, tmp_p
                      prefix=["ip", "netns", "exec", a.ns], stderr_path=tmp_path / "a-once.log")
     connector = run(sys.executable, "-c", "from hybridkex.cli import main; main()", "wg", "rotate", "--interface",
                     b.interface, "--wg-peer", a.public, "--connect", f"{a.underlay}:{ROTATOR_PORT}",
-                    "--connect-retry", "15", *common, ns=b.ns, timeout=60)
+                    "--connect-retry", "15", *common, *(b_sink or []), ns=b.ns, timeout=60)
     assert listener.proc.wait(30) == 0, listener.stderr_tail()
     assert connector.stdout.startswith("psk-set "), connector.stdout + connector.stderr
     assert f"interface={b.interface} peer={a.public}" in connector.stdout
@@ -197,7 +201,11 @@ def test_one_shot_rotation_sets_equal_psks_that_wireguard_uses(tunnel: Tunnel, s
     assert a.psk_for(b) == "(none)" and b.psk_for(a) == "(none)"
     assert a.ping(b), "the tunnel does not work even without a PSK"
 
-    rotate_once(tunnel, spawn, psk_file, tmp_path)
+    # B installs through the privileged-hook sink (contrib/hkwg-set-psk, as sudo would run it).
+    hook = tmp_path / "hkwg-set-psk"
+    hook.write_text(HOOK.read_text().replace('ALLOWED_INTERFACES="wg0"', f'ALLOWED_INTERFACES="{b.interface}"'))
+    hook.chmod(0o755)
+    rotate_once(tunnel, spawn, psk_file, tmp_path, ["--no-wg", "--hook", f"{hook} {{interface}} {{peer}}"])
     first = a.psk_for(b)
     assert first != "(none)" and first == b.psk_for(a)
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hybridkex import key_fingerprint
+from hybridkex import ConfigError, key_fingerprint
 
 from hybridkex_wg._keys import PeerRef
 from hybridkex_wg._sinks import CommandSink, FileSink, SinkError, WgSink, scrub
@@ -103,14 +103,21 @@ def test_command_sink_gets_key_on_stdin_and_metadata_in_env(tmp_path: Path) -> N
     hook = script(tmp_path / "hook", "json.dump({'argv': sys.argv[1:], 'stdin': sys.stdin.read(), "
                                      "'env': {k: v for k, v in os.environ.items() if k.startswith('HKWG_')}}, "
                                      f"open({str(record)!r}, 'w'))")
-    CommandSink([hook, "--flag"]).set_psk(PEER, KEY, 5, event="stale")
+    CommandSink([hook, "--flag", "{interface}:{peer}:{name}:{epoch}:{event}"]).set_psk(PEER, KEY, 5, event="stale")
     seen = json.loads(record.read_text())
-    assert seen["argv"] == ["--flag"]
+    assert seen["argv"] == ["--flag", f"wg0:{PEER.public_key_text}:site-b:5:stale"]
     assert seen["stdin"] == base64.b64encode(KEY).decode() + "\n"
     assert seen["env"] == {
         "HKWG_INTERFACE": "wg0", "HKWG_PEER": PEER.public_key_text, "HKWG_PEER_NAME": "site-b",
         "HKWG_EPOCH": "5", "HKWG_EVENT": "stale", "HKWG_FINGERPRINT": key_fingerprint(KEY),
     }
+
+
+def test_command_sink_arguments_may_only_name_public_values() -> None:
+    with pytest.raises(ConfigError, match="unknown placeholder"):
+        CommandSink(["/bin/hook", "{key}"])
+    with pytest.raises(ConfigError, match="not a valid template"):
+        CommandSink(["/bin/hook", "{unclosed"])
 
 
 def test_command_sink_failures(tmp_path: Path) -> None:
