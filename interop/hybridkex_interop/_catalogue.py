@@ -29,9 +29,9 @@ KNOWN_FAILURES: dict[str, str] = {
 
 
 def _modules() -> list[ModuleType]:
-    from . import _etsi014, _hkx, _netfaults, _openssl, _oqsjs, _wgdaemon
+    from . import _etsi014, _hkx, _netfaults, _openssl, _oqsjs, _vectors, _wgdaemon
 
-    return [_hkx, _oqsjs, _openssl, _etsi014, _netfaults, _wgdaemon]
+    return [_hkx, _oqsjs, _openssl, _etsi014, _netfaults, _wgdaemon, _vectors]
 
 
 def sections() -> list[Section]:
