@@ -93,7 +93,7 @@ def establish(context: HybridTLSContext, sock: socket.socket, *, suppress_ragged
             psk, summary = context.exchange(sock)
         engine = context.new_engine(psk, suppress_ragged_eofs=suppress_ragged_eofs)
         _tls_handshake(sock, engine, deadline, context.timeout)
-        sock.settimeout(previous_timeout)
+        sock.settimeout(previous_timeout or None)  # a non-blocking socket becomes blocking: see setblocking()
     except BaseException:
         if engine is not None:
             engine.close()
@@ -239,6 +239,8 @@ class HybridTLSSocket:
             raise ValueError("non-zero flags are not allowed on a TLS socket")
         self._check_open()
         view = memoryview(buffer).cast("B")
+        if nbytes < 0 or nbytes > len(view):
+            raise ValueError("nbytes must be between 0 and the buffer's size")
         size = nbytes or len(view)
         if size == 0:
             return 0
