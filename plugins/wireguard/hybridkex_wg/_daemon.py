@@ -31,7 +31,7 @@ from typing import Any
 from hybridkex import ConfigError, ExchangeSettings, HandshakeConfig, HybridKexError, TransportError
 
 from ._config import DaemonConfig, PeerConfig
-from ._rotation import Stale, StartExchange
+from ._rotation import Stale, StartExchange, State
 from ._session import (
     PeerRuntime,
     Reporter,
@@ -53,6 +53,9 @@ _MIN_TICK = 0.05
 #: Longest pause: bounds how late a change made outside the loop is noticed.
 _MAX_TICK = 1.0
 _STATUS_PERIOD = 1.0
+#: Seconds a stop waits for exchanges past their handshake to finish before aborting them.
+_STOP_GRACE = 2.0
+_FINISHING = frozenset({State.INSTALLING, State.COMMITTING, State.AWAIT_COMMIT, State.PROMOTING})
 
 
 def _listen(address: tuple[str, int], backlog: int) -> socket.socket:
@@ -313,9 +316,17 @@ class Daemon:
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.close()
+        # Exchanges in flight normally end within milliseconds: let them finish (an exchange cut between
+        # the initiator's install and its Commit would leave the two ends apart until the next start),
+        # then abort what is left -- dead peers, stuck KMEs.
+        self._initiators.shutdown(wait=False, cancel_futures=True)
+        self._responders.shutdown(wait=False, cancel_futures=True)
+        give_up = time.monotonic() + _STOP_GRACE
+        while time.monotonic() < give_up and any(rt.state.state in _FINISHING for rt in list(self.peers.values())):
+            time.sleep(0.02)
         self._sockets.close_all()
-        self._initiators.shutdown(wait=True, cancel_futures=True)
-        self._responders.shutdown(wait=True, cancel_futures=True)
+        self._initiators.shutdown(wait=True)
+        self._responders.shutdown(wait=True)
         if self._listener_thread is not None:
             self._listener_thread.join(2.0)
         self.write_status(force=True)

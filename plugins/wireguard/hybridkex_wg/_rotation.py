@@ -40,7 +40,7 @@ the next Request's proof settles it.
 Failure policy: a key older than ``deadline`` seconds (counted from the handshake that
 made it, or from start-up) is stale.  ``keep`` leaves it in place and reports it;
 ``fail-closed`` installs a random key, which stops the tunnel until a fresh exchange
-succeeds.  A stale shared key is never re-installed (not by promotion either).
+succeeds, and never re-installs a stale shared key (by rollback or promotion).
 """
 
 from __future__ import annotations
@@ -291,8 +291,10 @@ class PeerRotation:
         return _mac(key.confirm_key, label, _labels.binding(self._initiator_public, self._responder_public,
                                                             key.epoch), extra)
 
-    def _is_fresh(self, key: EpochKey, now: float) -> bool:
-        return now < key.established + self.policy.deadline
+    def _may_reinstall(self, key: EpochKey, now: float) -> bool:
+        """Whether an older shared key may go back into the sinks (rollback, promotion): only while it is
+        fresh, unless the policy is to keep old keys working."""
+        return now < key.established + self.policy.deadline or self.policy.failure_policy is FailurePolicy.KEEP
 
     def _installed_shared(self, key: EpochKey, now: float) -> None:
         if self.current is None or self.current.epoch != key.epoch:
@@ -404,7 +406,7 @@ class PeerRotation:
         self._new = None
         self.last_error, self.last_error_at = f"installing the new key failed: {error}", now
         self._backoff(now)
-        if self.current is not None and self._is_fresh(self.current, now):
+        if self.current is not None and self._may_reinstall(self.current, now):
             return Install(self.current.psk, self.current.epoch, "rollback", self.current)
         return None
 
@@ -428,7 +430,7 @@ class PeerRotation:
         # The responder kept its previous key: go back to ours so both ends match again.
         self.last_error, self.last_error_at = "the peer could not install the new key; rolled back", now
         self._backoff(now)
-        back = self.previous if self.previous is not None and self._is_fresh(self.previous, now) else None
+        back = self.previous if self.previous is not None and self._may_reinstall(self.previous, now) else None
         self.current, self.previous = back, None
         self.confirmed = back is not None
         self._fresh_since = self._fresh_before_new
@@ -453,7 +455,7 @@ class PeerRotation:
         self.highest_epoch = max(self.highest_epoch, remote_highest) + 1
         pending, self.pending = self.pending, None
         if (pending is not None and message.installed_epoch == pending.epoch
-                and hmac.compare_digest(self._proof(pending), message.proof) and self._is_fresh(pending, now)):
+                and hmac.compare_digest(self._proof(pending), message.proof) and self._may_reinstall(pending, now)):
             # The initiator installed this key but our Done/Commit got lost: install it now.
             self._go("request_promote")
             self._new = pending
@@ -505,7 +507,7 @@ class PeerRotation:
             self.last_error, self.last_error_at = f"installing the new key failed: {error}", now
             status = DoneStatus.INSTALL_FAILED
             rollback = (Install(self.current.psk, self.current.epoch, "rollback", self.current)
-                        if self.current is not None and self._is_fresh(self.current, now) else None)
+                        if self.current is not None and self._may_reinstall(self.current, now) else None)
         return Done(status, key.epoch, self._tag(_labels.TAG_DONE, key, bytes([status]))), rollback
 
     # -- reporting ----------------------------------------------------------------------

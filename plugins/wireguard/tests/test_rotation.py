@@ -282,14 +282,27 @@ def test_keep_policy_reports_stale_and_keeps_the_key() -> None:
     assert b.state.current is not None and b.state.status().stale
 
 
-def test_a_pending_key_past_its_deadline_is_never_promoted() -> None:
-    a, b = make_pair()
+@pytest.mark.parametrize("policy, promoted", [(FailurePolicy.FAIL_CLOSED, False), (FailurePolicy.KEEP, True)])
+def test_a_pending_key_past_its_deadline_is_promoted_only_when_keeping_old_keys(policy: FailurePolicy,
+                                                                               promoted: bool) -> None:
+    a, b = make_pair(RotationPolicy(interval=100.0, jitter=0.1, deadline=150.0, failure_policy=policy))
     rotate(a, b, 0.0)
     rotate(a, b, 100.0, lose="commit")
     a.state.next_due = 300.0
     request = start(a, 300.0)   # proves epoch 2, made at t=100, deadline 150: too old
     accept, promote = b.state.request(request, 300.0)
-    assert promote is None and accept.status is AcceptStatus.OK
+    assert accept.status is AcceptStatus.OK and (promote is not None) == promoted
+
+
+def test_rollback_to_a_stale_key_only_when_keeping_old_keys() -> None:
+    for policy, rolled_back in ((FailurePolicy.KEEP, True), (FailurePolicy.FAIL_CLOSED, False)):
+        a, b = make_pair(RotationPolicy(interval=100.0, jitter=0.1, deadline=150.0, failure_policy=policy))
+        rotate(a, b, 0.0)
+        a.state.next_due = 200.0
+        before = a.installed
+        rotate(a, b, 200.0, init_sink_ok=False)   # epoch 1 is 200 s old: past its deadline
+        assert (a.history[-1] == ("rollback", 1)) == rolled_back
+        assert a.installed == before  # the failed sink took nothing in this model either way
 
 
 def test_a_forged_proof_does_not_promote() -> None:
