@@ -91,20 +91,24 @@ def test_dead_peer_and_garbage_do_not_disturb_the_others(tmp_path: Path, psk_fil
                                                          run_daemon: Callable[..., tuple[Daemon, Lines]],
                                                          port: Callable[[], int]) -> None:
     kb, dead = key(), key()
-    ka = [key() for _ in range(3)]
+    ka = [key() for _ in range(4)]
     listen = port()
     exchange = {"psk_file": str(psk_file), "timeout": 5.0}
+    # Pair a3 takes its QKD keys from a KME that is down (nothing listens there).
+    kme_down = {"qkd": "etsi014", "kme_url": f"http://127.0.0.1:{port()}", "kme_insecure_http": True,
+                "sae_id": "SAE-A", "peer_sae_id": "SAE-B"}
     responder = {
         "listen": f"127.0.0.1:{listen}", "rotation": FAST, "exchange": exchange,
         "interface": [{"name": "wgB", "public_key": kb, "sink": file_sink(tmp_path / "b")}],
-        "peer": [{"public_key": k, "name": f"a{i}", "role": "responder"} for i, k in enumerate(ka)],
+        "peer": [{"public_key": k, "name": f"a{i}", "role": "responder", **({"exchange": kme_down} if i == 3 else {})}
+                 for i, k in enumerate(ka)],
     }
     initiator = {
         "rotation": FAST, "exchange": exchange,
         "interface": [{"name": f"wgA{i}", "public_key": k, "sink": file_sink(tmp_path / "a")}
                       for i, k in enumerate(ka)],
         "peer": [{"interface": f"wgA{i}", "public_key": kb, "name": f"a{i}", "role": "initiator",
-                  "endpoint": f"127.0.0.1:{listen}"} for i in range(3)]
+                  "endpoint": f"127.0.0.1:{listen}", **({"exchange": kme_down} if i == 3 else {})} for i in range(4)]
         + [{"interface": "wgA0", "public_key": dead, "name": "dead", "role": "initiator",
             "endpoint": f"127.0.0.1:{port()}"}],
     }
@@ -119,6 +123,8 @@ def test_dead_peer_and_garbage_do_not_disturb_the_others(tmp_path: Path, psk_fil
          "three rotations of every live peer")
     dead_state = next(rt.state for rt in a.peers.values() if rt.config.name == "dead")
     assert dead_state.failures >= 2 and "refused" in dead_state.last_error and dead_state.rotations == 0
+    kme_state = next(rt.state for rt in a.peers.values() if rt.config.name == "a3")
+    assert kme_state.failures >= 1 and kme_state.rotations == 0 and "QKD" in kme_state.last_error
     a.request_stop()
     wait(lambda: not any(rt.state.busy for rt in b.peers.values()), 10, "the responder to finish")
     for i in range(3):
