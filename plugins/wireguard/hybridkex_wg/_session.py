@@ -208,11 +208,14 @@ def _connect(address: tuple[str, int], timeout: float) -> socket.socket:
     return sock
 
 
-def _fail(rt: PeerRuntime, exc: BaseException, clock: Callable[[], float], what: str) -> None:
+def _fail(rt: PeerRuntime, exc: BaseException, clock: Callable[[], float], what: str, *, quiet: bool = False) -> None:
+    """Record a failure on the peer's state and log one line (``quiet``: the caller reports it instead)."""
     text = _error_text(exc)
     with rt.lock:
         rt.state.failed(text, clock())
         retry = rt.state.next_due - clock() if rt.state.role is Role.INITIATOR else None
+    if quiet:
+        return
     log.error("%s: %s failed: %s%s", rt.label, what, text, f"; retry in {retry:.1f} s" if retry is not None else "")
 
 
@@ -261,12 +264,12 @@ def run_initiator(rt: PeerRuntime, request: Request, reporter: Reporter, sockets
             if problem:
                 raise RotationRefused(problem)
     except HybridKexError as exc:
-        _fail(rt, exc, clock, "rotation")
+        _fail(rt, exc, clock, "rotation", quiet=raise_errors)
         if raise_errors:
             raise
     except Exception as exc:  # one peer's bug must not stop the others
         log.exception("%s: rotation crashed", rt.label)
-        _fail(rt, exc, clock, "rotation")
+        _fail(rt, exc, clock, "rotation", quiet=True)
         if raise_errors:
             raise
 
@@ -320,12 +323,12 @@ def serve_connection(sock: socket.socket, lookup: Callable[[bytes, bytes], PeerR
             if done.status is not DoneStatus.INSTALLED:
                 raise RotationRefused(f"could not install the new key: {error}")
         except HybridKexError as exc:
-            _fail(rt, exc, clock, "answering a rotation")
+            _fail(rt, exc, clock, "answering a rotation", quiet=raise_errors)
             if raise_errors:
                 raise
         except Exception as exc:
             log.exception("%s: answering a rotation crashed", rt.label)
-            _fail(rt, exc, clock, "answering a rotation")
+            _fail(rt, exc, clock, "answering a rotation", quiet=True)
             if raise_errors:
                 raise
     except HybridKexError as exc:
