@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,7 @@ class PeerConfig:
     """Authentication, KEM, QKD and timeout of the exchange."""
     policy: RotationPolicy
     """Interval, jitter, deadline, retries, failure policy."""
-    sinks: tuple[Sink, ...] = field(compare=False)
+    sinks: tuple[Sink, ...]
     """Where the keys go."""
 
     @property
@@ -209,7 +209,8 @@ def _sinks(items: object, where: str, base: Path, wg: str) -> tuple[Sink, ...]:
                 command = [command]
             if not isinstance(command, list) or not command or not all(isinstance(c, str) for c in command):
                 raise ConfigError(f"{here}.command must be a list: program and arguments (no shell)")
-            sinks.append(CommandSink(command, _number(item.get("timeout", 10.0), f"{here}.timeout", strict=True)))
+            timeout = _number(item.get("timeout", 10.0), f"{here}.timeout", strict=True)
+            sinks.append(CommandSink(tuple(command), timeout))
         else:
             raise ConfigError(f"{here}.type must be one of {', '.join(SINK_TYPES)}, not {kind!r}")
     return tuple(sinks)

@@ -16,7 +16,6 @@ a malformed message, a KME outage or a failing sink affects only the peer concer
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
 import socket
@@ -89,7 +88,7 @@ class Daemon:
         self._listener_thread: threading.Thread | None = None
         self._last_status = ""
         self._last_status_time = 0.0
-        self.peers: dict[tuple[bytes, bytes], PeerRuntime] = self._build(config, {})
+        self.peers: dict[tuple[bytes, bytes], PeerRuntime] = self._build(config, {})[0]
         self._initiators = ThreadPoolExecutor(config.workers, thread_name_prefix="hkwg-init")
         self._responders = ThreadPoolExecutor(config.workers, thread_name_prefix="hkwg-resp")
         self._slots = threading.BoundedSemaphore(config.workers * 4)
@@ -97,7 +96,8 @@ class Daemon:
 
     # -- configuration ----------------------------------------------------------------
     def _build(self, config: DaemonConfig,
-               current: dict[tuple[bytes, bytes], PeerRuntime]) -> dict[tuple[bytes, bytes], PeerRuntime]:
+               current: dict[tuple[bytes, bytes], PeerRuntime],
+               ) -> tuple[dict[tuple[bytes, bytes], PeerRuntime], dict[ExchangeSettings, HandshakeConfig]]:
         """Runtimes for ``config``: existing pairs keep their state, new ones start fresh.  Loads credentials
         (ConfigError before anything changes)."""
         now = self._clock()
@@ -115,10 +115,10 @@ class Daemon:
                 result[peer.key] = build_runtime(peer, now=now, highest_epoch=carried, handshakes=cache)
             except ConfigError as exc:
                 raise ConfigError(f"peer {peer.ref.label}: {exc}") from None
-        self._cache = cache
-        return result
+        return result, cache
 
-    def _apply(self, config: DaemonConfig, runtimes: dict[tuple[bytes, bytes], PeerRuntime]) -> tuple[int, int, int]:
+    def _apply(self, config: DaemonConfig, runtimes: dict[tuple[bytes, bytes], PeerRuntime],
+               handshakes: dict[ExchangeSettings, HandshakeConfig]) -> tuple[int, int, int]:
         now = self._clock()
         by_key: dict[tuple[bytes, bytes], PeerConfig] = {p.key: p for p in config.peers}
         added = changed = 0
@@ -128,10 +128,10 @@ class Daemon:
                 added += 1
                 continue
             with rt.lock:
-                if rt.config != peer or rt.config.sinks != peer.sinks:
+                if rt.config != peer:
                     changed += 1
                 rt.config = peer
-                rt.handshake = self._cache[peer.settings]
+                rt.handshake = handshakes[peer.settings]
                 rt.state.update_policy(peer.policy, now)
         removed = 0
         for key, rt in self.peers.items():
@@ -149,7 +149,7 @@ class Daemon:
             return False
         try:
             config = self._loader()
-            runtimes = self._build(config, self.peers)
+            runtimes, handshakes = self._build(config, self.peers)
             if config.listen != self.config.listen:
                 self._restart_listener(config.listen)
         except (HybridKexError, OSError) as exc:
@@ -157,7 +157,7 @@ class Daemon:
             return False
         if config.workers != self.config.workers:
             log.warning("reload: 'workers' changes take effect after a restart")
-        added, removed, changed = self._apply(config, runtimes)
+        added, removed, changed = self._apply(config, runtimes, handshakes)
         self.config = config
         log.info("reloaded %s: %d peers (%d added, %d removed, %d changed)", config.source or "configuration",
                  len(runtimes), added, removed, changed)
@@ -331,8 +331,3 @@ class Daemon:
             self._listener_thread.join(2.0)
         self.write_status(force=True)
         log.info("stopped")
-
-    def close(self) -> None:
-        """Stop without having run (tests)."""
-        with contextlib.suppress(Exception):
-            self._shutdown()

@@ -26,6 +26,7 @@ from hybridkex import (
     HandshakeConfig,
     HybridKexError,
     LocalProtocolError,
+    TransportError,
     exchange_over_socket,
 )
 
@@ -193,8 +194,6 @@ def _exchange(rt: PeerRuntime, sock: socket.socket, role: Role, epoch: int, cloc
 
 
 def _connect(address: tuple[str, int], timeout: float) -> socket.socket:
-    from hybridkex import TransportError
-
     try:
         sock = socket.create_connection(address, timeout=timeout)
     except ConnectionRefusedError:
@@ -231,9 +230,13 @@ def run_initiator(rt: PeerRuntime, request: Request, reporter: Reporter, sockets
     endpoint = rt.config.endpoint
     timeout = rt.config.settings.timeout
     try:
-        if connected is None and endpoint is None:
+        if connected is not None:
+            connection = connected
+        elif endpoint is not None:
+            connection = _connect(endpoint, min(timeout, 5.0))
+        else:
             raise LocalProtocolError("no endpoint configured for a peer this side initiates for")
-        with sockets.track(connected or _connect(endpoint, min(timeout, 5.0))) as sock:  # type: ignore[arg-type]
+        with sockets.track(connection) as sock:
             deadline = time.monotonic() + timeout
             send_message(sock, request, deadline)
             accept = read_message(sock, deadline, Accept, "Accept")

@@ -17,6 +17,7 @@ import os
 import string
 import subprocess
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -87,6 +88,7 @@ def interface_public_key(interface: str, wg: str = "wg") -> str:
                           "in the configuration, or run with CAP_NET_ADMIN") from None
 
 
+@dataclass(frozen=True)
 class WgSink:
     """``wg set IF peer PUB preshared-key /dev/stdin``: WireGuard mixes the key from its next handshake.
 
@@ -95,13 +97,12 @@ class WgSink:
     never adds peers the operator removed from WireGuard.
     """
 
-    def __init__(self, wg: str = "wg", timeout: float = 10.0, require_peer: bool = True) -> None:
-        self.wg = wg
-        self.timeout = timeout
-        self.require_peer = require_peer
-
-    def __repr__(self) -> str:
-        return f"WgSink({self.wg!r})"
+    wg: str = "wg"
+    """The wg program."""
+    timeout: float = 10.0
+    """Seconds each wg call may take."""
+    require_peer: bool = True
+    """Refuse peers WireGuard does not have instead of creating them."""
 
     def set_psk(self, peer: PeerRef, key: bytes, epoch: int, *, event: str = "set") -> None:
         if self.require_peer:
@@ -128,19 +129,20 @@ def check_template(template: str, allowed: frozenset[str] = _TEMPLATE_FIELDS, wh
                           + ", ".join("{" + f + "}" for f in sorted(allowed)))
 
 
+@dataclass(frozen=True)
 class FileSink:
     """One key file per peer, replaced atomically with mode 0600 (e.g. for a WireGuard ``PresharedKeyFile``
     watcher or another consumer).  ``path`` may use {interface}, {peer} and {name}."""
 
-    def __init__(self, path: str, fmt: str = "base64") -> None:
-        check_template(path)
-        if fmt not in FILE_FORMATS:
-            raise ConfigError(f"file sink format {fmt!r} is not one of {', '.join(FILE_FORMATS)}")
-        self.path = path
-        self.fmt = fmt
+    path: str
+    """Path template: {interface}, {peer} (file-safe public key), {name}."""
+    fmt: str = "base64"
+    """``base64`` (as wg reads it), ``hex`` or ``raw``."""
 
-    def __repr__(self) -> str:
-        return f"FileSink({self.path!r}, {self.fmt!r})"
+    def __post_init__(self) -> None:
+        check_template(self.path)
+        if self.fmt not in FILE_FORMATS:
+            raise ConfigError(f"file sink format {self.fmt!r} is not one of {', '.join(FILE_FORMATS)}")
 
     def path_for(self, peer: PeerRef) -> Path:
         return Path(self.path.format(interface=peer.interface, peer=peer.file_safe_key,
@@ -155,6 +157,7 @@ class FileSink:
             raise SinkError(f"file sink ({peer.label}): {exc}") from None
 
 
+@dataclass(frozen=True)
 class CommandSink:
     """Runs ``argv`` with the key (base64 and a newline) on stdin and the metadata in the environment:
     ``HKWG_INTERFACE``, ``HKWG_PEER`` (base64 public key), ``HKWG_PEER_NAME``, ``HKWG_EPOCH``,
@@ -164,16 +167,17 @@ class CommandSink:
     {name}, {epoch}, {event} -- e.g. for ``sudo``, which drops the environment.
     """
 
-    def __init__(self, argv: Sequence[str], timeout: float = 10.0) -> None:
-        if not argv or not all(isinstance(a, str) and a for a in argv):
-            raise ConfigError("command sink needs a non-empty list of program and arguments")
-        for arg in argv:
-            check_template(arg, _COMMAND_FIELDS, "command sink argument")
-        self.argv = tuple(argv)
-        self.timeout = timeout
+    argv: tuple[str, ...]
+    """Program and arguments (no shell)."""
+    timeout: float = 10.0
+    """Seconds the command may take."""
 
-    def __repr__(self) -> str:
-        return f"CommandSink({list(self.argv)!r})"
+    def __post_init__(self) -> None:
+        if not self.argv or not all(isinstance(a, str) and a for a in self.argv):
+            raise ConfigError("command sink needs a non-empty list of program and arguments")
+        object.__setattr__(self, "argv", tuple(self.argv))
+        for arg in self.argv:
+            check_template(arg, _COMMAND_FIELDS, "command sink argument")
 
     def set_psk(self, peer: PeerRef, key: bytes, epoch: int, *, event: str = "set") -> None:
         values = {"interface": peer.interface, "peer": peer.public_key_text, "name": peer.name, "epoch": str(epoch),

@@ -109,7 +109,7 @@ def _sinks(no_wg: bool, wg_binary: str, key_file: str | None, hooks: tuple[str, 
     sinks: list[Sink] = [] if no_wg else [WgSink(wg_binary)]
     if key_file:
         sinks.append(FileSink(key_file))
-    sinks += [CommandSink(shlex.split(h)) for h in hooks]
+    sinks += [CommandSink(tuple(shlex.split(h))) for h in hooks]
     if not sinks:
         raise ConfigError("--no-wg leaves no sink: add --key-file PATH or --hook COMMAND")
     return tuple(sinks)

@@ -222,7 +222,7 @@ def test_sighup_reload_and_sigterm_with_real_processes(tmp_path: Path, psk_file:
     assert p2_epochs[: len(p2_epochs_before)] == p2_epochs_before
     assert p2_epochs == sorted(p2_epochs) and p2_epochs[-1] > p2_epochs_before[-1]
     assert p2_epochs == list(range(p2_epochs[0], p2_epochs[0] + len(p2_epochs)))
-    assert "1 added, 1 removed" in a.stderr_tail()
+    assert "1 added, 1 removed, 0 changed" in a.stderr_tail()
     assert a.proc.poll() is None and b.proc.poll() is None
 
     # A broken configuration is refused and the daemon keeps running the previous one.

@@ -103,7 +103,7 @@ def test_command_sink_gets_key_on_stdin_and_metadata_in_env(tmp_path: Path) -> N
     hook = script(tmp_path / "hook", "json.dump({'argv': sys.argv[1:], 'stdin': sys.stdin.read(), "
                                      "'env': {k: v for k, v in os.environ.items() if k.startswith('HKWG_')}}, "
                                      f"open({str(record)!r}, 'w'))")
-    CommandSink([hook, "--flag", "{interface}:{peer}:{name}:{epoch}:{event}"]).set_psk(PEER, KEY, 5, event="stale")
+    CommandSink((hook, "--flag", "{interface}:{peer}:{name}:{epoch}:{event}")).set_psk(PEER, KEY, 5, event="stale")
     seen = json.loads(record.read_text())
     assert seen["argv"] == ["--flag", f"wg0:{PEER.public_key_text}:site-b:5:stale"]
     assert seen["stdin"] == base64.b64encode(KEY).decode() + "\n"
@@ -115,22 +115,22 @@ def test_command_sink_gets_key_on_stdin_and_metadata_in_env(tmp_path: Path) -> N
 
 def test_command_sink_arguments_may_only_name_public_values() -> None:
     with pytest.raises(ConfigError, match="unknown placeholder"):
-        CommandSink(["/bin/hook", "{key}"])
+        CommandSink(("/bin/hook", "{key}"))
     with pytest.raises(ConfigError, match="not a valid template"):
-        CommandSink(["/bin/hook", "{unclosed"])
+        CommandSink(("/bin/hook", "{unclosed"))
 
 
 def test_command_sink_failures(tmp_path: Path) -> None:
     slow = script(tmp_path / "slow", "import time; time.sleep(5)")
     with pytest.raises(SinkError, match="did not finish within 0.2 s"):
-        CommandSink([slow], timeout=0.2).set_psk(PEER, KEY, 1)
+        CommandSink((slow,), timeout=0.2).set_psk(PEER, KEY, 1)
     failing = script(tmp_path / "fail", "print(sys.stdin.read().strip()); sys.exit(3)")
     with pytest.raises(SinkError, match="status 3: \\[key\\]"):
-        CommandSink([failing]).set_psk(PEER, KEY, 1)
+        CommandSink((failing,)).set_psk(PEER, KEY, 1)
     not_executable = tmp_path / "plain"
     not_executable.write_text("x")
     with pytest.raises(SinkError, match="not executable"):
-        CommandSink([str(not_executable)]).set_psk(PEER, KEY, 1)
+        CommandSink((str(not_executable),)).set_psk(PEER, KEY, 1)
 
 
 def test_scrub_removes_every_encoding() -> None:
