@@ -12,12 +12,23 @@ traffic keys depend on the QKD key, ML-KEM and X25519 at once::
         data = tls.recv(4096)
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._context import DEFAULT_PSK_IDENTITY, HybridTLSContext, load_external_psk
 from ._errors import TLSConnectionClosed, TLSError, TLSHandshakeError, TLSPSKError, TLSUnavailable
 from ._importer import ExternalPSK, imported_identity, imported_psk
 from ._server import HybridTLSServer
-from ._streams import TLSStreamReader, TLSStreamWriter, open_connection, start_server, wrap_streams
-from ._tlssocket import HybridTLSSocket
+
+if TYPE_CHECKING:
+    from ._context import DEFAULT_PSK_IDENTITY, HybridTLSContext, load_external_psk
+    from ._errors import TLSConnectionClosed, TLSError, TLSHandshakeError, TLSPSKError, TLSUnavailable
+    from ._importer import ExternalPSK, imported_identity, imported_psk
+    from ._server import HybridTLSServer
+    from ._streams import TLSStreamReader, TLSStreamWriter, open_connection, start_server, wrap_streams
+    from ._tlssocket import HybridTLSSocket
 
 __version__ = "0.1.0"
 
@@ -27,3 +38,28 @@ __all__ = [
     "ExternalPSK", "imported_identity", "imported_psk", "load_external_psk", "DEFAULT_PSK_IDENTITY",
     "TLSError", "TLSHandshakeError", "TLSPSKError", "TLSConnectionClosed", "TLSUnavailable",
 ]
+
+# Imported on first use, so that loading the CLI plugin (hybridkex_tls.cli) does not import
+# pyOpenSSL and asyncio for every 'hybridkex' command.
+_LAZY = {
+    "HybridTLSContext": "._context", "load_external_psk": "._context", "DEFAULT_PSK_IDENTITY": "._context",
+    "HybridTLSSocket": "._tlssocket", "HybridTLSServer": "._server",
+    "open_connection": "._streams", "start_server": "._streams", "wrap_streams": "._streams",
+    "TLSStreamReader": "._streams", "TLSStreamWriter": "._streams",
+    "ExternalPSK": "._importer", "imported_identity": "._importer", "imported_psk": "._importer",
+    "TLSError": "._errors", "TLSHandshakeError": "._errors", "TLSPSKError": "._errors",
+    "TLSConnectionClosed": "._errors", "TLSUnavailable": "._errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
