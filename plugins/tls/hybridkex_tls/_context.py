@@ -18,10 +18,13 @@ fixed key, as ``openssl s_client -psk`` does, for interop and tests.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import socket
 import stat
+import threading
+import weakref
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -124,18 +127,16 @@ class HybridTLSContext:
                                   "to --external-psk")
             groups = HYBRID_GROUPS
             # Load keys and check the QKD source now, so a bad path fails before any connection.
-            if qkd_source is not None and settings.qkd == "off":
-                # A key source handed in directly (e.g. an application's own KME client): QKD is on.
-                policy = settings.qkd_policy or "required"
-                config = dataclasses.replace(settings, qkd_policy=None).handshake_config(context=EXCHANGE_CONTEXT)
-                self._config = dataclasses.replace(config, qkd_policy=policy)
-            else:
-                self._config = settings.handshake_config(context=EXCHANGE_CONTEXT)
+            self._config = self._build_config()
             if qkd_source is None:
                 probe = settings.open_qkd_source()
                 if probe is not None:
                     probe.close()
         self.groups = groups
+        #: With a PSK ratchet the authentication key changes after every connection: setups run one at a time.
+        self.setup_lock: threading.Lock | None = threading.Lock() if self._ratcheting else None
+        self._async_setup_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = \
+            weakref.WeakKeyDictionary()
         self.timeout = float(timeout if timeout is not None else settings.timeout if settings else 30.0)
         if self.timeout <= 0:
             raise ConfigError("the handshake timeout must be positive")
@@ -224,11 +225,42 @@ class HybridTLSContext:
         return self._static_psk
 
     @property
+    def _ratcheting(self) -> bool:
+        return self.settings is not None and getattr(self.settings, "psk_ratchet", None) is not None
+
+    def _build_config(self) -> HandshakeConfig:
+        assert self.settings is not None
+        settings = self.settings
+        if self._qkd_source is not None and settings.qkd == "off":
+            # A key source handed in directly (e.g. an application's own KME client): QKD is on.
+            policy = settings.qkd_policy or "required"
+            config = dataclasses.replace(settings, qkd_policy=None).handshake_config(context=EXCHANGE_CONTEXT)
+            return dataclasses.replace(config, qkd_policy=policy)
+        return settings.handshake_config(context=EXCHANGE_CONTEXT)
+
+    @property
     def handshake_config(self) -> HandshakeConfig:
-        """The hybrid exchange's configuration (hybrid mode only)."""
+        """The hybrid exchange's configuration (hybrid mode only); with a PSK ratchet, its current state."""
         if self._config is None:
             raise ConfigError("a static-PSK context runs no hybrid exchange")
+        if self._ratcheting:
+            self._config = self._build_config()  # the ratchet's keys change after every connection
         return self._config
+
+    def async_setup_lock(self) -> asyncio.Lock | None:
+        """The asyncio counterpart of :attr:`setup_lock` for the running event loop."""
+        if not self._ratcheting:
+            return None
+        loop = asyncio.get_running_loop()
+        lock = self._async_setup_locks.get(loop)
+        if lock is None:
+            lock = self._async_setup_locks[loop] = asyncio.Lock()
+        return lock
+
+    def after_success(self, result: HandshakeResult) -> None:
+        """Bookkeeping once TLS confirmed the hybrid key on both sides: advance the PSK ratchet, if any."""
+        if self.settings is not None:
+            self.settings.after_success(result)
 
     def open_qkd_source(self) -> tuple[QKDKeySource | None, bool]:
         """The QKD key source for one connection and whether the caller must close it."""
@@ -238,16 +270,19 @@ class HybridTLSContext:
         source = self.settings.open_qkd_source()
         return source, source is not None
 
-    def exchange(self, sock: socket.socket) -> tuple[ExternalPSK, dict[str, object]]:
-        """Run the hybrid exchange on ``sock`` (blocking): the imported PSK and the secret-free summary."""
+    def exchange(self, sock: socket.socket) -> HandshakeResult:
+        """Run the hybrid exchange on ``sock`` (blocking).
+
+        The result holds the session secret: take the PSK with :func:`psk_from_result`, call
+        :meth:`after_success` once TLS is up, and drop it.
+        """
         source, owned = self.open_qkd_source()
         try:
-            result = _exchange_over_socket(sock, "initiator" if self.role == "client" else "responder",
-                                           self.handshake_config, qkd_source=source)
+            return _exchange_over_socket(sock, "initiator" if self.role == "client" else "responder",
+                                         self.handshake_config, qkd_source=source)
         finally:
             if owned and source is not None:
                 source.close()
-        return psk_from_result(result)
 
 
 def psk_from_result(result: HandshakeResult) -> tuple[ExternalPSK, dict[str, object]]:

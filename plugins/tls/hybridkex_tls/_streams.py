@@ -18,7 +18,15 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from hybridkex import HandshakeTimeout, HybridKexError, Initiator, Responder, TransportError, run_handshake_async
+from hybridkex import (
+    HandshakeResult,
+    HandshakeTimeout,
+    HybridKexError,
+    Initiator,
+    Responder,
+    TransportError,
+    run_handshake_async,
+)
 
 from ._context import HybridTLSContext, psk_from_result
 from ._engine import TLSEngine
@@ -244,8 +252,9 @@ async def wrap_streams(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
     """Run the hybrid exchange and TLS over connected streams (role from the context); closes them on failure."""
     engine: TLSEngine | None = None
     try:
-        async with asyncio.timeout(context.timeout):
+        async with asyncio.timeout(context.timeout), context.async_setup_lock() or contextlib.nullcontext():
             summary: dict[str, object] | None = None
+            result: HandshakeResult | None = None
             if context.static_psk is not None:
                 psk = context.static_psk
             else:
@@ -260,6 +269,9 @@ async def wrap_streams(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
                 psk, summary = psk_from_result(result)
             engine = context.new_engine(psk, suppress_ragged_eofs=suppress_ragged_eofs)
             await _tls_handshake(engine, reader, writer)
+            if result is not None:
+                context.after_success(result)  # the TLS Finished messages proved both sides hold the key
+                del result
     except BaseException as exc:
         if engine is not None:
             engine.close()

@@ -9,6 +9,7 @@ network read and write and raise :class:`TimeoutError`, as ``ssl`` sockets do.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import socket
@@ -18,8 +19,9 @@ from collections import deque
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, cast
 
-from hybridkex import HandshakeTimeout, HybridKexError, TransportError
+from hybridkex import HandshakeResult, HandshakeTimeout, HybridKexError, TransportError
 
+from ._context import psk_from_result
 from ._engine import TLSEngine
 
 if TYPE_CHECKING:
@@ -86,13 +88,20 @@ def establish(context: HybridTLSContext, sock: socket.socket, *, suppress_ragged
     try:
         if sock.type == socket.SOCK_STREAM and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        summary: dict[str, object] | None = None
-        if context.static_psk is not None:
-            psk = context.static_psk
-        else:
-            psk, summary = context.exchange(sock)
-        engine = context.new_engine(psk, suppress_ragged_eofs=suppress_ragged_eofs)
-        _tls_handshake(sock, engine, deadline, context.timeout)
+        with context.setup_lock or contextlib.nullcontext():
+            summary: dict[str, object] | None = None
+            result: HandshakeResult | None = None
+            if context.static_psk is not None:
+                psk = context.static_psk
+            else:
+                result = context.exchange(sock)
+                psk, summary = psk_from_result(result)
+            engine = context.new_engine(psk, suppress_ragged_eofs=suppress_ragged_eofs)
+            _tls_handshake(sock, engine, deadline, context.timeout)
+            if result is not None:
+                # The TLS Finished messages proved that both sides hold the hybrid key.
+                context.after_success(result)
+                del result
         sock.settimeout(previous_timeout or None)  # a non-blocking socket becomes blocking: see setblocking()
     except BaseException:
         if engine is not None:

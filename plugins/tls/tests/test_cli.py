@@ -112,3 +112,21 @@ def test_connection_refused_exit_code_5(cli: Any, keys: Any) -> None:
 def test_bad_address(cli: Any, keys: Any) -> None:
     result = cli.run("tls", "serve", "--listen", "localhost", *hybrid_server_args(keys))
     assert result.returncode == 2 and b"HOST:PORT" in result.stderr
+
+
+def test_psk_ratchet_on_the_command_line(cli: Any, keys: Any, tmp_path: Any) -> None:
+    from hybridkex._ratchet import AuthRatchet
+
+    server_state, client_state = tmp_path / "server.ratchet", tmp_path / "client.ratchet"
+    auth = ["--psk-file", str(keys.psk), "--timeout", "10"]
+    with cli.server(*auth, "--psk-ratchet", str(server_state), "--echo", "--count", "2") as (server, port):
+        peers = []
+        for _ in range(2):
+            result = cli.run("tls", "connect", f"127.0.0.1:{port}", *auth, "--psk-ratchet", str(client_state),
+                             "--json", input=b"x")
+            assert result.returncode == 0, result.stderr
+            peers.append(json.loads(result.stdout.splitlines()[0])["peer"])
+        server.communicate(timeout=30)
+    assert server.returncode == 0
+    assert peers[0] != peers[1]
+    assert AuthRatchet(client_state).load().epoch == 2 == AuthRatchet(server_state).load().epoch

@@ -215,3 +215,28 @@ def test_options_are_checked(keys: Any) -> None:
         HybridTLSContext.client(identity=keys.client_key)
     with pytest.raises(ConfigError):
         HybridTLSContext.client(identity=keys.client_key.parent / "missing.key", peers=[keys.server_pub])
+
+
+def test_psk_ratchet_advances_after_each_connection(keys: Any, tmp_path: Any, run_server: Callable[..., Any],
+                                                    echo: Callable[[HybridTLSSocket], None]) -> None:
+    from hybridkex._ratchet import AuthRatchet
+
+    server_state, client_state = tmp_path / "server.ratchet", tmp_path / "client.ratchet"
+    server = HybridTLSContext.server(psk_file=keys.psk, psk_ratchet=server_state, timeout=TIMEOUT)
+    client = HybridTLSContext.client(psk_file=keys.psk, psk_ratchet=str(client_state), timeout=TIMEOUT)
+    running = run_server(server, echo)
+    peers = []
+    for expected_epoch in (1, 2, 3):
+        with connect(client, running.address) as tls:
+            tls.sendall(b"ratchet")
+            assert tls.recv(100) == b"ratchet"
+            peers.append(tls.peer_identity())
+        assert AuthRatchet(client_state).load().epoch == expected_epoch
+    for _ in range(50):  # the server advances in its own thread, right after the handshake
+        if AuthRatchet(server_state).load().epoch == 3:
+            break
+        threading.Event().wait(0.05)
+    assert AuthRatchet(server_state).load().epoch == 3
+    assert AuthRatchet(server_state).load().keys == AuthRatchet(client_state).load().keys
+    assert len(set(peers)) == 3  # every connection was authenticated with a fresh key
+    assert running.errors == []
