@@ -25,7 +25,7 @@ from ._pairwise import pairwise
 from ._procs import LISTENING_RE, Finished, expect_success, hkx, spawn
 
 __all__ = ["SECTIONS", "cells", "SCENARIOS", "run_exchange_pair", "ExchangeRun", "auth_args", "qkd_sides",
-           "BACKENDS", "require_backends", "check_agreed", "check_ratchet"]
+           "BACKENDS", "require_backends", "missing_backend", "check_agreed", "check_ratchet"]
 
 SECTION = "hkx"
 BACKENDS = ("cryptography", "liboqs")
@@ -61,7 +61,7 @@ def _cell(integration: str, auth: str, qkd: str, kem: str, init: str, resp: str,
     return Cell(id=f"hkx/{integration}/{auth}/{qkd}/{kem}/{init}-{resp}", section=SECTION, row=row,
                 column=_column(init, resp), scenario=f"hkx-{integration}",
                 params={"auth": auth, "qkd": qkd, "kem": kem, "init_backend": init, "resp_backend": resp},
-                timeout=timeout, quick=quick)
+                timeout=timeout, quick=quick, needs=("liboqs",) if "liboqs" in (init, resp) else ())
 
 
 def cells() -> list[Cell]:
@@ -91,16 +91,20 @@ def cells() -> list[Cell]:
 
 # -- building blocks shared with the fault scenarios ------------------------------------------------
 
-def require_backends(ctx: CellContext, *names: str) -> None:
-    """Skip when a requested backend is not installed (liboqs is optional: a skip even in CI)."""
+def missing_backend(name: str) -> str | None:
+    """Why backend ``name`` cannot be used here (the skip reason), or None when it can."""
     from hybridkex import available_backends
 
-    status = available_backends()
-    for name in set(names):
-        reason = status.get(name, "unknown backend")
+    reason = available_backends().get(name, "unknown backend")
+    return None if reason is None else f"{name} not installed"
+
+
+def require_backends(ctx: CellContext, *names: str) -> None:
+    """Skip when a requested backend is not installed (liboqs is optional: a skip even in CI)."""
+    for name in sorted(set(names)):
+        reason = missing_backend(name)
         if reason is not None:
-            ctx.note(f"{name}: {reason}")
-            ctx.skip(f"{name} not installed")
+            ctx.skip(reason)
 
 
 def auth_args(ctx: CellContext, auth: str, role: str) -> list[str]:

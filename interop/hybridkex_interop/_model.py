@@ -82,6 +82,9 @@ class Cell:
     """Whether ``--quick`` runs this cell."""
     xfail: str | None = None
     """Reason when the cell is known to fail; its failure then does not fail the run."""
+    needs: tuple[str, ...] = ()
+    """Optional components the cell cannot run without (``liboqs``); when one is missing the runner
+    records the skip without starting a process."""
 
     def __post_init__(self) -> None:
         bad = set(self.id) & set("*?[] \t\n'\"\\")

@@ -52,7 +52,8 @@ def cells() -> list[Cell]:
                 out.append(Cell(id=f"liboqs-js/{alg.lower()}/{direction}/{backend}", section=SECTION,
                                 row=f"{alg} ({kind})", column=_column(js_first, backend), scenario="liboqs-js",
                                 params={"alg": alg, "direction": direction, "backend": backend},
-                                timeout=240.0, quick=backend == "cryptography"))
+                                timeout=240.0, quick=backend == "cryptography",
+                                needs=("liboqs",) if backend == "liboqs" else ()))
     return out
 
 

@@ -164,6 +164,18 @@ def _run_one(cell: Cell, options: RunOptions, running: _Running) -> CellResult:
     return CellResult(cell, outcome, duration, record.get("detail", ""), error, rel_log)
 
 
+def unmet_needs(cells: Sequence[Cell]) -> dict[str, str]:
+    """For each optional component the cells need and this machine lacks: the skip reason."""
+    from ._hkx import missing_backend
+
+    out = {}
+    for need in sorted({n for c in cells for n in c.needs}):
+        reason = missing_backend(need)
+        if reason is not None:
+            out[need] = reason
+    return out
+
+
 def run_cells(cells: Sequence[Cell], options: RunOptions,
               progress: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
               ) -> list[CellResult]:
@@ -174,9 +186,14 @@ def run_cells(cells: Sequence[Cell], options: RunOptions,
     running = _Running()
     results: dict[str, CellResult] = {}
     lock = threading.Lock()
+    unmet = unmet_needs(cells)
 
     def one(cell: Cell) -> None:
-        result = _run_one(cell, options, running)
+        missing = [unmet[n] for n in cell.needs if n in unmet]
+        if missing:  # known before starting anything: no process for it
+            result = CellResult(cell, Outcome.SKIPPED, 0.0, error=missing[0])
+        else:
+            result = _run_one(cell, options, running)
         with lock:
             results[cell.id] = result
             progress(progress_line(len(results), len(cells), result))

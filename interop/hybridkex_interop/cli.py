@@ -26,6 +26,7 @@ def default_cache_dir() -> Path:
     return Path(base) / "hybridkex-interop"
 
 
+_DEFAULT_REPORT = Path("interop-report")
 _only = click.option("--only", "only", multiple=True, metavar="PATTERN",
                      help="Run only cells whose id matches this shell-style pattern (repeatable), "
                           "e.g. 'hkx/exchange/*' or one exact cell id.")
@@ -42,7 +43,7 @@ def interop() -> None:
 @_quick
 @_only
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("interop-report"), show_default=True,
+              default=_DEFAULT_REPORT, show_default=True,
               help="Write report.json, report.md and report.html (and per-cell logs) here.")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where third-party peers are installed [default: $HYBRIDKEX_INTEROP_CACHE or "
@@ -75,7 +76,9 @@ def run(quick: bool, only: tuple[str, ...], report_dir: Path, cache_dir: Path | 
         click.echo("hybridkex interop: interrupted; running cells were stopped", err=True)
         sys.exit(130)
     argv = ["hybridkex", "interop", "run", *(["--quick"] if quick else []),
-            *[a for p in only for a in ("--only", p)], "--report", str(report_dir)]
+            *[a for p in only for a in ("--only", p)]]
+    if report_dir != _DEFAULT_REPORT:
+        argv += ["--report", str(report_dir)]
     info = RunInfo(mode=mode, started=started.isoformat().replace("+00:00", "Z"), duration=time.monotonic() - t0,
                    command=shlex.join(argv), environment=environment())
     paths = write_reports(report_dir, sections(), results, info)
