@@ -50,7 +50,7 @@ _LABELS: dict[Outcome, tuple[str, str, str]] = {
     Outcome.PASSED: ("passed", "works together / the documented outcome was observed", "#9be59b"),
     Outcome.FAILED: ("failed", "an assertion of the scenario did not hold", "#f08080"),
     Outcome.TIMEOUT: ("timeout", "the cell did not finish within its time bound and was stopped", "#f4a460"),
-    Outcome.ERROR: ("error", "the suite itself broke while running the cell (a bug in the harness)", "#d8a0e0"),
+    Outcome.ERROR: ("error", "the suite itself broke while running the cell: a bug in the harness", "#d8a0e0"),
     Outcome.SKIPPED: ("skipped", "a tool or package is missing here; the reason is given", "#dcdcdc"),
     Outcome.XFAILED: ("known failure", "failed as documented for a known limitation", "#fff3a0"),
 }

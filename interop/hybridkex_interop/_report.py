@@ -54,6 +54,15 @@ def _counts(results: Sequence[CellResult]) -> dict[str, int]:
     return {o.label: c.get(o, 0) for o in LEGEND_ORDER}
 
 
+def _summary_rows(sections: Sequence[Section], results: Sequence[CellResult]) -> list[tuple[Section, Counter[Outcome]]]:
+    rows = []
+    for section in sections:
+        counts = Counter(r.outcome for r in results if r.cell.section == section.key)
+        if counts:
+            rows.append((section, counts))
+    return rows
+
+
 def report_document(sections: Sequence[Section], results: Sequence[CellResult], info: RunInfo) -> dict[str, Any]:
     """The JSON report as a dict."""
     failures = [r for r in results if r.counts_as_failure]
@@ -110,6 +119,10 @@ def render_markdown(sections: Sequence[Section], results: Sequence[CellResult], 
             f"Command: `{info.command}`", ""]
     out += ["Legend: " + "; ".join(f"**{o.value}** {o.label} ({o.meaning})" for o in LEGEND_ORDER)
             + f"; **{NOT_RUN}** not part of this run. Times are wall-clock seconds per cell.", ""]
+    out += ["| matrix | " + " | ".join(o.value for o in LEGEND_ORDER) + " |", "|---|" + "---|" * len(LEGEND_ORDER)]
+    out += [f"| {_md_escape(s.title)} | " + " | ".join(str(c.get(o, 0) or "") for o in LEGEND_ORDER) + " |"
+            for s, c in _summary_rows(sections, results)]
+    out.append("")
     for section in sections:
         rows = _rows(section, results)
         if not rows:
@@ -179,6 +192,12 @@ def render_html(sections: Sequence[Section], results: Sequence[CellResult], info
         out.append(f"<span style=\"background:{o.colour}\">{o.value}</span>{_esc(o.label)}: {_esc(o.meaning)}<br>")
     out.append(f"<span>{NOT_RUN}</span>not part of this run. Times are wall-clock seconds per cell; hover a cell "
                "for what was checked.</p>")
+    out.append("<table><tr><th>matrix</th>" + "".join(f"<th>{o.value}</th>" for o in LEGEND_ORDER) + "</tr>")
+    for section, per_outcome in _summary_rows(sections, results):
+        out.append(f"<tr><td><a href=\"#{_esc(section.key)}\">{_esc(section.title)}</a></td>"
+                   + "".join(f"<td class=\"cell\">{per_outcome.get(o, 0) or ''}</td>" for o in LEGEND_ORDER)
+                   + "</tr>")
+    out.append("</table>")
     for section in sections:
         rows = _rows(section, results)
         if not rows:

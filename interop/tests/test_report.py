@@ -69,6 +69,7 @@ def test_markdown_matrix_and_failures() -> None:
     assert "`s1/d/left`: known bug (saw: it broke as known)" in known
     assert "`s1/e/left`: fixed bug (now passed: drop the entry)" in known
     assert "Empty matrix" not in md
+    assert "| First matrix | 2 | 1 | 1 |  | 1 | 1 |" in md  # the per-matrix summary
     for o in Outcome:
         assert f"**{o.value}** {o.label}" in md
 
