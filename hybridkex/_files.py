@@ -77,7 +77,7 @@ def read_secret_file(path: str | os.PathLike[str], what: str, *, max_size: int =
         check_not_world_readable(path, what)
         with open(path, "rb") as fh:
             data = fh.read(max_size + 1)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise ConfigError(f"{what} {path} does not exist; check the path") from None
     except IsADirectoryError:
         raise ConfigError(f"{what} {path} is a directory; give the file inside it") from None

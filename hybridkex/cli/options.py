@@ -116,6 +116,6 @@ def handle_errors(f: F) -> F:
         except HybridKexError as exc:
             fail(exc, as_json=as_json)
         except KeyboardInterrupt:
-            click.echo("hybridkex: interrupted; no key was written", err=True)
+            click.echo("hybridkex: interrupted", err=True)
             sys.exit(130)
     return wrapper  # type: ignore[return-value]
