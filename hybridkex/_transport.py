@@ -174,7 +174,8 @@ def listen(address: tuple[str, int], backlog: int = 128) -> socket.socket:
         sock.bind(address)
     except OSError as exc:
         sock.close()
-        raise TransportError(f"cannot listen on {address[0]}:{address[1]}: {exc.strerror or exc}") from None
+        raise TransportError(f"cannot listen on {address[0]}:{address[1]}: {exc.strerror or exc}; is the port in "
+                             "use or the address not local?") from None
     sock.listen(backlog)
     return sock
 

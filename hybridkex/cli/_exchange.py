@@ -12,8 +12,7 @@ from .._errors import ConfigError
 from .._exchange import exchange as run_exchange
 from .._files import KEY_FORMATS, write_key_file
 from .._handshake import HandshakeResult, key_fingerprint
-from .._transport import parse_address
-from .options import exchange_options, handle_errors, settings_from_options
+from .options import address, exchange_options, handle_errors, settings_from_options
 
 
 def describe_result(result: HandshakeResult, out: Path | None) -> list[str]:
@@ -53,10 +52,7 @@ def exchange(listen_on: str | None, connect_to: str | None, out: Path, fmt: str,
     """Run one authenticated hybrid key exchange with a peer and write the key to --out."""
     if (listen_on is None) == (connect_to is None):
         raise ConfigError("give exactly one of --listen HOST:PORT (responder) and --connect HOST:PORT (initiator)")
-    try:
-        address = parse_address(listen_on or connect_to or "")
-    except ValueError as exc:
-        raise ConfigError(f"{exc}; e.g. 127.0.0.1:7443") from None
+    where = address(listen_on or connect_to or "")
     if not out.parent.is_dir() and str(out.parent):
         raise ConfigError(f"cannot write {out}: directory {out.parent} does not exist")
     settings = settings_from_options(kwargs)
@@ -64,8 +60,8 @@ def exchange(listen_on: str | None, connect_to: str | None, out: Path, fmt: str,
     def listening(addr: tuple[str, int]) -> None:
         click.echo(f"hybridkex: listening on {addr[0]}:{addr[1]}", err=True)
 
-    result = run_exchange(settings, listen_on=address if listen_on else None,
-                          connect_to=address if connect_to else None, accept_timeout=accept_timeout,
+    result = run_exchange(settings, listen_on=where if listen_on else None,
+                          connect_to=where if connect_to else None, accept_timeout=accept_timeout,
                           connect_retry=connect_retry, on_listening=listening)
     key = result.key()
     write_key_file(out, key, fmt)

@@ -33,8 +33,10 @@ from .._errors import (
 )
 from .._primitives import KEM_NAMES
 from .._suites import QKD_POLICIES
+from .._transport import parse_address
 
-__all__ = ["exchange_options", "settings_from_options", "fail", "exit_code_for", "handle_errors", "EXCHANGE_KEYS"]
+__all__ = ["address", "exchange_options", "settings_from_options", "fail", "exit_code_for", "handle_errors",
+           "EXCHANGE_KEYS"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -82,6 +84,14 @@ def settings_from_options(kwargs: dict[str, Any]) -> ExchangeSettings:
     values = {k: kwargs.pop(k) for k in EXCHANGE_KEYS if k in kwargs}
     values["peers"] = tuple(values.get("peers", ()))
     return ExchangeSettings(**values)
+
+
+def address(text: str) -> tuple[str, int]:
+    """Parse a ``HOST:PORT`` flag value; a ConfigError that shows an example otherwise."""
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        raise ConfigError(f"{exc}; e.g. 127.0.0.1:7443") from None
 
 
 def exit_code_for(exc: BaseException) -> int:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from hybridkex import TransportError
+from hybridkex import listen
 
 from ._context import HybridTLSContext
 from ._tlssocket import HybridTLSSocket
@@ -27,20 +27,6 @@ log = logging.getLogger("hybridkex_tls")
 Address = tuple[Any, ...]
 Handler = Callable[[HybridTLSSocket], None]
 ErrorHook = Callable[[Address, BaseException], None]
-
-
-def _listen(address: tuple[str, int], backlog: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(address)
-        sock.listen(backlog)
-    except OSError as exc:
-        sock.close()
-        raise TransportError(f"cannot listen on {address[0]}:{address[1]}: {exc.strerror or exc}; is the port in "
-                             "use or the address not local?") from None
-    return sock
 
 
 class HybridTLSServer:
@@ -64,7 +50,7 @@ class HybridTLSServer:
         self.handler = handler
         self.on_error = on_error
         self.on_connect = on_connect
-        self.socket = _listen(address, backlog)
+        self.socket = listen(address, backlog)
         self._slots = threading.BoundedSemaphore(max_connections)
         self._stop = threading.Event()
         self._done = threading.Event()

@@ -15,6 +15,7 @@ from typing import Any, BinaryIO
 
 import click
 from hybridkex import ConfigError, HybridKexError, TransportError
+from hybridkex.cli.options import address as parse_host_port
 from hybridkex.cli.options import exchange_options, handle_errors, settings_from_options
 
 __all__ = ["register", "tls"]
@@ -25,14 +26,6 @@ _COPY_CHUNK = 1 << 16
 def register(root: click.Group) -> None:
     """Entry point of the ``hybridkex.plugins`` group: add ``tls`` to the root command."""
     root.add_command(tls)
-
-
-def _parse_address(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"{text!r} is not HOST:PORT; e.g. 127.0.0.1:8443")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    return host or "127.0.0.1", int(port)
 
 
 def _static_options(f: Any) -> Any:
@@ -105,7 +98,7 @@ def serve(listen_on: str, echo: bool, count: int, max_connections: int, as_json:
     from ._server import HybridTLSServer
     from ._tlssocket import HybridTLSSocket
 
-    address = _parse_address(listen_on)
+    address = parse_host_port(listen_on)
     context = _context("server", kwargs)
     finished = threading.Semaphore(0)
     output_lock = threading.Lock()
@@ -199,7 +192,7 @@ def connect(address: str, as_json: bool, **kwargs: Any) -> None:
 
     When stdin ends, the TLS write side is closed (close_notify); the command exits when the server closes.
     """
-    host, port = _parse_address(address)
+    host, port = parse_host_port(address)
     context = _context("client", kwargs)
     try:
         raw = socket.create_connection((host, port), timeout=context.timeout)
