@@ -22,6 +22,7 @@ __all__ = [
     "QKDUnavailable",
     "QKDKeyReplay",
     "QKDPolicyError",
+    "KMEAnswer",
     "KMEError",
 ]
 
@@ -86,8 +87,8 @@ class QKDPolicyError(QKDError):
     """QKD policy forbids going on (e.g. policy 'required' but no QKD key could be had)."""
 
 
-class KMEError(QKDUnavailable):
-    """The KME answered with an error (ETSI GS QKD 014 §5: 400, 401, 503 with message/details)."""
+class KMEAnswer(Exception):
+    """Carries what a KME answered (ETSI GS QKD 014 §5: status, and the body's message/details)."""
 
     def __init__(self, message: str, *, status: int | None = None,
                  kme_message: str | None = None, details: object = None) -> None:
@@ -95,3 +96,7 @@ class KMEError(QKDUnavailable):
         self.status = status
         self.kme_message = kme_message
         self.details = details
+
+
+class KMEError(KMEAnswer, QKDUnavailable):
+    """The KME answered with an error (ETSI GS QKD 014 §5: 400, 401, 503 with message/details)."""

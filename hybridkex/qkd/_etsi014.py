@@ -51,7 +51,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Self
 
-from .._errors import ConfigError, KMEError, QKDKeyReplay, QKDUnavailable
+from .._errors import ConfigError, KMEAnswer, KMEError, QKDKeyReplay, QKDUnavailable
 from .._files import check_not_world_readable
 from ._source import QKD_KEY_BYTES, QKDKey, QKDKeySource
 
@@ -87,16 +87,9 @@ class KMEResponseError(KMEError):
     No key from such an answer is used."""
 
 
-class KMEKeyReplay(QKDKeyReplay):
+class KMEKeyReplay(KMEAnswer, QKDKeyReplay):
     """The KME refused a key_ID because it was already delivered (ETSI GS QKD 014 §5.4: each key
     is delivered once).  Carries the KME's answer like :class:`hybridkex.KMEError`."""
-
-    def __init__(self, message: str, *, status: int | None = None,
-                 kme_message: str | None = None, details: object = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.kme_message = kme_message
-        self.details = details
 
 
 @dataclass(frozen=True)
