@@ -10,6 +10,7 @@ deleted afterwards.  One progress line per finished cell goes to ``progress``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -180,6 +181,9 @@ def run_cells(cells: Sequence[Cell], options: RunOptions,
               progress: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
               ) -> list[CellResult]:
     """Run ``cells`` (at most ``options.jobs`` at once) and return their results in the given order."""
+    # Cells get absolute paths: they hand them to processes that resolve paths against other directories.
+    options = dataclasses.replace(options, report_dir=options.report_dir.absolute(),
+                                  cache_dir=options.cache_dir.absolute())
     options.report_dir.mkdir(parents=True, exist_ok=True)
     options.cache_dir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(options.report_dir / "fixtures", ignore_errors=True)
