@@ -81,6 +81,7 @@ __all__ = [
 ]
 
 _OFF, _PREFERRED, _REQUIRED = (QKD_POLICY_CODES[p] for p in QKD_POLICIES)
+_PREFERRED_HINT = "--qkd-policy preferred (qkd_policy in config files)"
 
 
 @dataclass(frozen=True)
@@ -383,7 +384,7 @@ class Connection:
         if _REQUIRED in (self._policy, self._peer_policy):
             side = "this side" if self._policy == _REQUIRED else "the peer"
             raise QKDPolicyError(f"no QKD key ({who}: {exc}) and {side} requires QKD; fix the QKD source, "
-                                 "or run with --qkd-policy preferred to go on with ML-KEM and X25519 only")
+                                 f"or run with {_PREFERRED_HINT} to go on with ML-KEM and X25519 only")
         self._qkd_status = QKDOutcome("unavailable", (), f"{who}: {exc}")
         self._qkd = []
 
@@ -449,7 +450,7 @@ class Initiator(Connection):
         self._check_mac(self._hs_secret, _labels.KEY_RESP_CONFIRM, th_resp + msg.auth_tag, msg.confirm, "responder")
         if self._policy == _REQUIRED and self._peer_policy == _OFF:
             raise QKDPolicyError("this side requires QKD but the responder runs without QKD; configure a QKD "
-                                 "source on the responder or use --qkd-policy preferred here")
+                                 f"source on the responder or use {_PREFERRED_HINT} here")
         if self._policy != _OFF and self._peer_policy != _OFF:
             self._go(Input.RESP_HELLO, State.WAIT_QKD_MASTER)
             return [NeedQKDKeys("master", 1, self.config.qkd_key_bits)]
@@ -534,7 +535,7 @@ class Responder(Connection):
         self._peer_policy = msg.qkd_policy
         if self._policy == _REQUIRED and self._peer_policy == _OFF:
             raise QKDPolicyError("this side requires QKD but the initiator runs without QKD; configure a QKD "
-                                 "source on the initiator or use --qkd-policy preferred here")
+                                 f"source on the initiator or use {_PREFERRED_HINT} here")
         if self._peer_policy == _REQUIRED and self._policy == _OFF:
             raise QKDPolicyError("the initiator requires QKD but this side runs without QKD; configure a QKD "
                                  "source here (--qkd) or relax the initiator's policy")

@@ -134,6 +134,8 @@ AUTO_ORDER = ("liboqs", "cryptography")
 
 def register_backend(name: str, probe: Callable[[], str | None], factory: Callable[[], Backend]) -> None:
     _BACKENDS[name] = (probe, factory)
+    _PROBED.pop(name, None)
+    _CACHE.pop(name, None)
 
 
 def _load_builtin() -> None:
@@ -145,10 +147,20 @@ def _load_builtin() -> None:
     register_backend("liboqs", _backend_liboqs.probe, _backend_liboqs.LiboqsBackend)
 
 
+_PROBED: dict[str, str | None] = {}
+
+
+def _probe(name: str) -> str | None:
+    """A backend's probe result, computed once per process (probes build keys; that is not free)."""
+    if name not in _PROBED:
+        _PROBED[name] = _BACKENDS[name][0]()
+    return _PROBED[name]
+
+
 def available_backends() -> dict[str, str | None]:
     """Map each known backend to None (usable) or the reason it is not."""
     _load_builtin()
-    return {name: probe() for name, (probe, _) in _BACKENDS.items()}
+    return {name: _probe(name) for name in _BACKENDS}
 
 
 def get_backend(name: str = "auto") -> Backend:
@@ -156,14 +168,14 @@ def get_backend(name: str = "auto") -> Backend:
     _load_builtin()
     if name == "auto":
         for candidate in AUTO_ORDER:
-            if candidate in _BACKENDS and _BACKENDS[candidate][0]() is None:
+            if candidate in _BACKENDS and _probe(candidate) is None:
                 return get_backend(candidate)
         raise BackendUnavailable("no crypto backend is usable; install 'cryptography>=48'")
     if name not in _BACKENDS:
         raise BackendUnavailable(f"unknown backend {name!r}; choose one of: auto, {', '.join(sorted(_BACKENDS))}")
     if name not in _CACHE:
-        probe, factory = _BACKENDS[name]
-        reason = probe()
+        factory = _BACKENDS[name][1]
+        reason = _probe(name)
         if reason is not None:
             raise BackendUnavailable(f"backend {name!r} is not usable here: {reason}")
         _CACHE[name] = factory()

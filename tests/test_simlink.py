@@ -186,6 +186,32 @@ def test_consumed_ids_survive_a_reload(link: Path) -> None:
         SimulatedLinkSource(link).get_keys_by_id([key.key_id])
 
 
+def test_two_slaves_sharing_the_record_see_each_others_keys(link: Path) -> None:
+    master = SimulatedLinkSource(link)
+    a, b = SimulatedLinkSource(link), SimulatedLinkSource(link)
+    k1, k2 = master.get_new_keys(2)
+    a.get_keys_by_id([k1.key_id])
+    b.get_keys_by_id([k2.key_id])  # b reads a's entry incrementally before appending its own
+    with pytest.raises(QKDKeyReplay):
+        a.get_keys_by_id([k2.key_id])
+    with pytest.raises(QKDKeyReplay):
+        b.get_keys_by_id([k1.key_id])
+
+
+def test_torn_last_line_is_dropped(link: Path) -> None:
+    master, slave = SimulatedLinkSource(link), SimulatedLinkSource(link)
+    k1, k2 = master.get_new_keys(2)
+    slave.get_keys_by_id([k1.key_id])
+    consumed = Path(f"{link}.consumed")
+    with open(consumed, "ab") as fh:  # a crash in the middle of appending k2's line
+        fh.write(str(k2.key_id)[:10].encode())
+    fresh = SimulatedLinkSource(link)
+    assert fresh.get_keys_by_id([k2.key_id]) == [k2]
+    with pytest.raises(QKDKeyReplay):
+        SimulatedLinkSource(link).get_keys_by_id([k1.key_id])
+    assert consumed.read_text().splitlines()[1:] == [str(k1.key_id), str(k2.key_id)]
+
+
 def test_consumed_path_can_be_chosen(link: Path, tmp_path: Path) -> None:
     (key,) = SimulatedLinkSource(link).get_new_keys()
     state = tmp_path / "state.json"

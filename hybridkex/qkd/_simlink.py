@@ -53,6 +53,7 @@ __all__ = [
 
 LINK_FILE_TYPE = "hybridkex-qkd-sim-link"
 CONSUMED_FILE_TYPE = "hybridkex-qkd-sim-consumed"
+_CONSUMED_HEADER = f"{CONSUMED_FILE_TYPE} v1"
 _VERSION = 1
 _SEED_BYTES = 32
 
@@ -184,6 +185,9 @@ class SimulatedLinkSource(QKDKeySource):
         self._params_bytes = json.dumps(dataclasses.asdict(self._params), sort_keys=True).encode("ascii")
         self._consumed_path = Path(f"{os.fspath(link_path)}.consumed" if consumed_path is None else consumed_path)
         self._rng = rng
+        # What this object has read of the consumed-ID journal: the IDs and the byte offset.
+        self._seen: set[str] = set()
+        self._journal_offset = 0
 
     def __repr__(self) -> str:
         return f"SimulatedLinkSource({self.describe()!r}, consumed_path={str(self._consumed_path)!r})"
@@ -260,38 +264,64 @@ class SimulatedLinkSource(QKDKeySource):
             raise QKDKeyReplay("the same QKD key_ID was asked for twice in one request; "
                                "a replayed or duplicated handshake")
         with locked(self._consumed_path):
-            consumed = self._read_consumed()
-            seen = set(consumed)
+            self._catch_up_consumed()
             for key_id, _, _ in parsed:
-                if str(key_id) in seen:
+                if str(key_id) in self._seen:
                     raise QKDKeyReplay(f"QKD key_ID {key_id} was already used; a replayed or duplicated handshake")
             keys = [QKDKey(key_id=key_id, key=self._key(index, size)) for key_id, index, size in parsed]
-            self._write_consumed(consumed + [str(key_id) for key_id, _, _ in parsed])
+            self._append_consumed([str(key_id) for key_id, _, _ in parsed])
         return keys
 
     # -- consumed-ID state file ------------------------------------------------------------
 
-    def _read_consumed(self) -> list[str]:
+    # The record is a journal: a header line, then one key_ID per line, appended and fsynced
+    # under the lock.  Each source reads only what was appended since it last looked, so the
+    # cost per key stays constant however many keys the link has delivered.  A line cut short
+    # by a crash was never acknowledged (its key was not handed out) and is dropped.
+
+    def _damaged(self) -> ConfigError:
+        return ConfigError(
+            f"the consumed QKD key_ID file {self._consumed_path} is damaged; it guards against replayed "
+            "key_IDs, so restore it, or create a new link with 'hybridkex qkd-link init --force' and delete it")
+
+    def _catch_up_consumed(self) -> None:
         path = self._consumed_path
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as fh:
+                fh.seek(self._journal_offset)
+                data = fh.read()
         except FileNotFoundError:
-            return []
+            self._seen, self._journal_offset = set(), 0
+            return
         except OSError as exc:
             raise ConfigError(f"cannot read the consumed QKD key_ID file {path}: {exc.strerror}") from None
-        try:
-            document = json.loads(data)
-            if not isinstance(document, dict) or document.get("type") != CONSUMED_FILE_TYPE:
-                raise ValueError
-            ids = document["key_ids"]
-            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-                raise ValueError
-        except (ValueError, KeyError):
-            raise ConfigError(
-                f"the consumed QKD key_ID file {path} is damaged; it guards against replayed key_IDs, so "
-                f"restore it, or create a new link with 'hybridkex qkd-link init --force' and delete it") from None
-        return ids
+        complete = data[:data.rfind(b"\n") + 1]
+        lines = complete.decode("ascii", "replace").splitlines()
+        if self._journal_offset == 0:
+            if not lines or lines[0] != _CONSUMED_HEADER:
+                raise self._damaged()
+            lines = lines[1:]
+        for line in lines:
+            try:
+                self._seen.add(str(uuid.UUID(line)))
+            except ValueError:
+                raise self._damaged() from None
+        self._journal_offset += len(complete)
+        if len(complete) != len(data):  # a torn last line: cut it off before appending
+            os.truncate(path, self._journal_offset)
 
-    def _write_consumed(self, ids: list[str]) -> None:
-        document = {"type": CONSUMED_FILE_TYPE, "version": _VERSION, "key_ids": ids}
-        atomic_write(self._consumed_path, (json.dumps(document, indent=0) + "\n").encode("ascii"))
+    def _append_consumed(self, ids: list[str]) -> None:
+        path = self._consumed_path
+        if self._journal_offset == 0:
+            header = (_CONSUMED_HEADER + "\n").encode("ascii")
+            atomic_write(path, header)
+            self._journal_offset = len(header)
+        data = "".join(f"{i}\n" for i in ids).encode("ascii")
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._seen.update(ids)
+        self._journal_offset += len(data)
