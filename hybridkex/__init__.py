@@ -42,7 +42,7 @@ from ._handshake import (
 from ._identity import Identity, PublicIdentity, generate_identity, load_identity, load_public_identity, write_identity
 from ._primitives import available_backends, get_backend
 from ._suites import SUITES, Suite
-from ._transport import connect, listen, parse_address, run_handshake, run_handshake_async
+from ._transport import connect, listen, parse_address, recv_exact, run_handshake, run_handshake_async, send_all
 from .qkd import QKDKey, QKDKeySource
 
 __version__ = "0.1.0"
@@ -52,7 +52,7 @@ __all__ = [
     "ExchangeSettings", "load_psk_file", "exchange", "exchange_over_socket",
     "HandshakeConfig", "Initiator", "Responder", "HandshakeResult", "QKDOutcome", "Event", "SendMessage",
     "NeedQKDKeys", "HandshakeComplete", "key_fingerprint", "run_handshake", "run_handshake_async",
-    "connect", "listen", "parse_address",
+    "connect", "listen", "parse_address", "recv_exact", "send_all",
     "Authenticator", "SignatureAuthenticator", "PSKAuthenticator", "PeerInfo", "psk_identity",
     "Identity", "PublicIdentity", "generate_identity", "load_identity", "load_public_identity", "write_identity",
     "get_backend", "available_backends", "Suite", "SUITES", "QKDKey", "QKDKeySource",

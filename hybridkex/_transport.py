@@ -25,7 +25,8 @@ from ._handshake import Connection, Event, HandshakeComplete, HandshakeResult, I
 from ._wire import HEADER_SIZE, decode, parse_header
 from .qkd._source import QKDKey, QKDKeySource
 
-__all__ = ["run_handshake", "run_handshake_async", "connect", "parse_address", "listen", "read_frame"]
+__all__ = ["run_handshake", "run_handshake_async", "connect", "parse_address", "listen", "read_frame", "recv_exact",
+           "send_all"]
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -48,7 +49,8 @@ def _ask_qkd(source: QKDKeySource | None, request: NeedQKDKeys) -> list[QKDKey] 
         return exc
 
 
-def _recv_exact(sock: socket.socket, n: int, deadline: float, what: str) -> bytes:
+def recv_exact(sock: socket.socket, n: int, deadline: float, what: str) -> bytes:
+    """Read exactly ``n`` bytes before ``deadline`` (a ``time.monotonic()`` value), or raise."""
     buf = bytearray()
     while len(buf) < n:
         remaining = deadline - time.monotonic()
@@ -73,12 +75,13 @@ def _recv_exact(sock: socket.socket, n: int, deadline: float, what: str) -> byte
 
 def read_frame(sock: socket.socket, deadline: float) -> bytes:
     """Read one whole frame, checking the header before reading the body."""
-    header = _recv_exact(sock, HEADER_SIZE, deadline, "message header")
+    header = recv_exact(sock, HEADER_SIZE, deadline, "message header")
     _, length = parse_header(header)
-    return header + _recv_exact(sock, length, deadline, "message body")
+    return header + recv_exact(sock, length, deadline, "message body")
 
 
-def _send(sock: socket.socket, data: bytes, deadline: float) -> None:
+def send_all(sock: socket.socket, data: bytes, deadline: float) -> None:
+    """Send all of ``data`` before ``deadline`` (a ``time.monotonic()`` value), or raise."""
     sock.settimeout(max(0.001, deadline - time.monotonic()))
     try:
         sock.sendall(data)
@@ -91,7 +94,7 @@ def _send(sock: socket.socket, data: bytes, deadline: float) -> None:
 def _send_alert(sock: socket.socket, conn: Connection) -> None:
     if conn.error_alert:
         with contextlib.suppress(OSError, HybridKexError):
-            _send(sock, conn.error_alert, time.monotonic() + 1.0)
+            send_all(sock, conn.error_alert, time.monotonic() + 1.0)
 
 
 def _await_close(sock: socket.socket, deadline: float) -> None:
@@ -125,7 +128,7 @@ def run_handshake(sock: socket.socket, conn: Connection, qkd_source: QKDKeySourc
             follow_up: list[Event] = []
             for event in events:
                 if isinstance(event, SendMessage):
-                    _send(sock, event.data, deadline)
+                    send_all(sock, event.data, deadline)
                 elif isinstance(event, NeedQKDKeys):
                     answer = _ask_qkd(qkd_source, event)
                     follow_up += conn.qkd_failed(answer) if isinstance(answer, QKDError) \

@@ -27,7 +27,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from hybridkex import ConfigError, ExchangeSettings, HandshakeConfig, HybridKexError, TransportError
+from hybridkex import ConfigError, ExchangeSettings, HandshakeConfig, HybridKexError, listen
 
 from ._config import DaemonConfig, PeerConfig
 from ._rotation import Stale, StartExchange, State
@@ -58,16 +58,8 @@ _FINISHING = frozenset({State.INSTALLING, State.COMMITTING, State.AWAIT_COMMIT, 
 
 
 def _listen(address: tuple[str, int], backlog: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(address)
-    except OSError as exc:
-        sock.close()
-        raise TransportError(f"cannot listen on {address[0]}:{address[1]}: {exc.strerror or exc}") from None
-    sock.listen(backlog)
-    sock.settimeout(0.5)
+    sock = listen(address, backlog)
+    sock.settimeout(0.5)  # the accept loop wakes up to notice a stop or a reload
     return sock
 
 

@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import socket
 import struct
-import time
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from hybridkex import HandshakeTimeout, RemoteProtocolError, TransportError
+from hybridkex import RemoteProtocolError, recv_exact, send_all
 
 __all__ = [
     "VERSION", "MAGIC", "MessageType", "AcceptStatus", "DoneStatus", "Request", "Accept", "Commit", "Done",
@@ -165,31 +164,11 @@ def decode(data: bytes) -> Message:
         raise RemoteProtocolError(f"{kind.name.lower()} message has an unknown status code") from None
 
 
-def _recv_exact(sock: socket.socket, n: int, deadline: float, what: str) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise HandshakeTimeout(f"timed out waiting for the peer's {what}")
-        sock.settimeout(remaining)
-        try:
-            chunk = sock.recv(n - len(buf))
-        except TimeoutError:
-            raise HandshakeTimeout(f"timed out waiting for the peer's {what}") from None
-        except OSError as exc:
-            raise TransportError(f"connection failed while reading the peer's {what}: {exc.strerror or exc}") \
-                from None
-        if not chunk:
-            raise TransportError(f"the peer closed the connection before sending its {what}; see the peer's log")
-        buf += chunk
-    return bytes(buf)
-
-
 def read_message(sock: socket.socket, deadline: float, expected: type[Message], what: str) -> Message:
     """Read exactly one message of type ``expected`` (header first, then its fixed-size body)."""
-    header = _recv_exact(sock, HEADER.size, deadline, what)
+    header = recv_exact(sock, HEADER.size, deadline, what)
     kind = _parse_header(header)
-    body = _recv_exact(sock, _BODIES[kind].size, deadline, what)
+    body = recv_exact(sock, _BODIES[kind].size, deadline, what)
     message = decode(header + body)
     if not isinstance(message, expected):
         raise RemoteProtocolError(f"expected the peer's {what}, got a {kind.name.lower()} message")
@@ -198,10 +177,4 @@ def read_message(sock: socket.socket, deadline: float, expected: type[Message], 
 
 def send_message(sock: socket.socket, message: Message, deadline: float) -> None:
     """Send one message before ``deadline`` (a ``time.monotonic()`` value)."""
-    sock.settimeout(max(0.001, deadline - time.monotonic()))
-    try:
-        sock.sendall(encode(message))
-    except TimeoutError:
-        raise HandshakeTimeout("timed out sending to the peer; it is not reading") from None
-    except OSError as exc:
-        raise TransportError(f"connection failed while sending to the peer: {exc.strerror or exc}") from None
+    send_all(sock, encode(message), deadline)
