@@ -7,7 +7,6 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 
 from ._peers import LIBOQS_JS, THIRD_PARTY_ETSI014
 
@@ -58,5 +57,4 @@ def environment() -> dict[str, str]:
     env["npm peer"] = f"{LIBOQS_JS.name}@{LIBOQS_JS.version} (installed by the suite)"
     env["PyPI peer"] = f"{THIRD_PARTY_ETSI014.name}=={THIRD_PARTY_ETSI014.version} (installed by the suite)"
     env["CI"] = "yes" if os.environ.get("CI", "").lower() == "true" else "no"
-    env["interpreter"] = sys.implementation.name
     return env

@@ -142,7 +142,7 @@ def render_markdown(sections: Sequence[Section], results: Sequence[CellResult], 
     else:
         out.append("None.")
     out.append("")
-    known = [r for r in results if r.cell.xfail is not None]
+    known = [r for r in results if r.cell.xfail is not None and r.outcome in (Outcome.XFAILED, Outcome.PASSED)]
     if known:
         out += ["## Known failures", ""]
         for r in known:
@@ -227,7 +227,7 @@ def render_html(sections: Sequence[Section], results: Sequence[CellResult], info
         out.append("</table>")
     else:
         out.append("<p>None.</p>")
-    known = [r for r in results if r.cell.xfail is not None]
+    known = [r for r in results if r.cell.xfail is not None and r.outcome in (Outcome.XFAILED, Outcome.PASSED)]
     if known:
         out.append("<h2>Known failures</h2><ul>")
         for r in known:

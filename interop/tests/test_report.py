@@ -31,6 +31,7 @@ def results() -> list[CellResult]:
         CellResult(cell("c", "right"), Outcome.TIMEOUT, 60.0, error="no result within 60 s"),
         CellResult(cell("d", "left", xfail="known bug"), Outcome.XFAILED, 3.0, error="it broke as known"),
         CellResult(cell("e", "left", xfail="fixed bug"), Outcome.PASSED, 1.0),
+        CellResult(cell("f", "right", xfail="known bug"), Outcome.SKIPPED, 0.0, error="tool missing"),
     ]
 
 
@@ -43,10 +44,10 @@ def test_writes_three_files(tmp_path: Path) -> None:
 def test_json_document() -> None:
     doc = report_document(SECTIONS, results(), INFO)
     assert doc["ok"] is False and doc["mode"] == "quick"
-    assert doc["counts"] == {"passed": 2, "failed": 1, "timeout": 1, "error": 0, "skipped": 1, "known failure": 1}
+    assert doc["counts"] == {"passed": 2, "failed": 1, "timeout": 1, "error": 0, "skipped": 2, "known failure": 1}
     assert [s["key"] for s in doc["sections"]] == ["s1"]  # empty matrices are left out
     rows = doc["sections"][0]["rows"]
-    assert [r["scenario"] for r in rows] == ["a", "b", "c", "d", "e"]
+    assert [r["scenario"] for r in rows] == ["a", "b", "c", "d", "e", "f"]
     assert rows[0]["cells"] == {"left": "s1/a/left", "right": "s1/a/right"}
     failed = next(c for c in doc["cells"] if c["id"] == "s1/a/right")
     assert failed["letter"] == "F" and failed["rerun"] == "hybridkex interop run --only 's1/a/right'"
@@ -68,8 +69,9 @@ def test_markdown_matrix_and_failures() -> None:
     known = md.split("## Known failures")[1]
     assert "`s1/d/left`: known bug (saw: it broke as known)" in known
     assert "`s1/e/left`: fixed bug (now passed: drop the entry)" in known
+    assert "s1/f/right" not in known  # a skipped known failure says nothing either way
     assert "Empty matrix" not in md
-    assert "| First matrix | 2 | 1 | 1 |  | 1 | 1 |" in md  # the per-matrix summary
+    assert "| First matrix | 2 | 1 | 1 |  | 2 | 1 |" in md  # the per-matrix summary
     for o in Outcome:
         assert f"**{o.value}** {o.label}" in md
 
