@@ -20,10 +20,7 @@ __all__ = ["sections", "all_cells", "find_cell", "scenario_for", "select_cells",
 
 #: Cells known to fail, by id pattern, with the reason.  Their failure shows as X and does not
 #: fail the run; when one passes, the report says so and the entry should go.
-KNOWN_FAILURES: dict[str, str] = {
-    "hkx/wg/psk-ratchet/*": "hybridkex wg rotate accepts --psk-ratchet but never advances the ratchet "
-                            "(no ExchangeSettings.after_success after the exchange)",
-}
+KNOWN_FAILURES: dict[str, str] = {}
 
 
 def _modules() -> list[ModuleType]:

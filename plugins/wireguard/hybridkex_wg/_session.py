@@ -183,6 +183,9 @@ def _exchange(rt: PeerRuntime, sock: socket.socket, role: Role, epoch: int, cloc
     settings = rt.config.settings
     context = _labels.exchange_context(initiator_public, responder_public, epoch)
     config = dataclasses.replace(rt.handshake, context=context)
+    if settings.psk_ratchet is not None:
+        # The ratchet's keys change with every exchange: read them now, not from the cached config.
+        config = dataclasses.replace(config, authenticator=settings.authenticator())
     source = settings.open_qkd_source()
     try:
         result = exchange_over_socket(sock, "initiator" if role is Role.INITIATOR else "responder", config,
@@ -190,6 +193,7 @@ def _exchange(rt: PeerRuntime, sock: socket.socket, role: Role, epoch: int, cloc
     finally:
         if source is not None:
             source.close()
+    settings.after_success(result)  # both sides confirmed the session: advance the authentication ratchet
     return derive_epoch_key(result.export, initiator_public, responder_public, epoch, clock(), result.qkd.status)
 
 
