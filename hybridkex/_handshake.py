@@ -81,7 +81,7 @@ __all__ = [
 ]
 
 _OFF, _PREFERRED, _REQUIRED = (QKD_POLICY_CODES[p] for p in QKD_POLICIES)
-_PREFERRED_HINT = "--qkd-policy preferred (qkd_policy in config files)"
+_PREFERRED_HINT = "--qkd-policy preferred"
 
 
 @dataclass(frozen=True)
