@@ -14,13 +14,9 @@ import hashlib
 import hmac
 import struct
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-__all__ = ["catkdf", "HASHES", "KDFS"]
+__all__ = ["catkdf", "catkdf_unchecked", "HASHES", "KDFS"]
 
 HASHES = {"sha256": hashlib.sha256, "sha384": hashlib.sha384}
-_HKDF_HASHES = {"sha256": hashes.SHA256, "sha384": hashes.SHA384}
 KDFS = ("hkdf", "hmac")
 
 
@@ -42,20 +38,33 @@ def catkdf(*, hash: str, kdf: str, psk: bytes, k1: bytes, k2: bytes, ma: bytes, 
         raise ValueError(f"catkdf: hash must be one of {sorted(HASHES)}, not {hash!r}")
     if kdf not in KDFS:
         raise ValueError(f"catkdf: kdf must be one of {list(KDFS)}, not {kdf!r}")
-    h = HASHES[hash]
     if not isinstance(length, int) or isinstance(length, bool) or length <= 0:
         raise ValueError("catkdf: length must be a positive integer")
-    if length > 255 * h().digest_size:
+    if length > 255 * HASHES[hash]().digest_size:
         raise ValueError(f"catkdf: length {length} exceeds 255 * digest size")
-    psk, k1, k2, ma, mb, context, label = (bytes(x) for x in (psk, k1, k2, ma, mb, context, label))
+    return catkdf_unchecked(hash, kdf, bytes(psk), bytes(k1), bytes(k2), bytes(ma), bytes(mb), bytes(context),
+                            bytes(label), length)
+
+
+def catkdf_unchecked(hash: str, kdf: str, psk: bytes, k1: bytes, k2: bytes, ma: bytes, mb: bytes, context: bytes,
+                     label: bytes, length: int) -> bytes:
+    """:func:`catkdf` without argument checks, for callers that built every argument themselves."""
+    h = HASHES[hash]
     info = h(_u32(context) + context + _u32(ma) + ma + _u32(mb) + mb).digest()
     secret = psk + k1 + k2
-    if kdf == "hkdf":
-        return HKDF(algorithm=_HKDF_HASHES[hash](), length=length, salt=label, info=info).derive(secret)
-    # SP 800-56C rev2 §4.1 option 2: K(i) = HMAC(salt, counter_32 || Z || FixedInfo)
     out = bytearray()
     counter = 1
-    while len(out) < length:
-        out += hmac.new(label, struct.pack(">I", counter) + secret + info, h).digest()
-        counter += 1
+    if kdf == "hkdf":
+        # RFC 5869: PRK = HMAC(salt, IKM); T(i) = HMAC(PRK, T(i-1) || info || i)
+        prk = hmac.digest(label, secret, hash)
+        block = b""
+        while len(out) < length:
+            block = hmac.digest(prk, block + info + bytes([counter]), hash)
+            out += block
+            counter += 1
+    else:
+        # SP 800-56C rev2 §4.1 option 2: K(i) = HMAC(salt, counter_32 || Z || FixedInfo)
+        while len(out) < length:
+            out += hmac.digest(label, struct.pack(">I", counter) + secret + info, hash)
+            counter += 1
     return bytes(out[:length])

@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from . import _labels
 from ._auth import Authenticator, PeerInfo
-from ._catkdf import HASHES, catkdf
+from ._catkdf import HASHES, catkdf_unchecked
 from ._errors import (
     AuthenticationError,
     HandshakeTimeout,
@@ -65,8 +65,12 @@ from ._wire import (
     AlertCode,
     InitFinish,
     InitHello,
+    MessageType,
     RespFinish,
     RespHello,
+    auth_fields,
+    build_frame,
+    core_of,
     decode,
     encode,
     push_init_finish_core,
@@ -310,8 +314,9 @@ class Connection:
                                       "(tampered handshake, or differing QKD keys)")
 
     def _catkdf(self, *, psk: bytes, ma: bytes, mb: bytes, context: bytes, label: bytes) -> bytes:
-        return catkdf(hash=self.suite.hash, kdf=self.suite.kdf, psk=psk, k1=self._k1, k2=self._k2, ma=ma, mb=mb,
-                      context=context, label=label, length=self.suite.hash_len)
+        suite = self.suite
+        return catkdf_unchecked(suite.hash, suite.kdf, psk, self._k1, self._k2, ma, mb, context, label,
+                                suite.hash_len)
 
     def _check_deadline(self) -> None:
         if self._now() - self._started > self.config.timeout:
@@ -437,7 +442,7 @@ class Initiator(Connection):
             raise RemoteProtocolError(f"malformed RespHello: QKD policy {self._peer_policy}")
         auth = self.config.authenticator
         auth.check_kind(msg.auth_kind)
-        core = push_resp_hello_core(msg)
+        core = core_of(frame, msg)
         th_resp = self._h(self._frames["ih"], core)
         # The responder's identity names the shared key both tags use (PSK mode); it must be one we offered.
         self._key_id = auth.accept_key_id(self._identity, msg.identity)
@@ -485,7 +490,7 @@ class Initiator(Connection):
         th_init = self._h(self._frames["ih"], self._frames["rh"], core)
         tag = self.config.authenticator.make_tag(Role.INITIATOR, th_init, self._key_id)
         confirm = self._mac(self._hs_secret, _labels.KEY_INIT_CONFIRM, th_init + tag)
-        self._frames["if"] = encode(InitFinish(ids, tag, confirm))
+        self._frames["if"] = build_frame(MessageType.INIT_FINISH, core + auth_fields(tag, confirm))
         return [SendMessage(self._frames["if"])]
 
     def _on_resp_finish(self, frame: bytes) -> list[Event]:
@@ -559,8 +564,7 @@ class Responder(Connection):
         self._hs_secret = self._catkdf(psk=b"", ma=frame, mb=core, context=_labels.CATKDF_CONTEXT_HANDSHAKE,
                                        label=_labels.CATKDF_LABEL_HANDSHAKE)
         confirm = self._mac(self._hs_secret, _labels.KEY_RESP_CONFIRM, th_resp + tag)
-        self._frames["rh"] = encode(RespHello(reply.nonce, reply.suite, reply.auth_kind, reply.identity,
-                                              reply.x25519, reply.kem_ciphertext, reply.qkd_policy, tag, confirm))
+        self._frames["rh"] = build_frame(MessageType.RESP_HELLO, core + auth_fields(tag, confirm))
         self._go(Input.INIT_HELLO, State.WAIT_INIT_FINISH)
         return [SendMessage(self._frames["rh"])]
 
@@ -568,7 +572,7 @@ class Responder(Connection):
         msg = self._decode(frame, InitFinish)
         assert isinstance(msg, InitFinish)
         self._frames["if"] = frame
-        core = push_init_finish_core(InitFinish(msg.qkd_key_ids))
+        core = core_of(frame, msg)
         th_init = self._h(self._frames["ih"], self._frames["rh"], core)
         # Authenticate the initiator and its possession of the PQC secrets before touching any QKD key.
         self._peer = self.config.authenticator.verify_peer(self._peer_kind, self._peer_identity, Role.INITIATOR,
