@@ -399,8 +399,9 @@ class Initiator(Connection):
 
     role = Role.INITIATOR
 
-    def __init__(self, config: HandshakeConfig, **kwargs: Callable[..., object]) -> None:
-        super().__init__(config, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, config: HandshakeConfig, *, rng: Callable[[int], bytes] = os.urandom,
+                 now: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(config, rng=rng, now=now)
         kems = {SUITES[s].kem for s in config.suites}
         if len(kems) != 1:
             raise ValueError("an initiator's offered suites must all use one KEM (it sends one key share)")

@@ -21,7 +21,7 @@ from ._errors import RemoteProtocolError
 __all__ = [
     "MAGIC", "PROTOCOL_VERSION", "HEADER_SIZE", "MAX_BODY_SIZE", "MessageType",
     "InitHello", "RespHello", "InitFinish", "RespFinish", "Alert", "AlertCode", "Message",
-    "encode", "decode", "parse_header", "RESP_HELLO_AUTH_FIELDS", "build_frame", "auth_fields", "core_of",
+    "encode", "decode", "parse_header", "build_frame", "auth_fields", "core_of",
 ]
 
 MAGIC = b"HX"
@@ -81,10 +81,6 @@ class RespHello:
     qkd_policy: int
     auth_tag: bytes = b""
     confirm: bytes = b""
-
-
-#: RespHello fields that are computed over the rest of the message (excluded from its "core").
-RESP_HELLO_AUTH_FIELDS = ("auth_tag", "confirm")
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,4 @@ _CORE = [
 
 def register(root: click.Group) -> None:
     for module, attr in _CORE:
-        try:
-            mod = importlib.import_module(module, __package__)
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith(__package__ or "hybridkex.cli"):
-                continue  # command module not written yet
-            raise
-        root.add_command(getattr(mod, attr))
+        root.add_command(getattr(importlib.import_module(module, __package__), attr))
