@@ -69,6 +69,19 @@ def run(i_auth, r_auth, *, i_policy="off", r_policy="off", qkd: QKDPair | None =
     frames: list[bytes] = []
     sides = {"i": ini, "r": res}
     pending: list[tuple[str, list]] = [("i", ini.initiate())]
+
+    def failed(side: str, exc: HybridKexError) -> None:
+        """``side`` failed: record it and deliver its alert to the other side, which must fail too."""
+        results[side] = exc
+        peer = "r" if side == "i" else "i"
+        alert = sides[side].error_alert
+        if alert and peer not in results:
+            try:
+                sides[peer].receive(alert)
+            except HybridKexError as exc2:
+                results[peer] = exc2
+            else:  # pragma: no cover - an alert must never be accepted
+                raise AssertionError("an alert was accepted as a handshake message")
     while pending:
         who, events = pending.pop(0)
         other = "r" if who == "i" else "i"
@@ -83,24 +96,12 @@ def run(i_auth, r_auth, *, i_policy="off", r_policy="off", qkd: QKDPair | None =
                 try:
                     pending.append((other, sides[other].receive(data)))
                 except HybridKexError as exc:
-                    results[other] = exc
-                    if sides[other].error_alert and who not in results:
-                        try:
-                            sides[who].receive(sides[other].error_alert)
-                        except HybridKexError as exc2:
-                            results[who] = exc2
-                        else:  # pragma: no cover - an alert must never be accepted
-                            raise AssertionError("an alert was accepted as a handshake message")
+                    failed(other, exc)
             elif isinstance(ev, NeedQKDKeys):
                 try:
                     pending.append((who, qkd.answer(sides[who], ev)))
                 except HybridKexError as exc:
-                    results[who] = exc
-                    if sides[who].error_alert and other not in results:
-                        try:
-                            sides[other].receive(sides[who].error_alert)
-                        except HybridKexError as exc2:
-                            results[other] = exc2
+                    failed(who, exc)
             elif isinstance(ev, HandshakeComplete):
                 results[who] = ev.result
     # The responder's success stands only if the initiator did not fail on its last message
