@@ -12,6 +12,7 @@ from ._errors import (
     AuthenticationError,
     BackendUnavailable,
     ConfigError,
+    ContextMismatch,
     HandshakeTimeout,
     HybridKexError,
     KMEError,
@@ -24,6 +25,7 @@ from ._errors import (
     QKDUnavailable,
     RemoteProtocolError,
     TransportError,
+    UnknownPeerError,
 )
 from ._exchange import exchange, exchange_over_socket
 from ._files import atomic_write, write_key_file
@@ -58,6 +60,7 @@ __all__ = [
     "get_backend", "available_backends", "Suite", "SUITES", "QKDKey", "QKDKeySource",
     "atomic_write", "write_key_file",
     "HybridKexError", "ConfigError", "LocalProtocolError", "RemoteProtocolError", "PeerAlertError",
-    "AuthenticationError", "NegotiationError", "HandshakeTimeout", "TransportError", "BackendUnavailable",
+    "AuthenticationError", "UnknownPeerError", "NegotiationError", "ContextMismatch", "HandshakeTimeout",
+    "TransportError", "BackendUnavailable",
     "QKDError", "QKDUnavailable", "QKDKeyReplay", "QKDPolicyError", "KMEError",
 ]

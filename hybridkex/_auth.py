@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from . import _labels
-from ._errors import AuthenticationError, ConfigError, NegotiationError
+from ._errors import AuthenticationError, ConfigError, NegotiationError, UnknownPeerError
 from ._identity import Identity, PublicIdentity, fingerprint
 from ._primitives import Backend
 from ._state import Role
@@ -122,7 +122,7 @@ class SignatureAuthenticator(Authenticator):
         if not pinned:
             shown = fingerprint(alg, identity) if alg in AUTH_SIG_CODES and self._valid_length(alg, identity) \
                 else "(malformed key)"
-            raise AuthenticationError(f"peer key {shown} ({alg}) is not pinned; if you trust it, add its id.pub "
+            raise UnknownPeerError(f"peer key {shown} ({alg}) is not pinned; if you trust it, add its id.pub "
                                       "with --peer")
         if not self._backend.signature(alg).verify(identity, transcript, tag, _sig_context(role)):
             raise AuthenticationError(f"the {role.value}'s signature over the transcript is invalid: "

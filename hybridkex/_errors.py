@@ -14,7 +14,9 @@ __all__ = [
     "RemoteProtocolError",
     "PeerAlertError",
     "AuthenticationError",
+    "UnknownPeerError",
     "NegotiationError",
+    "ContextMismatch",
     "HandshakeTimeout",
     "TransportError",
     "BackendUnavailable",
@@ -55,8 +57,16 @@ class AuthenticationError(RemoteProtocolError):
     """The peer could not be authenticated (unpinned key, bad signature, wrong PSK, bad confirmation)."""
 
 
+class UnknownPeerError(AuthenticationError):
+    """The peer's public key is not among the pinned ones."""
+
+
 class NegotiationError(RemoteProtocolError):
     """The two sides share no acceptable suite, auth mode or QKD policy."""
+
+
+class ContextMismatch(NegotiationError):
+    """The two sides run different applications over hybridkex (their contexts differ)."""
 
 
 class HandshakeTimeout(HybridKexError):

@@ -45,6 +45,7 @@ from ._auth import Authenticator, PeerInfo
 from ._catkdf import HASHES, catkdf_unchecked
 from ._errors import (
     AuthenticationError,
+    ContextMismatch,
     HandshakeTimeout,
     HybridKexError,
     LocalProtocolError,
@@ -55,6 +56,7 @@ from ._errors import (
     QKDPolicyError,
     QKDUnavailable,
     RemoteProtocolError,
+    UnknownPeerError,
 )
 from ._primitives import Backend, get_backend
 from ._state import Input, Role, State, transition
@@ -218,7 +220,7 @@ def _lp(data: bytes) -> bytes:
 
 def _alert_code(exc: BaseException) -> AlertCode:
     if isinstance(exc, AuthenticationError):
-        return AlertCode.UNKNOWN_PEER if "not pinned" in str(exc) else AlertCode.AUTH_FAILED
+        return AlertCode.UNKNOWN_PEER if isinstance(exc, UnknownPeerError) else AlertCode.AUTH_FAILED
     if isinstance(exc, QKDKeyReplay):
         return AlertCode.QKD_REPLAY
     if isinstance(exc, (QKDPolicyError,)):
@@ -226,7 +228,7 @@ def _alert_code(exc: BaseException) -> AlertCode:
     if isinstance(exc, QKDError):
         return AlertCode.QKD_UNAVAILABLE
     if isinstance(exc, NegotiationError):
-        return AlertCode.CONTEXT_MISMATCH if "context" in str(exc) else AlertCode.NO_COMMON_SUITE
+        return AlertCode.CONTEXT_MISMATCH if isinstance(exc, ContextMismatch) else AlertCode.NO_COMMON_SUITE
     if isinstance(exc, HandshakeTimeout):
         return AlertCode.TIMEOUT
     if isinstance(exc, RemoteProtocolError):
@@ -534,7 +536,7 @@ class Responder(Connection):
         if share_suite is None or share_suite.kem != self.suite.kem:
             raise NegotiationError(f"peer's key share is not for {self.suite.kem}; use the same --kem on both sides")
         if msg.context != self.config.context:
-            raise NegotiationError("application context differs: the peer runs a different application or "
+            raise ContextMismatch("application context differs: the peer runs a different application or "
                                    "integration over hybridkex")
         if msg.qkd_policy > _REQUIRED:
             raise RemoteProtocolError(f"malformed InitHello: QKD policy {msg.qkd_policy}")
