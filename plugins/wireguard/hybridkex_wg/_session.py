@@ -26,7 +26,7 @@ from hybridkex import (
     HandshakeConfig,
     HybridKexError,
     LocalProtocolError,
-    TransportError,
+    connect,
     exchange_over_socket,
 )
 
@@ -197,20 +197,6 @@ def _exchange(rt: PeerRuntime, sock: socket.socket, role: Role, epoch: int, cloc
     return derive_epoch_key(result.export, initiator_public, responder_public, epoch, clock(), result.qkd.status)
 
 
-def _connect(address: tuple[str, int], timeout: float) -> socket.socket:
-    try:
-        sock = socket.create_connection(address, timeout=timeout)
-    except ConnectionRefusedError:
-        raise TransportError(f"connection to {address[0]}:{address[1]} refused; is the peer's rotator "
-                             "running and listening there?") from None
-    except TimeoutError:
-        raise TransportError(f"connecting to {address[0]}:{address[1]} timed out after {timeout:g} s") from None
-    except OSError as exc:
-        raise TransportError(f"cannot connect to {address[0]}:{address[1]}: {exc.strerror or exc}") from None
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
-
-
 def _fail(rt: PeerRuntime, exc: BaseException, clock: Callable[[], float], what: str, *, quiet: bool = False) -> None:
     """Record a failure on the peer's state and log one line (``quiet``: the caller reports it instead)."""
     text = _error_text(exc)
@@ -237,7 +223,7 @@ def run_initiator(rt: PeerRuntime, request: Request, reporter: Reporter, sockets
         if connected is not None:
             connection = connected
         elif endpoint is not None:
-            connection = _connect(endpoint, min(timeout, 5.0))
+            connection = connect(endpoint, timeout=min(timeout, 5.0))
         else:
             raise LocalProtocolError("no endpoint configured for a peer this side initiates for")
         with sockets.track(connection) as sock:
