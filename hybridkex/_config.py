@@ -63,6 +63,11 @@ class ExchangeSettings:
     """Pre-shared key file: selects PSK authentication instead of ML-DSA."""
     psk_ratchet: Path | None = None
     """State file of the QKD-fed authentication ratchet (PSK mode); bootstraps from ``psk_file``."""
+    name: str | None = None
+    """This side's name (PSK mode: required; bound into the MAC keys and the key, so a PSK holder
+    cannot be connected to itself).  ML-DSA mode: the public key is the name."""
+    peer_name: str | None = None
+    """The expected peer's name (PSK mode: required, must differ from ``name``)."""
     kem: str = "ml-kem-768"
     """Post-quantum KEM: ``ml-kem-768`` or ``ml-kem-1024``."""
     backend: str = "auto"

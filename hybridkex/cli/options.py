@@ -49,6 +49,8 @@ _OPTIONS = [
     click.option("--psk-ratchet", type=_path,
                  help="State file of the QKD-fed authentication ratchet: each exchange replaces the PSK for the "
                       "next one (bootstraps from --psk-file)."),
+    click.option("--name", help="This side's name (PSK mode): both names are bound into the exchange."),
+    click.option("--peer-name", help="The expected peer's name (PSK mode); must differ from --name."),
     click.option("--kem", type=click.Choice(KEM_NAMES), default="ml-kem-768", show_default=True,
                  help="Post-quantum KEM."),
     click.option("--backend", type=click.Choice(["auto", "cryptography", "liboqs"]), default="auto",
@@ -68,7 +70,7 @@ _OPTIONS = [
                  help="Allow plain http:// to the KME. For simulators only: keys would cross the network in clear."),
     click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds for the whole handshake."),
 ]
-EXCHANGE_KEYS = ("identity", "peers", "psk_file", "psk_ratchet", "kem", "backend", "qkd", "qkd_link", "qkd_policy",
+EXCHANGE_KEYS = ("identity", "peers", "psk_file", "psk_ratchet", "name", "peer_name", "kem", "backend", "qkd", "qkd_link", "qkd_policy",
                  "kme_url", "kme_ca", "sae_cert", "sae_key", "sae_id", "peer_sae_id", "kme_insecure_http", "timeout")
 
 
