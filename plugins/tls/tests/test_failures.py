@@ -19,9 +19,11 @@ from hybridkex import (
     RemoteProtocolError,
     TransportError,
     exchange_over_socket,
+    recv_exact,
 )
 
 from hybridkex_tls import HybridTLSContext, HybridTLSSocket, TLSConnectionClosed, TLSHandshakeError, TLSPSKError
+from hybridkex_tls._setup import PREAMBLE_HEADER, bound_config, preamble
 
 LOOPBACK = "127.0.0.1"
 SHORT = 1.0
@@ -177,14 +179,15 @@ def test_client_that_stalls_mid_handshake_times_out_and_the_server_goes_on(
     server = HybridTLSContext.server(identity=keys.server_key, peers=[keys.client_pub], timeout=SHORT)
     running = run_server(server)
     staller = socket.create_connection(running.address)
-    staller.sendall(b"HX\x01")  # part of a frame header, then nothing
+    staller.sendall(b"HXT")  # part of the preamble, then nothing
     error = running.wait_error(SHORT + 5)
     assert isinstance(error, HandshakeTimeout)
     assert "timed out" in str(error)
     staller.settimeout(5)
     rest = b""
-    while chunk := staller.recv(4096):  # the server's timeout alert, then its close
-        rest += chunk
+    with contextlib.suppress(ConnectionResetError):  # closed with the partial preamble unread: a reset
+        while chunk := staller.recv(4096):
+            rest += chunk
     staller.close()
     # The next client is served normally.
     with socket.create_connection(running.address) as raw, client_ctx.wrap_socket(raw) as tls:
@@ -236,7 +239,8 @@ def test_server_that_stops_after_the_hybrid_exchange(keys: Any, server_ctx: Hybr
     closed = threading.Event()
 
     def hybrid_then_stall(conn: socket.socket) -> None:
-        exchange_over_socket(conn, "responder", server_ctx.handshake_config)
+        assert recv_exact(conn, PREAMBLE_HEADER, time.monotonic() + 5, "preamble") == preamble(None)
+        exchange_over_socket(conn, "responder", bound_config(server_ctx.handshake_config, None))
         conn.settimeout(SHORT + 5)
         with contextlib.suppress(OSError):
             while conn.recv(65536):  # the ClientHello; then nothing is answered
@@ -254,7 +258,8 @@ def test_client_that_closes_after_the_hybrid_exchange(client_ctx: HybridTLSConte
                                                       run_server: Callable[..., Any]) -> None:
     running = run_server(server_ctx)
     with socket.create_connection(running.address) as raw:
-        exchange_over_socket(raw, "initiator", client_ctx.handshake_config)
+        raw.sendall(preamble(None))
+        exchange_over_socket(raw, "initiator", bound_config(client_ctx.handshake_config, None))
     error = running.wait_error()
     assert isinstance(error, TLSConnectionClosed) and "closed the connection during the TLS handshake" in str(error)
 
