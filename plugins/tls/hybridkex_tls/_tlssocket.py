@@ -573,21 +573,31 @@ class HybridTLSSocket:
     def _drain_tickets(self) -> None:
         """Client closing before reading anything: take a ticket already received, without waiting for one."""
         engine = self._engine
-        for _ in range(4):
-            try:
-                data = self._sock.recv(self._records.want(), socket.MSG_DONTWAIT)
-            except OSError:
-                return
-            if not data:
-                return
-            with self._ssl_lock:
-                self._records.consumed(data)
-                engine.receive_bytes(data)
-                with contextlib.suppress(HybridKexError):
-                    engine.read(1 << 14)
-                self._harvest_ticket()
-            if self._tickets_wanted <= 0:
-                return
+        previous = self._sock.gettimeout()
+        self._sock.settimeout(0.0)  # with a timeout set, Python would wait for readability first
+        try:
+            for _ in range(4):
+                if not self._take_ticket_now(engine):
+                    return
+        finally:
+            with contextlib.suppress(OSError):
+                self._sock.settimeout(previous)
+
+    def _take_ticket_now(self, engine: TLSEngine) -> bool:
+        """One non-blocking read towards a ticket; False when there is nothing (more) to do."""
+        try:
+            data = self._sock.recv(self._records.want())
+        except OSError:
+            return False
+        if not data:
+            return False
+        with self._ssl_lock:
+            self._records.consumed(data)
+            engine.receive_bytes(data)
+            with contextlib.suppress(HybridKexError):
+                engine.read(1 << 14)
+            self._harvest_ticket()
+        return self._tickets_wanted > 0
 
     def _decref_socketios(self) -> None:
         # Called by socket.SocketIO.close() for each makefile() object.
@@ -633,6 +643,14 @@ class HybridTLSSocket:
     def fileno(self) -> int:
         """The TCP socket's descriptor (for selectors; never read or write it directly)."""
         return self._sock.fileno()
+
+    def setsockopt(self, *args: Any) -> None:
+        """Set an option of the TCP socket (e.g. TCP_NODELAY)."""
+        self._sock.setsockopt(*args)
+
+    def getsockopt(self, *args: Any) -> Any:
+        """Read an option of the TCP socket."""
+        return self._sock.getsockopt(*args)
 
     def getpeername(self) -> Any:
         """The peer's TCP address."""
