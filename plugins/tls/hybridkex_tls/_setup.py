@@ -95,12 +95,19 @@ def unknown_client_error(first: bytes) -> TLSWrongService:
     return TLSWrongService("the client speaks neither hybridkex-tls, TLS nor HTTP; refusing the connection")
 
 
-def wrong_service(first: bytes, exc: HybridKexError) -> TLSWrongService | None:
-    """Client: the error to raise instead of ``exc`` when the server's first bytes are not hybridkex."""
+def wrong_service(first: bytes, exc: HybridKexError, reset: bool = False) -> TLSWrongService | None:
+    """Client: the error to raise instead of ``exc`` when the server's first bytes are not hybridkex.
+
+    ``reset``: the server reset the connection before sending a byte, as a plain TLS server
+    does when a ClientHello does not come (a hybridkex-tls server answers with an alert).
+    """
+    if reset and not first:
+        return TLSWrongService("the server reset the connection without answering the hybrid exchange: it is not "
+                               "a hybridkex-tls server (a plain TLS server does exactly this); check the port")
     if len(first) >= 2 and first[0] in (0x15, 0x16) and first[1] == 0x03:
         return TLSWrongService("the server answered with plain TLS, not hybridkex-tls: it is an ordinary TLS server "
                                "(use an ordinary TLS client there, or point this client at a hybridkex-tls port)")
-    if first.startswith(b"HTTP/"):
+    if first.startswith((b"HTTP/", b"<!", b"<html", b"<HTML")):  # an HTTP/0.9-style page, too
         return TLSWrongService("the server answered in plain HTTP, not hybridkex-tls: it is an HTTP server (use "
                                "an HTTP client there, or point this client at a hybridkex-tls port)")
     return None

@@ -137,12 +137,31 @@ def _tls_handshake(sock: socket.socket, engine: TLSEngine, records: RecordReader
 class _Recorder:
     """The socket as the core's exchange sees it, keeping the first bytes the peer sent (to name a wrong service)."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, preamble: bytes) -> None:
         self._sock = sock
+        self._preamble = preamble
         self.first = b""
+        self.reset = False
+
+    def sendall(self, data: bytes, flags: int = 0) -> None:
+        # The preamble goes out with the first hybrid message, in one segment.
+        data, self._preamble = self._preamble + data, b""
+        self._sock.sendall(data, flags)
+
+    def peek_reply(self) -> None:
+        """After a failure: the bytes the peer had sent, if nothing was read yet (e.g. a TLS alert before a reset)."""
+        if self.first:
+            return
+        with contextlib.suppress(OSError):
+            self._sock.settimeout(0.2)
+            self.first = self._sock.recv(16, socket.MSG_PEEK)
 
     def recv(self, size: int, flags: int = 0) -> bytes:
-        data = self._sock.recv(size, flags)
+        try:
+            data = self._sock.recv(size, flags)
+        except ConnectionResetError:
+            self.reset = not self.first
+            raise
         if len(self.first) < 16:
             self.first += data[:16 - len(self.first)]
         return data
@@ -307,13 +326,13 @@ class HybridTLSSocket:
             config = bound_config(context.config_for(name), name)
             deadline = start + context.timeout
             with context.setup_lock or contextlib.nullcontext():
-                _send_before(self._sock, preamble(name), deadline)
-                recorder = _Recorder(self._sock)
+                recorder = _Recorder(self._sock, preamble(name))
                 try:
                     result = context.exchange(cast(socket.socket, recorder), config,
                                               timeout=max(0.001, deadline - time.monotonic()))
                 except HybridKexError as exc:
-                    better = wrong_service(recorder.first, exc)
+                    recorder.peek_reply()
+                    better = wrong_service(recorder.first, exc, recorder.reset)
                     if better is not None:
                         raise better from None
                     raise
