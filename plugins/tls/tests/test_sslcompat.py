@@ -5,7 +5,6 @@ from __future__ import annotations
 import selectors
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
