@@ -19,6 +19,7 @@ from ._openssl import (
     SSL,
     ContextHandle,
     PSKBinding,
+    RecordIO,
     negotiated_group,
     new_connection,
     release_connection,
@@ -31,10 +32,10 @@ from ._openssl import (
 
 __all__ = ["TLSEngine", "TLSFacts"]
 
-#: Bytes taken out of the outgoing memory BIO per call (below malloc's mmap threshold: no syscalls per call).
-_BIO_CHUNK = 1 << 16
 #: Application data handed to SSL_write per call (a few TLS records).
 _WRITE_CHUNK = 1 << 16
+#: Largest plaintext read() returns at once (one TLS record holds at most 16 KiB).
+_READ_CHUNK = 1 << 16
 
 # OpenSSL reason strings -> what they mean for a PSK-only TLS 1.3 handshake, and what to do.
 _PSK_MISMATCH = ("the two sides hold different TLS PSKs (the binder did not verify); with --external-psk give both "
@@ -119,6 +120,8 @@ class TLSEngine:
         self.role: Literal["client", "server"] = handle.role
         self._binding = PSKBinding(psk, on_hello=on_hello)
         self._conn = new_connection(handle, self._binding)
+        self._io = RecordIO(self._conn)
+        self._scratch = bytearray(_READ_CHUNK)
         self._resuming = False
         if self.role == "client":
             if server_hostname:
@@ -139,9 +142,9 @@ class TLSEngine:
         self._release_binding = weakref.finalize(self, release_connection, self._conn)
 
     # -- bytes in and out ----------------------------------------------------------------
-    def receive_bytes(self, data: bytes) -> None:
+    def receive_bytes(self, data: bytes | bytearray | memoryview) -> None:
         """Feed bytes read from the network."""
-        self._conn.bio_write(data)
+        self._io.feed(data)
 
     def receive_eof(self) -> None:
         """The network connection delivered EOF."""
@@ -149,16 +152,7 @@ class TLSEngine:
 
     def data_to_send(self) -> bytes:
         """All bytes the engine wants on the network now (possibly empty)."""
-        chunks = []
-        while True:
-            try:
-                chunk = self._conn.bio_read(_BIO_CHUNK)
-            except SSL.WantReadError:
-                break
-            chunks.append(chunk)
-            if len(chunk) < _BIO_CHUNK:  # a memory BIO hands out all it holds, up to the size asked
-                break
-        return b"".join(chunks)
+        return self._io.drain()
 
     # -- handshake -----------------------------------------------------------------------
     def do_handshake(self) -> bool:
@@ -264,38 +258,24 @@ class TLSEngine:
         if not view:
             return 0
         try:
-            return int(self._conn.send(view))
+            return self._io.write(view)
         except SSL.Error as exc:
             raise TLSError(f"TLS error while sending: {_reason(exc)}") from None
 
     def read(self, size: int) -> bytes | None:
         """Decrypted bytes (up to ``size``); ``b""`` at the end of the stream; None when input is needed."""
-        if self.peer_closed:
-            return b""
-        try:
-            return bytes(self._conn.recv(size))
-        except SSL.WantReadError:
+        scratch = self._scratch
+        count = self.read_into(scratch, min(size, len(scratch)))
+        if count is None:
             return None
-        except SSL.ZeroReturnError:
-            self.peer_closed = True
-            return b""
-        except SSL.SysCallError:
-            return self._ragged_eof()
-        except SSL.Error as exc:
-            reason = _reason(exc)
-            if reason == "unexpected eof while reading":
-                return self._ragged_eof()
-            raise TLSError(f"TLS error while receiving: {_explain(reason)[1]}; the connection cannot be used "
-                           "any more") from None
+        return bytes(scratch[:count])
 
     def read_into(self, buffer: bytearray | memoryview, size: int) -> int | None:
         """Like :meth:`read`, into ``buffer``: the count, 0 at the end of the stream, None when input is needed."""
         if self.peer_closed:
             return 0
         try:
-            return int(self._conn.recv_into(buffer, size))
-        except SSL.WantReadError:
-            return None
+            return self._io.read_into(buffer, size)
         except SSL.ZeroReturnError:
             self.peer_closed = True
             return 0

@@ -34,7 +34,7 @@ from ._importer import ExternalPSK
 __all__ = [
     "SSL", "OPENSSL_VERSION", "PYOPENSSL_VERSION", "PSKBinding", "ContextHandle", "new_context", "new_connection",
     "release_connection", "session_reused", "negotiated_group", "set_groups", "REQUIREMENTS", "session_der",
-    "set_session_der", "session_key_id", "session_pointer",
+    "set_session_der", "session_key_id", "session_pointer", "RecordIO",
 ]
 
 REQUIREMENTS = ("pyOpenSSL >= 26.4 on cryptography >= 48, whose wheel bundles OpenSSL >= 3.5 "
@@ -254,6 +254,61 @@ def set_session_der(conn: SSL.Connection, der: bytes) -> bool:
         return bool(_lib.SSL_set_session(conn._ssl, session) == 1)
     finally:
         _lib.SSL_SESSION_free(session)  # SSL_set_session took its own reference
+
+
+class RecordIO:
+    """Fast paths for one memory-BIO connection: SSL_read/SSL_write and the BIOs, called directly.
+
+    pyOpenSSL raises an exception for every "want more input" and allocates a buffer per
+    call; on a bulk transfer that costs more than the cryptography.  These calls return
+    None instead of raising for want-read, and read into the caller's buffer.
+    """
+
+    __slots__ = ("_conn", "_ssl", "_into", "_from", "_out", "_out_size")
+
+    def __init__(self, conn: SSL.Connection, out_size: int = 1 << 17) -> None:
+        self._conn = conn
+        self._ssl = conn._ssl
+        self._into = conn._into_ssl
+        self._from = conn._from_ssl
+        self._out_size = out_size
+        self._out = _ffi.new("char[]", out_size)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Ciphertext from the network into OpenSSL (a memory BIO takes everything)."""
+        if len(data) and _lib.BIO_write(self._into, _ffi.from_buffer(data), len(data)) <= 0:
+            self._conn._raise_ssl_error(self._ssl, -1)  # pragma: no cover - memory BIOs do not refuse
+
+    def drain(self) -> bytes:
+        """All ciphertext OpenSSL has for the network (possibly empty)."""
+        chunks = []
+        while True:
+            n = _lib.BIO_read(self._from, self._out, self._out_size)
+            if n <= 0:
+                break
+            chunks.append(_ffi.buffer(self._out, n)[:])
+            if n < self._out_size:
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def read_into(self, buffer: bytearray | memoryview, size: int) -> int | None:
+        """SSL_read into ``buffer``: the count, or None when OpenSSL needs more input; other outcomes raise
+        pyOpenSSL's exceptions (ZeroReturnError at close_notify, SysCallError, Error)."""
+        result = _lib.SSL_read(self._ssl, _ffi.from_buffer(buffer, require_writable=True), size)
+        if result > 0:
+            return int(result)
+        if _lib.SSL_get_error(self._ssl, result) == _lib.SSL_ERROR_WANT_READ:
+            return None
+        self._conn._raise_ssl_error(self._ssl, result)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """SSL_write of ``data`` into the outgoing memory BIO; returns the count taken."""
+        result = _lib.SSL_write(self._ssl, _ffi.from_buffer(data), len(data))
+        if result > 0:
+            return int(result)
+        self._conn._raise_ssl_error(self._ssl, result)
+        raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _reject_certificate(*_args: object) -> bool:

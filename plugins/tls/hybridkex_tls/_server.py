@@ -9,7 +9,8 @@ clients that connect and say nothing:
 - at most ``max_pending_per_source`` connections from one address, and
   ``max_pending`` in all, may be unauthenticated at once: a new one evicts the oldest,
   so a flood of idle sockets cannot keep a legitimate client out;
-- at most ``max_connections`` authenticated connections are served at once, and an
+- at most ``max_connections`` authenticated connections are served at once (others wait
+  for a slot up to the context's ``timeout``), and an
   established connection that stays silent for the context's ``idle_timeout`` fails its
   read with :class:`TimeoutError`;
 - running out of file descriptors (EMFILE) pauses accepting briefly instead of ending it.
@@ -85,7 +86,7 @@ class HybridTLSServer:
         self.connections_evicted = 0
         """Unauthenticated connections closed to make room for newer ones (per-source or overall cap)."""
         self.connections_refused = 0
-        """Authenticated connections closed because ``max_connections`` were being served."""
+        """Authenticated connections closed because no ``max_connections`` slot freed up in time."""
 
     @property
     def server_address(self) -> tuple[str, int]:
@@ -192,12 +193,13 @@ class HybridTLSServer:
                 self._report(peer, exc)
                 return
             self._settled(raw)
-            slot = self._slots.acquire(blocking=False)
+            # Authenticated clients beyond max_connections wait for a slot, up to the setup timeout.
+            slot = self._slots.acquire(timeout=self.context.timeout)
             if not slot:
                 with self._lock:
                     self.connections_refused += 1
-                log.warning("connection from %s: closed, %s connections are being served (max_connections)",
-                            _fmt(peer), "all")
+                log.warning("connection from %s: closed after waiting %g s for one of the max_connections slots",
+                            _fmt(peer), self.context.timeout)
                 tls.close()
                 return
             with self._lock:

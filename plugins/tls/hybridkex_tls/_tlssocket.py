@@ -68,9 +68,14 @@ class RecordReader:
             return self._body_left + _RECORD_HEADER
         return _RECORD_HEADER - len(self._header)
 
-    def consumed(self, data: bytes) -> None:
+    def consumed(self, data: bytes | memoryview) -> None:
         """Account for ``data`` read from the socket."""
-        i, n = 0, len(data)
+        n = len(data)
+        body_left = self._body_left
+        if body_left and n == body_left + _RECORD_HEADER:  # the usual read: a record's rest and the next header
+            self._body_left = int.from_bytes(data[n - 2:n], "big")
+            return
+        i = 0
         while i < n:
             if self._body_left:
                 take = min(self._body_left, n - i)
@@ -233,6 +238,7 @@ class HybridTLSSocket:
         self._cache_key: str | None = None
         self._tickets_wanted = 0
         self._records = RecordReader()
+        self._inbox = memoryview(bytearray(_RECORD_HEADER + (1 << 15)))  # a TLS record is at most 2^14 + 256
         self._setup_lock = threading.Lock()
         self._ssl_lock = threading.Lock()
         self._send_lock = threading.Lock()
@@ -439,9 +445,11 @@ class HybridTLSSocket:
 
     def _fill(self) -> None:
         records = self._records
-        data = self._sock.recv(records.want())
+        view = self._inbox
+        count = self._sock.recv_into(view, min(records.want(), len(view)))
         with self._ssl_lock:
-            if data:
+            if count:
+                data = view[:count]
                 records.consumed(data)
                 self._engine.receive_bytes(data)
             else:
@@ -513,14 +521,17 @@ class HybridTLSSocket:
         size = nbytes or len(view)
         if size == 0:
             return 0
-        engine = self._engine
+        engine, lock, outgoing = self._engine, self._ssl_lock, self._outgoing
         while True:
-            with self._ssl_lock:
+            with lock:
                 count = engine.read_into(view, size)
                 if self._tickets_wanted > 0:
                     self._harvest_ticket()
-                self._collect_output()
-            self._flush_later()
+                out = engine.data_to_send()
+                if out:
+                    outgoing.append(out)
+            if outgoing:
+                self._flush_later()
             if count is not None:
                 return count
             self._fill()
