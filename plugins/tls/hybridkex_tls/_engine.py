@@ -121,7 +121,7 @@ class TLSEngine:
         self._binding = PSKBinding(psk, on_hello=on_hello)
         self._conn = new_connection(handle, self._binding)
         self._io = RecordIO(self._conn)
-        self._scratch = bytearray(_READ_CHUNK)
+        self._scratch: bytearray | None = None
         self._resuming = False
         if self.role == "client":
             if server_hostname:
@@ -265,6 +265,8 @@ class TLSEngine:
     def read(self, size: int) -> bytes | None:
         """Decrypted bytes (up to ``size``); ``b""`` at the end of the stream; None when input is needed."""
         scratch = self._scratch
+        if scratch is None:
+            scratch = self._scratch = bytearray(_READ_CHUNK)
         count = self.read_into(scratch, min(size, len(scratch)))
         if count is None:
             return None

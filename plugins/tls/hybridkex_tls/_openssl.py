@@ -266,13 +266,13 @@ class RecordIO:
 
     __slots__ = ("_conn", "_ssl", "_into", "_from", "_out", "_out_size")
 
-    def __init__(self, conn: SSL.Connection, out_size: int = 1 << 17) -> None:
+    def __init__(self, conn: SSL.Connection, out_size: int = 1 << 15) -> None:
         self._conn = conn
         self._ssl = conn._ssl
         self._into = conn._into_ssl
         self._from = conn._from_ssl
         self._out_size = out_size
-        self._out = _ffi.new("char[]", out_size)
+        self._out = _ffi.new("char[]", out_size)  # drain() loops when more is waiting
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Ciphertext from the network into OpenSSL (a memory BIO takes everything)."""

@@ -100,7 +100,14 @@ def _send_before(sock: socket.socket, data: bytes, deadline: float) -> None:
 
 def _tls_handshake(sock: socket.socket, engine: TLSEngine, records: RecordReader, deadline: float,
                    timeout: float) -> None:
-    """Drive the TLS handshake over ``sock`` until done or ``deadline``."""
+    """Drive the TLS handshake over ``sock`` until done or ``deadline``.
+
+    The client reads whatever has arrived (nothing can follow the server's Finished before
+    the client's own Finished is sent); the server reads a record at a time, since the
+    client's first application records may arrive with its Finished and must stay visible
+    to select().
+    """
+    greedy = engine.role == "client"
     try:
         while True:
             try:
@@ -123,7 +130,7 @@ def _tls_handshake(sock: socket.socket, engine: TLSEngine, records: RecordReader
             if remaining <= 0:
                 raise TimeoutError
             sock.settimeout(remaining)
-            data = sock.recv(records.want())
+            data = sock.recv(1 << 16 if greedy else records.want())
             if data:
                 records.consumed(data)
                 engine.receive_bytes(data)
@@ -238,7 +245,7 @@ class HybridTLSSocket:
         self._cache_key: str | None = None
         self._tickets_wanted = 0
         self._records = RecordReader()
-        self._inbox = memoryview(bytearray(_RECORD_HEADER + (1 << 15)))  # a TLS record is at most 2^14 + 256
+        self._inbox_buffer: memoryview | None = None
         self._setup_lock = threading.Lock()
         self._ssl_lock = threading.Lock()
         self._send_lock = threading.Lock()
@@ -445,7 +452,9 @@ class HybridTLSSocket:
 
     def _fill(self) -> None:
         records = self._records
-        view = self._inbox
+        view = self._inbox_buffer
+        if view is None:  # a TLS record is at most 2^14 + 256 bytes, plus the next header
+            view = self._inbox_buffer = memoryview(bytearray(_RECORD_HEADER + (1 << 15)))
         count = self._sock.recv_into(view, min(records.want(), len(view)))
         with self._ssl_lock:
             if count:
