@@ -104,10 +104,12 @@ def run(i_auth, r_auth, *, i_policy="off", r_policy="off", qkd: QKDPair | None =
                     failed(who, exc)
             elif isinstance(ev, HandshakeComplete):
                 results[who] = ev.result
-    # The responder's success stands only if the initiator did not fail on its last message
-    # (the transport waits for the initiator's close or alert before writing the key).
-    if isinstance(results.get("i"), Exception) and isinstance(results.get("r"), HandshakeResult):
-        results["r"] = PeerAlertError("initiator failed after the last message", 8)
+    # A side's success stands only if the peer did not fail on that side's last message: the
+    # transport waits for the peer's close or alert after sending the last message (await_close).
+    for done, bad in (("r", "i"), ("i", "r")):
+        if isinstance(results.get(bad), Exception) and isinstance(results.get(done), HandshakeResult) \
+                and sides[bad].error_alert:
+            results[done] = PeerAlertError("peer failed on this side's last message", 2)
     return Outcome(results.get("i", RuntimeError("initiator stuck")), results.get("r", RuntimeError("stuck")), frames)
 
 
