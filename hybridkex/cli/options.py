@@ -69,7 +69,7 @@ _OPTIONS = [
     click.option("--peer-sae-map", "peer_sae_map", metavar="FINGERPRINT=SAE_ID", multiple=True,
                  help="Responder with several pinned peers: the SAE ID of each (repeat)."),
     click.option("--qkd-journal", type=_path,
-                 help="File of the QKD key_IDs this side used [default: $HYBRIDKEX_STATE_DIR/qkd-key-ids].")
+                 help="File of the QKD key_IDs this side used [default: $HYBRIDKEX_STATE_DIR/qkd-key-ids]."),
     click.option("--kme-insecure-http", is_flag=True,
                  help="Allow plain http:// to the KME. For simulators only: keys would cross the network in clear."),
     click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds for the whole handshake."),
