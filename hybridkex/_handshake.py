@@ -485,7 +485,9 @@ class Connection:
         self._hs = self._k1 = self._k2 = self._session = b""
         self._psk = None
         self._qkd = []
-        if not isinstance(exc, (PeerAlertError, LocalProtocolError, UnverifiedMessage, ConfigError)):
+        # Never answer an alert with an alert, and give nothing to a sender that proved nothing.
+        # A local fault is reported as INTERNAL: the peer learns the handshake is over, not that it erred.
+        if not isinstance(exc, (PeerAlertError, UnverifiedMessage)):
             self.error_alert = encode(Alert(_alert_code(exc)))
 
     def _result(self, session: bytes, block: QKDBlock, reason: str) -> HandshakeResult:
