@@ -86,6 +86,8 @@ def mutated_frames(draw: st.DrawFn) -> bytes:
     """A valid frame with bytes flipped, inserted or deleted; half the time re-framed so the body gets parsed."""
     frame = bytearray(draw(frames))
     for _ in range(draw(st.integers(1, 4))):
+        if not frame:  # deletions may have eaten it all; the strategy itself must never fail
+            break
         pos = draw(st.integers(0, len(frame) - 1))
         op = draw(st.sampled_from(["flip", "insert", "delete"]))
         if op == "flip":
