@@ -2,7 +2,7 @@
 
 An :class:`Authenticator` tags a transcript hash for one purpose (the responder's hello, the
 initiator's finish, the responder's fallback) and checks the peer's tag
-(``docs/protocol.md`` §5.4).  Signatures use a FIPS 204 context string per purpose; PSK MACs
+(``docs/protocol.md`` §5.4).  Signatures cover a label per purpose before the transcript hash; PSK MACs
 use a key per purpose derived from the PSK *and both parties' names in role order*, so a tag
 made by a node for its peer never verifies at the same node (no reflection: a PSK proves
 "a holder of the PSK who believes it is talking to me", not merely "a holder of the PSK").
@@ -178,7 +178,9 @@ class SignatureAuthenticator(Authenticator):
         return self.identity.fingerprint
 
     def make_tag(self, role: Role, key: bytes | None, purpose: Purpose, transcript: bytes) -> bytes:
-        return self._scheme.sign(self._signer, transcript, _SIG_CONTEXT[purpose])
+        # Pure ML-DSA with the empty FIPS 204 context string over label || transcript hash: the label
+        # separates the purposes, and every ML-DSA API (liboqs's included) can sign and verify it.
+        return self._scheme.sign(self._signer, _SIG_CONTEXT[purpose] + transcript, b"")
 
     def check_kind(self, kind: int) -> None:
         if kind == AUTH_PSK:
@@ -198,7 +200,7 @@ class SignatureAuthenticator(Authenticator):
                                           "connection); refusing to talk to itself")
             raise UnknownPeerError("the peer's ML-DSA key is not pinned here; if you trust it, pin its id.pub "
                                    f"(it presented {self._shown(identity)})")
-        if not self._backend.signature(peer.alg).verify(identity, transcript, tag, _SIG_CONTEXT[purpose]):
+        if not self._backend.signature(peer.alg).verify(identity, _SIG_CONTEXT[purpose] + transcript, tag, b""):
             raise AuthenticationError(f"the {purpose.value} signature over the transcript is invalid: the handshake "
                                       "was tampered with or the peer's key is wrong")
         return PeerInfo(peer.alg, peer.fingerprint, identity)

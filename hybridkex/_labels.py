@@ -47,7 +47,8 @@ SECRET_EXCHANGE_KEY = b"hybridkex v2 exchange key"
 EXPORTER = b"hybridkex v2 exporter"
 RATCHET_NEXT_PSK = b"hybridkex v2 ratchet next psk"
 
-# ML-DSA context strings (FIPS 204 §5.2): a signature made for one purpose never verifies for another.
+# ML-DSA message prefixes (signed as label || transcript hash with the empty FIPS 204 context string):
+# a signature made for one purpose never verifies for another.
 SIG_CONTEXT_RESPONDER = b"hybridkex v2 responder signature"
 SIG_CONTEXT_INITIATOR = b"hybridkex v2 initiator signature"
 SIG_CONTEXT_RESPONDER_FALLBACK = b"hybridkex v2 responder fallback signature"
