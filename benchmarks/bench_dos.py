@@ -192,7 +192,8 @@ def part2(keys: Path, seconds: float) -> dict[str, object]:
         quiet_ok, quiet_tried, quiet_lat = _legit(i_config, port, seconds / 2)
         cpu1 = _proc_cpu(server.pid)
         with ctx.Pool(2) as pool:
-            floods = [pool.apply_async(_flood, (str(keys), port, bind, seconds, 200_000)) for bind in (FLOOD_A, FLOOD_B)]
+            floods = [pool.apply_async(_flood, (str(keys), port, bind, seconds, 200_000))
+                      for bind in (FLOOD_A, FLOOD_B)]
             time.sleep(0.5)
             flood_ok, flood_tried, flood_lat = _legit(i_config, port, seconds - 1.0)
             sent = sum(f.get(timeout=seconds + 30) for f in floods)

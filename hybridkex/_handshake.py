@@ -54,7 +54,6 @@ from ._catkdf import HASHES, catkdf_unchecked
 from ._dos import DoSGuard
 from ._errors import (
     AuthenticationError,
-    ConfigError,
     ContextMismatch,
     HandshakeTimeout,
     HybridKexError,

@@ -135,9 +135,9 @@ def test_reflection_is_dropped_before_any_work() -> None:
 def test_reflection_with_a_recomputed_mac1_is_refused() -> None:
     """An attacker who knows the names (they are not secret) rewrites mac1 for the node's own name:
     the blinded PSK identifiers and both MAC keys are bound to the ordered names, so nothing matches."""
-    from hybridkex._handshake import _mac1_key
-
     import hmac as hmac_module
+
+    from hybridkex._handshake import _mac1_key
 
     def remac(index: int, frame: bytes) -> bytes:
         if index != 0:

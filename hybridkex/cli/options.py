@@ -74,9 +74,9 @@ _OPTIONS = [
                  help="Allow plain http:// to the KME. For simulators only: keys would cross the network in clear."),
     click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds for the whole handshake."),
 ]
-EXCHANGE_KEYS = ("identity", "peers", "psk_file", "psk_ratchet", "name", "peer_name", "kem", "backend", "qkd", "qkd_link", "qkd_policy",
-                 "kme_url", "kme_ca", "sae_cert", "sae_key", "sae_id", "peer_sae_id", "peer_sae_map", "kme_insecure_http", "qkd_journal",
-                 "timeout")
+EXCHANGE_KEYS = ("identity", "peers", "psk_file", "psk_ratchet", "name", "peer_name", "kem", "backend", "qkd",
+                 "qkd_link", "qkd_policy", "kme_url", "kme_ca", "sae_cert", "sae_key", "sae_id", "peer_sae_id",
+                 "peer_sae_map", "kme_insecure_http", "qkd_journal", "timeout")
 
 
 def exchange_options(f: F) -> F:
