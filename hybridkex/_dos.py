@@ -6,7 +6,7 @@ public-key operation on an InitHello that carried a valid mac1:
 * under load, has this source echoed a valid cookie (mac2)?  If not, the responder sends a
   stateless CookieReply instead of doing public-key work (after WireGuard's cookie reply);
 * is the InitHello fresh (its timestamp within the replay window) and not seen before?
-* is the source within its rate limit?
+* under load, is the (cookie-proven) source within its rate limit?
 
 Nothing here does I/O; time and randomness are injected.  "Load" is either forced by the
 adapter (e.g. too many handshakes in flight) or measured: more InitHellos needing public-key
@@ -101,8 +101,14 @@ class DoSGuard:
 
     # -- the decision ----------------------------------------------------------------------------
     def check(self, source: bytes, timestamp: int, replay_key: bytes, mac2_data: bytes, mac2: bytes) -> Verdict:
-        """Decide on an InitHello whose mac1 was valid.  Admitting it records it in the replay cache."""
-        if self.under_load() and not self._valid_mac2(source, mac2_data, mac2):
+        """Decide on an InitHello whose mac1 was valid.  Admitting it records it in the replay cache.
+
+        As in WireGuard, the per-source rate limit applies under load, to sources that proved their
+        address with a cookie: an idle responder serves a burst from one host (a NAT, a daemon with
+        many peers) at full speed.
+        """
+        loaded = self.under_load()
+        if loaded and not self._valid_mac2(source, mac2_data, mac2):
             self.cookies_sent += 1
             return COOKIE
         if abs(self._wall() - timestamp) > self.replay_window:
@@ -112,7 +118,7 @@ class DoSGuard:
         self._expire(now)
         if digest in self._seen:
             return self._drop("replayed InitHello")
-        if not self._take_token(source, now):
+        if loaded and not self._take_token(source, now):
             return self._drop("rate limit for this source exceeded")
         self._seen[digest] = now
         while len(self._seen) > self.max_entries:

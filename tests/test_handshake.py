@@ -462,17 +462,35 @@ def test_under_load_a_cookie_is_required_and_then_honoured() -> None:
     assert counting_other.calls == 0
 
 
-def test_per_source_rate_limit() -> None:
+def _cookie_round(guard: DoSGuard, source: bytes) -> str:
+    """One full InitHello from ``source`` that echoes the cookie when asked: what the responder did."""
+    i_config, _ = configs(psk_auth("alice", "bob"), None)
+    ini = Initiator(i_config)
+    hello = ini.initiate()[0]
+    res, _counting = _counted_responder(guard, source=source)
+    try:
+        reply = res.receive(hello.data)  # type: ignore[union-attr]
+        if isinstance(decode(reply[0].data), CookieReply):  # type: ignore[union-attr]
+            retry = ini.receive(reply[0].data)  # type: ignore[union-attr]
+            res, _counting = _counted_responder(guard, source=source)
+            res.receive(retry[0].data)  # type: ignore[union-attr]
+        return "answered"
+    except UnverifiedMessage as exc:
+        return str(exc)
+
+
+def test_per_source_rate_limit_under_load() -> None:
+    """Under load even a source that echoes cookies gets only its share; others still get through."""
     guard = DoSGuard(source_rate=1.0, source_burst=3)
-    outcomes = []
-    for _ in range(5):
-        res, _counting = _counted_responder(guard)
-        try:
-            res.receive(_hello())
-            outcomes.append("answered")
-        except UnverifiedMessage as exc:
-            outcomes.append(str(exc))
+    guard.forced_load = True
+    outcomes = [_cookie_round(guard, b"10.0.0.1") for _ in range(5)]
     assert outcomes[:3] == ["answered"] * 3 and all("rate limit" in o for o in outcomes[3:])
+    assert _cookie_round(guard, b"10.0.0.9") == "answered"
+
+
+def test_an_idle_responder_serves_a_burst_from_one_host() -> None:
+    guard = DoSGuard(source_rate=1.0, source_burst=3, load_threshold=100)
+    assert [_cookie_round(guard, b"10.0.0.1") for _ in range(10)] == ["answered"] * 10
 
 
 # -- attack 8: identity hiding ------------------------------------------------------------------------------
