@@ -51,7 +51,7 @@ class _Bucket:
 class DoSGuard:
     """Replay cache, cookie secret, per-source token buckets and a load meter for one responder."""
 
-    def __init__(self, *, replay_window: float = 120.0, max_entries: int = 65536, load_threshold: int = 64,
+    def __init__(self, *, replay_window: float = 120.0, max_entries: int = 65536, load_threshold: int = 32,
                  source_rate: float = 10.0, source_burst: int = 20, now: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time, rng: Callable[[int], bytes] = os.urandom) -> None:
         if replay_window <= 0 or max_entries < 16 or load_threshold < 1 or source_rate <= 0 or source_burst < 1:
