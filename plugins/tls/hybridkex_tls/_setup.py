@@ -30,7 +30,7 @@ from ._resumption import ChainFacts, ServerSessionTable
 
 __all__ = [
     "PREAMBLE_MAGIC", "PREAMBLE_HEADER", "Kind", "preamble", "parse_preamble_header", "classify", "HTTP_400",
-    "wrong_service", "bound_config", "server_name_key", "resume_hook", "full_hook",
+    "wrong_service", "SILENT_CLOSE", "bound_config", "server_name_key", "resume_hook", "full_hook",
 ]
 
 PREAMBLE_MAGIC = b"HXTLS"
@@ -111,6 +111,12 @@ def wrong_service(first: bytes, exc: HybridKexError, reset: bool = False) -> TLS
         return TLSWrongService("the server answered in plain HTTP, not hybridkex-tls: it is an HTTP server (use "
                                "an HTTP client there, or point this client at a hybridkex-tls port)")
     return None
+
+
+SILENT_CLOSE = ("the server closed the connection without answering the hybrid exchange, which a hybridkex "
+                "responder does when the first message is not for it: check that the server's key is in peers (or "
+                "in host_peers for this server_hostname), or the PSK and the name and peer_name, and that both "
+                "clocks agree within two minutes; the server's log says which check failed")
 
 
 def bound_config(config: HandshakeConfig, server_name: str | None) -> HandshakeConfig:

@@ -28,6 +28,7 @@ from ._resumption import ChainFacts
 from ._setup import (
     HTTP_400,
     PREAMBLE_HEADER,
+    SILENT_CLOSE,
     bound_config,
     classify,
     full_hook,
@@ -348,6 +349,8 @@ class HybridTLSSocket:
                     better = wrong_service(recorder.first, exc, recorder.reset)
                     if better is not None:
                         raise better from None
+                    if isinstance(exc, TransportError) and not recorder.first and not recorder.reset:
+                        raise as_oserror(TransportError(SILENT_CLOSE)) from None
                     raise
                 psk, summary = psk_from_result(result)
                 done = time.monotonic()
