@@ -81,10 +81,11 @@ function qkdConfig(opts, role) {
 }
 
 function summary(res, opts) {
+  // Only public values: never a key or a PSK.
   const line = {
-    role: res.role, suite: res.suite, auth: res.auth, peer: res.peer_fingerprint, qkd: res.qkd, qkd_reason: res.qkd_reason,
-    qkd_key_ids: res.qkd_key_ids, transcript_hash: res.transcript_hash, key_fingerprint: res.key_fingerprint,
-    implementation: 'hybridkex-js',
+    ok: true, role: res.role, suite: res.suite, auth: res.auth, local: res.local, peer: res.peer, qkd: res.qkd,
+    qkd_reason: res.qkd_reason, qkd_key_ids: res.qkd_key_ids, transcript_hash: res.transcript_hash,
+    key_fingerprint: res.key_fingerprint, out: opts.out, implementation: 'hybridkex-js',
   };
   if (opts.json) process.stdout.write(JSON.stringify(line) + '\n');
   else process.stderr.write(`hybridkex-js: key agreed (${res.suite}, QKD ${res.qkd}) ${res.key_fingerprint}\n`);

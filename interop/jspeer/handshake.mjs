@@ -52,11 +52,11 @@ export function pskMacKey(psk, label, nameI, nameR) {
 }
 
 /**
- * §5.4 tag.  ML-DSA: Sign(sk, label || TH).  PSK: HMAC-SHA256(K, M) with M read as
- * "label || TH" where label is the ML-DSA message label of the same purpose (the literal
- * reading: M is the M of the ML-DSA bullet) -- see the report.
+ * §5.4 tag.  ML-DSA: Sign(sk, label || TH).  PSK: HMAC-SHA256(K, M) where the purpose's PSK MAC
+ * label is in K only and M is the transcript hash alone.  (The text writes "HMAC-SHA256(K, M)"
+ * right after defining M = label || TH for ML-DSA; hybridkex verifies only M = TH.  See the report.)
  */
-export function pskTagMessage(purpose, th) { return cat(enc(PURPOSE[purpose].sig), th); }
+export function pskTagMessage(purpose, th) { return th; }
 
 export async function makeTag(auth, purpose, th, names) {
   if (auth.mode === 'psk') {
@@ -112,11 +112,12 @@ function result({ role, suite, auth, peerId, block, qkdUsed, frames, exchangeKey
   const status = block.status;
   return {
     role,
-    suite: `0x${suite.toString(16).padStart(4, '0')} ${s.kem} x25519 ${s.h} catkdf-${s.kdf.toLowerCase()}`,
+    suite: `x25519+${s.kem}/${s.kdf.toLowerCase()}-${s.h}`,
     auth: auth.mode === 'psk' ? 'psk' : auth.peerAlg,
-    peer_fingerprint: auth.mode === 'psk' ? null : fingerprint(peerId),
+    local: auth.mode === 'psk' ? `psk:${auth.name}` : fingerprint(auth.pk),
+    peer: auth.mode === 'psk' ? `psk:${auth.peerName}` : fingerprint(peerId),
     qkd: qkdUsed ? 'used' : QKD_STATUS[status === 1 ? 2 : status],
-    qkd_reason: fallbackReason !== undefined ? QKD_REASON[fallbackReason] : (status === 2 ? QKD_REASON[block.reason] : null),
+    qkd_reason: fallbackReason !== undefined ? QKD_REASON[fallbackReason] : (status === 2 ? QKD_REASON[block.reason] : ''),
     qkd_key_ids: qkdUsed ? block.keyIds.map(bytesToUuid) : [],
     transcript_hash: th.toString('hex'),
     key_fingerprint: fingerprint(exchangeKey),
@@ -275,7 +276,7 @@ export async function runInitiator(cfg, io, log = () => {}) {
     const want = hmac(h, expand(h, session, L.respFinished), transcript(h, ih, rh, ifr, cat(rfCore, vec16(tagF))));
     if (!timingSafeEqual(want, confirmR)) throw new ProtocolError(A.auth_failed, 'the responder\'s key confirmation failed', { exitCode: 3 });
     const out = outputs(suite, session, idI, idR);
-    return { ...result({ role: 'initiator', suite, auth, peerId: idR, block, qkdUsed: block.status === 1, frames: [ih, rh, ifr, rf], exchangeKey: out.exchangeKey }), out, auth, qkdFed: q.length > 0 };
+    return { ...result({ role: 'initiator', suite, auth, peerId: idR, block, qkdUsed: block.status === 1, frames: [ih, rh, ifr, rf], exchangeKey: out.exchangeKey }), out, authState: auth, qkdFed: q.length > 0 };
   }
   if (outcome !== 2 || reason === 0 || tagF.length === 0) fr.bad('an outcome other than 0 or a well-formed fallback');
   if (block.status !== 1) throw new ProtocolError(A.bad_message, 'a fallback RespFinish although no QKD key was used');
@@ -292,7 +293,7 @@ export async function runInitiator(cfg, io, log = () => {}) {
   io.send(ic);
   await io.lastMessageGrace();
   const out = outputs(suite, session2, idI, idR);
-  return { ...result({ role: 'initiator', suite, auth, peerId: idR, block: { ...block, status: 2, reason }, qkdUsed: false, frames: [ih, rh, ifr, rf, ic], exchangeKey: out.exchangeKey, fallbackReason: reason }), out, auth, qkdFed: false };
+  return { ...result({ role: 'initiator', suite, auth, peerId: idR, block: { ...block, status: 2, reason }, qkdUsed: false, frames: [ih, rh, ifr, rf, ic], exchangeKey: out.exchangeKey, fallbackReason: reason }), out, authState: auth, qkdFed: false };
 }
 
 // -- Responder ------------------------------------------------------------------------------------
@@ -396,6 +397,7 @@ export async function runResponder(cfg, io, log = () => {}) {
     throw new ProtocolError(A.auth_failed, 'the initiator\'s tag does not verify', { exitCode: 3 });
   }
   log('initiator authenticated');
+  log(`QKD block: status ${block.status} reason ${block.reason} master '${block.masterSaeId}' slave '${block.slaveSaeId}' key_bits ${block.keyBits} key_IDs ${block.keyIds.length}`);
   const agreed = cfg.qkdPolicy !== POLICY.off && m.qkdPolicy !== POLICY.off;
   const either = cfg.qkdPolicy === POLICY.required || m.qkdPolicy === POLICY.required;
   checkQkdBlockAgreement(block, agreed, either);
@@ -432,7 +434,7 @@ export async function runResponder(cfg, io, log = () => {}) {
     io.send(rf);
     await io.lastMessageGrace();
     const out = outputs(suite, session, idI, idR);
-    return { ...result({ role: 'responder', suite, auth, peerId: idI, block, qkdUsed: block.status === 1, frames: [ih, rh, ifr, rf], exchangeKey: out.exchangeKey }), out, auth, qkdFed: q.length > 0 };
+    return { ...result({ role: 'responder', suite, auth, peerId: idI, block, qkdUsed: block.status === 1, frames: [ih, rh, ifr, rf], exchangeKey: out.exchangeKey }), out, authState: auth, qkdFed: q.length > 0 };
   }
   // Fallback (§6.4): tag_F, session without Q over the final block.
   const rfCore = Buffer.from([2, fallbackReason]);
@@ -455,7 +457,7 @@ export async function runResponder(cfg, io, log = () => {}) {
   const want = hmac(h, expand(h, session, L.initConfirm), transcript(h, ih, rh, ifr, rf));
   if (!timingSafeEqual(want, confirmF)) throw new ProtocolError(A.auth_failed, 'the initiator\'s fallback confirmation failed', { exitCode: 3 });
   const out = outputs(suite, session, idI, idR);
-  return { ...result({ role: 'responder', suite, auth, peerId: idI, block: { ...block, status: 2, reason: fallbackReason }, qkdUsed: false, frames: [ih, rh, ifr, rf, icMsg.raw], exchangeKey: out.exchangeKey, fallbackReason }), out, auth, qkdFed: false };
+  return { ...result({ role: 'responder', suite, auth, peerId: idI, block: { ...block, status: 2, reason: fallbackReason }, qkdUsed: false, frames: [ih, rh, ifr, rf, icMsg.raw], exchangeKey: out.exchangeKey, fallbackReason }), out, authState: auth, qkdFed: false };
 }
 
 export { PeerAlert, ProtocolError, KEMS };
