@@ -485,9 +485,13 @@ def test_key_schedule(d: Derivation) -> None:
     assert out["transcript_hash"] == th(hn, f).hex()
     assert out["qkd"] == {"used": "used", "off": "off"}.get(v["qkd"], "unavailable")
 
-    # Nothing recorded is left unchecked: every step's output was derived above.
-    kinds = {s["step"] for s in d.steps}
-    assert kinds <= {"catkdf", "transcript_hash", "aead", "confirmation", "tag", "psk_id"}
+    # Nothing recorded is left unchecked: every step was derived above (transcript hashes in the loop).
+    count = {k: sum(s["step"] == k for s in d.steps) for k in ("catkdf", "aead", "confirmation", "tag", "psk_id")}
+    assert count == {"catkdf": 3 if fallback else 2, "aead": len(order) - 1, "confirmation": 3 if fallback else 2,
+                     "tag": len(expected_th), "psk_id": len(d.inputs["psk"]["initiator_keys"]) if d.inputs.get("psk")
+                     else 0}
+    assert {s["step"] for s in d.steps} == set(count) - ({"psk_id"} if v["auth"] != "psk" else set()) | {
+        "transcript_hash"}
 
 
 # -- the code still produces the vectors ------------------------------------------------------------
@@ -507,6 +511,41 @@ def test_init_hello_is_deterministic(d: Derivation) -> None:
                     wall=lambda: float(gen.TIMESTAMP), now=lambda: 0.0)
     (hello,) = ini.initiate()
     assert hello.data == d.frames["IH"] and MessageType(hello.data[3]) is MessageType.INIT_HELLO
+
+
+@pytest.mark.parametrize("v", [v for v in V if v["auth"] == "psk"], ids=lambda v: v["id"])
+def test_psk_initiator_answers_the_recorded_frames_byte_for_byte(v: dict[str, Any]) -> None:
+    """In PSK mode nothing the initiator sends is randomized: fed the recorded RespHello and RespFinish, the plain
+    cryptography backend sends the recorded InitFinish (and InitConfirm) and outputs the recorded keys."""
+    case = next(c for c in gen.cases() if c.id == v["id"])
+    inputs = gen._inputs(case)
+    i_auth, _ = gen._authenticators(case, inputs, BACKEND)
+    q = inputs.get("qkd", {})
+    cfg = HandshakeConfig(i_auth, tuple(inputs["initiator_suites"]), inputs["initiator_qkd_policy"],
+                          backend=BACKEND, context=case.context, sae_id=q.get("master_sae_id", ""),
+                          peer_sae_id=q.get("slave_sae_id", ""))
+    i = inputs["initiator"]
+    ini = Initiator(cfg, rng=gen.Script([i["ml_kem_seed"], i["x25519_private"], i["nonce"]]),
+                    wall=lambda: float(gen.TIMESTAMP), now=lambda: 0.0)
+    sent = [e.data for e in ini.initiate()]
+    results = []
+    for frame in (h(f["hex"]) for f in v["frames"] if f["from"] == "responder"):
+        events = ini.receive(frame)
+        while events:
+            ev = events.pop(0)
+            if isinstance(ev, gen.NeedQKDKeys):
+                events += (ini.qkd_failed(gen.QKDUnavailable("the KME did not answer")) if not q["key"]
+                           else ini.qkd_keys([gen.QKDKey(uuid.UUID(q["key_id"]), q["key"])]))
+            elif isinstance(ev, gen.SendMessage):
+                sent.append(ev.data)
+            elif isinstance(ev, gen.HandshakeComplete):
+                results.append(ev.result)
+    assert [s.hex() for s in sent] == [f["hex"] for f in v["frames"] if f["from"] == "initiator"]
+    (result,) = results
+    out = v["outputs"]
+    assert (result.key().hex(), result.ratchet_psk().hex(), result.transcript_hash.hex()) == (
+        out["exchange_key"], out["ratchet_next_psk"], out["transcript_hash"])
+    assert result.export(out["export"]["label"].encode(), out["export"]["length"]).hex() == out["export"]["output"]
 
 
 def test_state_machines_reproduce_the_vector(d: Derivation) -> None:
