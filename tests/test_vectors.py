@@ -276,7 +276,7 @@ class Derivation:
         self.inputs = v["inputs"]
         self.suite = SUITES[int(v["suite"], 16)]
         self.hash = self.suite.hash
-        self.frames = {f["name"]: h(f["hex"]) for f in v["frames"]}
+        self.frames = {f["name"]: h(f["hex"]) for f in v["frames"]}  # with IH_first and CR in the cookie vector
         self.messages = {name: decode(frame) for name, frame in self.frames.items()}
         self.steps = v["steps"]
 
@@ -302,7 +302,8 @@ def d(request: pytest.FixtureRequest) -> Derivation:
 def test_private_inputs_give_the_public_values(d: Derivation) -> None:
     ih, rh = d.messages["IH"], d.messages["RH"]
     i, r = d.inputs["initiator"], d.inputs["responder"]
-    assert [f["name"] for f in d.v["frames"]][:4] == ["IH", "RH", "IF", "RF"]
+    names = [f["name"] for f in d.v["frames"]]
+    assert names[:4] == ["IH", "RH", "IF", "RF"] or names[:6] == ["IH_first", "CR", "IH", "RH", "IF", "RF"]
     assert ih.timestamp == d.inputs["timestamp"] and ih.nonce.hex() == i["nonce"] and rh.nonce.hex() == r["nonce"]
     assert ih.suites == tuple(d.inputs["initiator_suites"]) and rh.suite == d.suite.code
     assert ih.context.hex() == d.inputs["context"]
@@ -338,7 +339,8 @@ def test_mac1_and_psk_identifiers(d: Derivation) -> None:
     id_i, id_r = d.ids()
     assert d.v["mac1"]["key"] == _mac1_key(id_r).hex() == hashlib.sha256(L.MAC1 + id_r).hexdigest()
     assert ih.mac1 == hmac.digest(_mac1_key(id_r), body[:-32], "sha256")[:16] == h(d.v["mac1"]["output"])
-    assert ih.mac2 == bytes(16)
+    if "cookie" not in d.v:
+        assert ih.mac2 == bytes(16) and "CR" not in d.frames
     prefix = init_hello_prefix(ih)
     if d.v["auth"] != "psk":
         assert ih.psk_ids == () and rh.psk_choice == 0xFF
@@ -368,7 +370,7 @@ def test_key_schedule(d: Derivation) -> None:
     assert hs.hex() == hs_step["output"]
 
     # Open each sealed payload with the spec's key and AAD (§4.3-4.6).
-    order = [n for n in ("IH", "RH", "IF", "RF", "IC") if n in d.frames]
+    order = [n for n in ("IH", "RH", "IF", "RF", "IC") if n in d.frames]  # never IH_first nor CR (§5.1)
     labels = {"RH": L.KEY_RESP_HELLO, "IF": L.KEY_INIT_FINISH, "RF": L.KEY_RESP_FINISH, "IC": L.KEY_INIT_CONFIRM}
     plaintexts = {}
     for name in order[1:]:
@@ -494,6 +496,22 @@ def test_key_schedule(d: Derivation) -> None:
         "transcript_hash"}
 
 
+def test_cookie_vector() -> None:
+    """§4.7, §8: the CookieReply seals the cookie for the first InitHello's mac1; the retry differs only in mac2."""
+    (v,) = [v for v in V if "cookie" in v]
+    frames = {f["name"]: h(f["hex"]) for f in v["frames"]}
+    first, cr, ih = decode(frames["IH_first"]), decode(frames["CR"]), decode(frames["IH"])
+    inputs, rec = v["inputs"], v["cookie"]
+    cookie = hmac.digest(h(inputs["cookie"]["secret"]), inputs["cookie"]["source_address"].encode(), "sha256")[:16]
+    s_r = inputs["psk"]["responder_name"].encode()
+    assert rec["cookie"] == cookie.hex() and rec["cookie_key"] == hashlib.sha256(L.COOKIE + s_r).hexdigest()
+    assert cr.nonce.hex() == inputs["responder"]["cookie_nonce"]
+    assert ChaCha20Poly1305(h(rec["cookie_key"])).decrypt(cr.nonce, cr.sealed_cookie, first.mac1) == cookie
+    assert first.mac2 == bytes(16) and frames["IH_first"][:-16] == frames["IH"][:-16]
+    assert ih.mac2 == hmac.digest(cookie, frames["IH"][HEADER_SIZE:-16], "sha256")[:16] == h(rec["mac2"])
+    assert v["outputs"]["transcript_hash"] == th("sha256", [frames[n] for n in ("IH", "RH", "IF", "RF")]).hex()
+
+
 # -- the code still produces the vectors ------------------------------------------------------------
 
 def test_init_hello_is_deterministic(d: Derivation) -> None:
@@ -510,7 +528,8 @@ def test_init_hello_is_deterministic(d: Derivation) -> None:
     ini = Initiator(cfg, rng=gen.Script([i["ml_kem_seed"], i["x25519_private"], i["nonce"]]),
                     wall=lambda: float(gen.TIMESTAMP), now=lambda: 0.0)
     (hello,) = ini.initiate()
-    assert hello.data == d.frames["IH"] and MessageType(hello.data[3]) is MessageType.INIT_HELLO
+    first = d.frames.get("IH_first", d.frames["IH"])  # the cookie vector's retry differs in mac2 only
+    assert hello.data == first and MessageType(hello.data[3]) is MessageType.INIT_HELLO
 
 
 @pytest.mark.parametrize("v", [v for v in V if v["auth"] == "psk"], ids=lambda v: v["id"])

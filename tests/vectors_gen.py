@@ -349,6 +349,7 @@ class Case:
     qkd: str  # off | used | responder-fallback | initiator-unavailable
     context: bytes = b"hybridkex test vectors"
     note: str = ""
+    cookie: bool = False
 
 
 def cases() -> list[Case]:
@@ -366,6 +367,8 @@ def cases() -> list[Case]:
                     "the responder's KME fails (policies preferred): five messages"))
     out.append(Case("psk/ml-kem-768/qkd-responder-fallback", "psk", 0x0001, "responder-fallback", b"",
                     "the responder's KME fails (policies preferred): five messages"))
+    out.append(Case("psk/ml-kem-768/no-qkd-cookie", "psk", 0x0001, "off", b"",
+                    "the responder is under load: CookieReply, then the same InitHello with mac2", cookie=True))
     out.append(Case("psk/ml-kem-768/qkd-initiator-unavailable", "psk", 0x0001, "initiator-unavailable", b"",
                     "the initiator's KME fails (policies preferred): InitFinish says status 2, reason 1"))
     return out
@@ -385,6 +388,9 @@ def _inputs(case: Case) -> dict[str, Any]:
                       "x25519_private": det(v, "initiator x25519", 32), "nonce": det(v, "initiator nonce", 32)},
         "responder": {"x25519_private": det(v, "responder x25519", 32), "nonce": det(v, "responder nonce", 32)},
     }
+    if case.cookie:
+        inputs["responder"] = {"cookie_nonce": det(v, "responder cookie nonce", 12), **inputs["responder"]}
+        inputs["cookie"] = {"secret": det(v, "responder cookie secret", 32), "source_address": "192.0.2.7"}
     if case.auth == "psk":
         psk = det(v, "psk", 32)
         inputs["psk"] = {"initiator_name": "initiator.example", "responder_name": "responder.example",
@@ -434,8 +440,14 @@ def run_case(case: Case, tape: Tape) -> dict[str, Any]:
     i, r = inputs["initiator"], inputs["responder"]
     ini = WatchedInitiator(i_cfg, rng=Script([i["ml_kem_seed"], i["x25519_private"], i["nonce"]]),
                            wall=lambda: float(TIMESTAMP), now=lambda: 0.0)
-    res = WatchedResponder(r_cfg, rng=Script([r["x25519_private"], r["nonce"]]), wall=lambda: float(TIMESTAMP),
-                           now=lambda: 0.0)
+    guard, source = None, b""
+    if case.cookie:
+        secret = inputs["cookie"]["secret"]
+        guard = DoSGuard(rng=lambda n: secret, now=lambda: 0.0, wall=lambda: float(TIMESTAMP))
+        guard.forced_load = True
+        source = inputs["cookie"]["source_address"].encode()
+    res = WatchedResponder(r_cfg, rng=Script([r[k] for k in ("cookie_nonce", "x25519_private", "nonce") if k in r]),
+                           wall=lambda: float(TIMESTAMP), now=lambda: 0.0, guard=guard, source=source)
     ini.log = res.log = log
     sides: dict[str, Initiator | Responder] = {"initiator": ini, "responder": res}
     frames: list[tuple[str, bytes]] = []
@@ -465,7 +477,10 @@ def run_case(case: Case, tape: Tape) -> dict[str, Any]:
 
 def _vector(case: Case, inputs: dict[str, Any], frames: list[tuple[str, bytes]], log: Log, result: HandshakeResult,
             tape: Tape) -> dict[str, Any]:
-    by_name = {FRAME_NAMES[MessageType(f[3])]: f for _, f in frames}
+    names = [FRAME_NAMES[MessageType(f[3])] for _, f in frames]
+    if "CR" in names:  # the InitHello the CookieReply answered is not part of the transcript (§5.1)
+        names[names.index("IH")] = "IH_first"
+    by_name = {n: f for n, (_, f) in zip(names, frames, strict=True) if n not in ("IH_first", "CR")}
     plaintexts: dict[str, bytes] = {}
     aad_of = {}
     for kind, info, _ in log:
@@ -534,7 +549,7 @@ def _vector(case: Case, inputs: dict[str, Any], frames: list[tuple[str, bytes]],
                                 "ml_kem_ciphertext": "the kem_ciphertext field of RH",
                                 "ml_dsa_signatures": "the output of every tag step with recorded: true"
                                 if case.auth != "psk" else "none (PSK mode)"}
-    return {
+    vector: dict[str, Any] = {
         "id": case.id,
         "note": case.note,
         "suite": f"0x{case.suite:04x}",
@@ -543,7 +558,7 @@ def _vector(case: Case, inputs: dict[str, Any], frames: list[tuple[str, bytes]],
         "qkd": case.qkd,
         "inputs": _hexed(inputs),
         "recorded": recorded,
-        "frames": [{"name": FRAME_NAMES[MessageType(f[3])], "from": who, "hex": hx(f)} for who, f in frames],
+        "frames": [{"name": n, "from": who, "hex": hx(f)} for n, (who, f) in zip(names, frames, strict=True)],
         "mac1": {"S_R": describe(static, parts, "S_R") if case.auth != "psk" else static.decode(), "key": hx(mac1_key),
                  "input_length": len(ih_body) - 32,
                  "output": hx(hmac.digest(mac1_key, ih_body[:-32], "sha256")[:16])},
@@ -556,6 +571,12 @@ def _vector(case: Case, inputs: dict[str, Any], frames: list[tuple[str, bytes]],
                     "transcript_hash": hx(result.transcript_hash),
                     "qkd": result.qkd.status},
     }
+    if case.cookie:
+        cookie = hmac.digest(inputs["cookie"]["secret"], inputs["cookie"]["source_address"].encode(), "sha256")[:16]
+        vector["cookie"] = {"cookie": hx(cookie), "cookie_key": hx(_cookie_key(static)),
+                            "mac2": hx(hmac.digest(cookie, ih_body[:-16], "sha256")[:16])}
+        assert vector["cookie"]["mac2"] == hx(ih_body[-16:])
+    return vector
 
 
 def _hexed(value: Any) -> Any:
@@ -599,7 +620,10 @@ HANDSHAKE_HEADER = {
                   "initiator's wall clock and the responder's (seconds)",
         "recorded": "outputs of randomized steps that cannot be recomputed: the ML-KEM ciphertext and shared "
                     "secret (Encaps at the responder), the ML-DSA signatures (hedged signing)",
-        "frames": "every frame on the wire in order, header included, hex; name IH RH IF RF IC",
+        "frames": "every frame on the wire in order, header included, hex; name IH RH IF RF IC, and in the "
+                  "cookie vector IH_first (the InitHello the CookieReply answers) and CR",
+        "cookie": "the cookie vector only: cookie = HMAC-SHA256(secret, source_address)[0:16], the CookieReply "
+                  "key SHA-256(\"hybridkex v2 cookie\" || S_R), and mac2 of the retried InitHello (IH)",
         "mac1": "the InitHello's mac1: S_R, the key SHA-256(\"hybridkex v2 mac1\" || S_R), output",
         "steps": "every derived value in the order the state machines computed it, each with its inputs: "
                  "catkdf (both stages; MA, MB as named parts), transcript_hash (the parts, each a named part or "
