@@ -26,6 +26,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
 from hybridkex import (
     HandshakeComplete,
     HandshakeConfig,
@@ -52,6 +54,8 @@ from hybridkex._suites import SUITES
 from hybridkex._wire import (
     HEADER_SIZE,
     MessageType,
+    QKDBlock,
+    QKDStatus,
     decode,
     pull_init_confirm_payload,
     pull_init_finish_payload,
@@ -669,7 +673,6 @@ def result_for(suite: int, session: bytes, auth: Any, peer_identity: bytes = b""
     conn._peer_identity = peer_identity
     conn._peer = SimpleNamespace()  # type: ignore[assignment]
     conn._th = _Transcript(SUITES[suite].hash)
-    from hybridkex._wire import QKDBlock, QKDStatus
     return conn._result(session, QKDBlock(QKDStatus.OFF), "")
 
 
@@ -752,7 +755,6 @@ def components() -> dict[str, Any]:
     with_mac1 = body[:-32] + bytes.fromhex(mac1)
     mac2 = hmac.digest(cookie, with_mac1, "sha256")[:16]
     assert guard._valid_mac2(source, with_mac1, mac2)
-    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
     nonce = c("cookie nonce", 12)
     out["cookie"] = {"secret": hx(secret), "source_address": source.decode(), "cookie": hx(cookie),
                      "S_R": hx(names[1].encode()), "cookie_key": hx(_cookie_key(names[1].encode())),
