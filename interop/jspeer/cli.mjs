@@ -14,7 +14,7 @@ import net from 'node:net';
 import { join } from 'node:path';
 import { loadOqs, sig, SIGS, fingerprint } from './primitives.mjs';
 import { runInitiator, runResponder, POLICY, Silent } from './handshake.mjs';
-import { ProtocolError, PeerAlert, ALERTS } from './wire.mjs';
+import { ProtocolError, PeerAlert, SUITES } from './wire.mjs';
 import { FramedSocket, connect, TimeoutError, NetworkError, writeSecretFile, readPsk, readPublicKey, readIdentity, spkiPem, Etsi014, Journal } from './io.mjs';
 
 class ConfigError extends Error {}
@@ -108,6 +108,10 @@ async function exchange(opts) {
   const { policy, qkd } = qkdConfig(opts, role);
   const journal = new Journal(opts['qkd-journal'] ?? null);
   const cfg = { kem: kemName, context: opts.context ?? '', qkdPolicy: policy, auth, qkd, journal, replay: new Map() };
+  if (opts.suites) {
+    cfg.suites = opts.suites.split(',').map((x) => Number(x));
+    if (cfg.suites.some((x) => !SUITES[x])) throw new ConfigError('--suites: a list of suite numbers, e.g. 0x0003,0x0001');
+  }
   const timeoutMs = Number(opts.timeout ?? 30) * 1000;
   const log = (m) => process.stderr.write(`hybridkex-js: ${m}\n`);
   let res;
@@ -134,7 +138,7 @@ async function serve(opts, cfg, timeoutMs, log) {
   const { host, port } = hostPort(opts.listen);
   const acceptUntil = Date.now() + Number(opts['accept-timeout'] ?? 300) * 1000;
   const server = net.createServer({ pauseOnConnect: false });
-  const queue = []; let wake = null;
+  const queue = []; let wake = null; let lastError = null;
   server.on('connection', (s) => { s.setNoDelay(true); queue.push(s); if (wake) { const w = wake; wake = null; w(); } });
   await new Promise((resolve, reject) => { server.once('error', reject); server.listen(port, host, resolve); });
   const addr = server.address();
@@ -143,7 +147,10 @@ async function serve(opts, cfg, timeoutMs, log) {
     for (let n = 0; n < 64; n++) {
       while (queue.length === 0) {
         const left = acceptUntil - Date.now();
-        if (left <= 0) throw new TimeoutError('no peer connected within --accept-timeout');
+        if (left <= 0) {
+          throw new TimeoutError(lastError ? `no peer completed an exchange within --accept-timeout (last attempt: ${lastError.message})`
+            : 'no peer connected within --accept-timeout');
+        }
         await new Promise((r) => { const t = setTimeout(r, left); wake = () => { clearTimeout(t); r(); }; });
       }
       const sock = queue.shift();
@@ -161,13 +168,12 @@ async function serve(opts, cfg, timeoutMs, log) {
         conn.close();
         if (authenticated) throw e;
         log(`connection failed before the peer authenticated: ${e.message}`);
-        if (e instanceof PeerAlert || e instanceof ProtocolError) lastError = e;
+        lastError = e;
       }
     }
     throw lastError ?? new NetworkError('too many failed connections');
   } finally { server.close(); }
 }
-let lastError = null;
 
 async function catkdfCmd(opts) {
   const { catkdf } = await import('./primitives.mjs');

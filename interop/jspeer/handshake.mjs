@@ -325,6 +325,7 @@ export async function runResponder(cfg, io, log = () => {}) {
     if (cfg.replay.has(replayKey)) throw new Silent('replayed InitHello');
     if (cfg.replay.size < 4096) cfg.replay.set(replayKey, now);
   }
+  log(`InitHello offers suites ${m.suites.map((x) => `0x${x.toString(16).padStart(4, '0')}`).join(',')}`);
   // 4. suite
   const suite = m.suites.find((s) => accepted.includes(s));
   if (suite === undefined) throw new ProtocolError(A.no_common_suite, 'no common suite');

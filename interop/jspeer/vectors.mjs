@@ -168,7 +168,21 @@ async function handshake(v, report) {
   const [identityR, tagR] = parsePlain(rhPlain, 'RH_plain', [16, 16]);
   const sR = psk ? names.nameR : identityR;
   const mac1 = computeMac1(sR, head);
-  c.eq('InitHello frame', frame(T.InitHello, cat(head, mac1, Buffer.alloc(16))), ih);
+  let mac2 = Buffer.alloc(16);
+  if (frames.IH_first || frames.CR) {
+    // The cookie vector: the first InitHello (mac2 zero), the CookieReply, the retried InitHello (§4.7, §8).
+    const ck = inp.cookie ?? {};
+    const cookie = hmac('sha256', hx(ck.secret), enc(ck.source_address)).subarray(0, 16);
+    if (v.cookie?.cookie) c.eq('cookie', cookie, hx(v.cookie.cookie));
+    const cookieKey = hash('sha256', enc(L.cookie), sR);
+    if (v.cookie?.cookie_key) c.eq('cookie_key', cookieKey, hx(v.cookie.cookie_key));
+    c.eq('first InitHello frame', frame(T.InitHello, cat(head, mac1, Buffer.alloc(16))), frames.IH_first);
+    const nonce = hx(inp.responder.cookie_nonce);
+    c.eq('CookieReply frame', frame(T.CookieReply, cat(nonce, aeadSeal(cookieKey, mac1, cookie, nonce))), frames.CR);
+    mac2 = hmac('sha256', cookie, cat(head, mac1)).subarray(0, 16);
+    if (v.cookie?.mac2) c.eq('mac2', mac2, hx(v.cookie.mac2));
+  }
+  c.eq('InitHello frame', frame(T.InitHello, cat(head, mac1, mac2)), ih);
   if (v.mac1) c.eq('mac1', mac1, hx(v.mac1.output));
   c.eq('RespHello frame', frame(T.RespHello, cat(rhPub, vec16(aeadSeal(expand(h, hs, L.rhKey).subarray(0, 32), transcript(h, ih, rhPub), rhPlain)))), rh);
   const usedPsk = psk ? hx(psk.initiator_keys[choice]) : null;
@@ -223,8 +237,12 @@ async function handshake(v, report) {
     all.push(ic);
   }
   c.eq('RespFinish frame', frame(T.RespFinish, vec16(aeadSeal(expand(h, hs, L.rfKey).subarray(0, 32), transcript(h, ih, rh, ifr), rfPlain))), rf);
-  // steps the file names: the two CatKDF stages
+  // steps the file names: the CatKDF stages, and the ML-DSA message labels
   for (const s of v.steps) {
+    if (s.step === 'tag' && s.message_label) {
+      const purpose = s.purpose === 'responder fallback' ? 'fallback' : s.purpose;
+      c.eq(`step tag ${s.purpose} message_label`, s.message_label, PURPOSE[purpose].sig);
+    }
     if (s.step === 'catkdf') {
       const mine = { hs, session, session_fallback: final }[s.name];
       if (mine) c.eq(`step catkdf ${s.name}`, mine, hx(s.output));
