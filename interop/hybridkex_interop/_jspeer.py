@@ -257,7 +257,8 @@ def _vectors(ctx: CellContext) -> None:
     done = run(ctx, "jspeer catkdf", jspeer_cli(ctx, "catkdf", catkdf), timeout=60)
     ctx.check(done.returncode == 0, f"CatKDF vectors: {done.stdout.strip().splitlines()[-1:]} {done.stderr[-300:]}")
     ctx.note(done.stdout.strip().splitlines()[-1])
-    ctx.check((vectors / "hybridkex-v2-handshakes.json").is_file(), "docs/vectors/hybridkex-v2-handshakes.json is missing")
+    ctx.check((vectors / "hybridkex-v2-handshakes.json").is_file(),
+              "docs/vectors/hybridkex-v2-handshakes.json is missing")
     done = run(ctx, "jspeer vectors", jspeer_cli(ctx, "vectors", vectors), timeout=90)
     last = json.loads(done.stdout.strip().splitlines()[-1]) if done.stdout.strip() else {}
     mismatches = [json.loads(ln)["mismatch"] for ln in done.stdout.splitlines() if ln.startswith('{"mismatch"')]
