@@ -72,7 +72,7 @@ from ._errors import (
 )
 from ._primitives import Backend, get_backend
 from ._state import Input, Role, State, lookup
-from ._suites import QKD_POLICIES, QKD_POLICY_CODES, SUITES, Suite
+from ._suites import QKD_POLICIES, QKD_POLICY_CODES, SUITES, Suite, auth_name
 from ._wire import (
     COOKIE_NONCE_SIZE,
     HEADER_SIZE,
@@ -756,6 +756,7 @@ class Responder(Connection):
                                  "source here (--qkd) or relax the initiator's policy")
         auth = self.config.authenticator
         auth.check_kind(msg.auth_kind)
+        self._peer_kind = msg.auth_kind
         prefix = signed[:len(signed) - 1 - len(b"".join(msg.psk_ids))]
         choice, self._psk = auth.select(prefix, msg.psk_ids)
         kem = self._backend.kem(self.suite.kem)
@@ -788,6 +789,9 @@ class Responder(Connection):
         self._peer = self.config.authenticator.verify_peer(Role.RESPONDER, self._psk, Purpose.INITIATOR,
                                                            payload.identity, self.transcript.hash(payload.core),
                                                            payload.auth_tag)
+        if self._peer.auth != auth_name(self._peer_kind):
+            raise AuthenticationError(f"the initiator announced {auth_name(self._peer_kind)} but its key is "
+                                      f"{self._peer.auth}")
         self.authenticated = True
         self._peer_identity = payload.identity
         self._if_core = payload.core

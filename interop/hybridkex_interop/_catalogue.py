@@ -24,9 +24,9 @@ KNOWN_FAILURES: dict[str, str] = {}
 
 
 def _modules() -> list[ModuleType]:
-    from . import _etsi014, _hkx, _netfaults, _openssl, _oqsjs, _vectors, _wgdaemon
+    from . import _etsi014, _hkx, _jspeer, _netfaults, _openssl, _oqsjs, _vectors, _wgdaemon
 
-    return [_hkx, _oqsjs, _openssl, _etsi014, _netfaults, _wgdaemon, _vectors]
+    return [_hkx, _oqsjs, _openssl, _etsi014, _netfaults, _wgdaemon, _vectors, _jspeer]
 
 
 def sections() -> list[Section]:
