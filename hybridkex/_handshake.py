@@ -516,6 +516,13 @@ class Connection:
         self.result = result
         return result
 
+    @property
+    def _channel(self) -> bool:
+        """Channel confirmation applies unless a responder fallback is possible (both policies preferred)."""
+        fallback_possible = self._policy != _OFF and self._peer_policy != _OFF and \
+            _REQUIRED not in (self._policy, self._peer_policy)
+        return self.config.channel_confirmation and not fallback_possible
+
     def _require_qkd_block(self, block: QKDBlock) -> None:
         """Responder: is the initiator's QKD declaration allowed by both policies?"""
         agreed = self._policy != _OFF and self._peer_policy != _OFF
@@ -646,7 +653,7 @@ class Initiator(Connection):
         frame = encode(InitFinish(sealed))
         self.transcript.absorb(frame)
         events: list[Event] = [SendMessage(frame)]
-        if self.config.channel_confirmation:
+        if self._channel:
             self._provisional = self._result(self._session, block, self._local_reason)
             events.append(NeedChannelConfirmation(self._provisional))
             return State.WAIT_CHANNEL, events
@@ -822,7 +829,7 @@ class Responder(Connection):
         self._check_mac(expected, self._confirm_i, "the initiator's final key confirmation")
         self.transcript.absorb(self._if_frame)
         events: list[Event] = []
-        if not self.config.channel_confirmation:
+        if not self._channel:
             core = push_resp_finish_core(QKDStatus.OFF, QKDReason.NONE)
             tagged = core + vec16(b"")
             confirm = self._mac(session, _labels.SECRET_RESP_FINISHED, self.transcript.hash(tagged))

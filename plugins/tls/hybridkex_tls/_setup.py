@@ -120,9 +120,11 @@ SILENT_CLOSE = ("the server closed the connection without answering the hybrid e
 
 
 def bound_config(config: HandshakeConfig, server_name: str | None) -> HandshakeConfig:
-    """``config`` with the server name bound into the hybrid exchange's context."""
+    """``config`` with the server name bound into the hybrid exchange's context, and TLS Finished as
+    the exchange's key confirmation: the client sends its ClientHello in the flight of InitFinish
+    (docs/protocol.md §6.4), except where a responder fallback is possible."""
     name = server_name_key(server_name).encode("idna") if server_name else b""
-    return dataclasses.replace(config, context=EXCHANGE_CONTEXT + b"\x00" + name)
+    return dataclasses.replace(config, context=EXCHANGE_CONTEXT + b"\x00" + name, channel_confirmation=True)
 
 
 def resume_hook(table: ServerSessionTable | None, found: list[ChainFacts]) -> Callable[[bool, bytes, str | None],

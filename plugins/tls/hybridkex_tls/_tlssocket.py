@@ -17,9 +17,10 @@ import threading
 import time
 from collections import deque
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, cast
+from typing import IO, TYPE_CHECKING, Any, NoReturn, cast
 
-from hybridkex import HybridKexError, TransportError, recv_exact
+from hybridkex import HybridKexError, PeerAlertError, RemoteProtocolError, TransportError, recv_exact
+from hybridkex._wire import HEADER_SIZE, MAGIC, Alert, decode, parse_header
 
 from ._context import psk_from_result
 from ._engine import TLSEngine
@@ -99,6 +100,20 @@ def _send_before(sock: socket.socket, data: bytes, deadline: float) -> None:
     sock.sendall(data)
 
 
+def _hybrid_answer(sock: socket.socket, data: bytes, deadline: float) -> NoReturn:
+    """Client: the server answered our InitFinish + ClientHello flight with a hybridkex frame instead of
+    TLS (a TLS record never starts with "H"): its Alert says why the exchange failed."""
+    while len(data) < HEADER_SIZE:
+        data += recv_exact(sock, HEADER_SIZE - len(data), deadline, "alert header")
+    _, length = parse_header(data[:HEADER_SIZE])
+    if len(data) < HEADER_SIZE + length:
+        data += recv_exact(sock, HEADER_SIZE + length - len(data), deadline, "alert")
+    message = decode(data[:HEADER_SIZE + length])
+    if isinstance(message, Alert):
+        raise PeerAlertError(f"peer aborted the handshake: {message.text}", int(message.code))
+    raise RemoteProtocolError(f"the server sent a hybridkex {type(message).__name__} where TLS was due")
+
+
 def _tls_handshake(sock: socket.socket, engine: TLSEngine, records: RecordReader, deadline: float,
                    timeout: float) -> None:
     """Drive the TLS handshake over ``sock`` until done or ``deadline``.
@@ -109,6 +124,7 @@ def _tls_handshake(sock: socket.socket, engine: TLSEngine, records: RecordReader
     to select().
     """
     greedy = engine.role == "client"
+    first = True
     try:
         while True:
             try:
@@ -132,6 +148,9 @@ def _tls_handshake(sock: socket.socket, engine: TLSEngine, records: RecordReader
                 raise TimeoutError
             sock.settimeout(remaining)
             data = sock.recv(1 << 16 if greedy else records.want())
+            if greedy and first and data[:1] == MAGIC[:1]:
+                _hybrid_answer(sock, data, deadline)
+            first = False
             if data:
                 records.consumed(data)
                 engine.receive_bytes(data)
