@@ -140,12 +140,13 @@ def _listen_once(settings: ExchangeSettings, config: HandshakeConfig, source: QK
     quiet = _Quiet()
     guard = DoSGuard()
     with contextlib.closing(listen(listen_on, backlog=16)) as server:
+        bound = server.getsockname()[:2]  # the port actually used when listen_on asked for port 0
         if on_listening is not None:
-            on_listening(server.getsockname()[:2])
+            on_listening(bound)
         while True:
             remaining = give_up - time.monotonic()
             if remaining <= 0:
-                raise TransportError(f"no peer completed an exchange on {listen_on[0]}:{listen_on[1]} within "
+                raise TransportError(f"no peer completed an exchange on {bound[0]}:{bound[1]} within "
                                      f"{accept_timeout:g} s")
             server.settimeout(remaining)
             try:
