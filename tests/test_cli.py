@@ -135,21 +135,22 @@ def test_psk_needs_two_distinct_names(ids: Path, tmp_path: Path, case: str) -> N
     assert p.returncode == 2 and "--peer-name" in p.stderr and not (tmp_path / "k").exists()
 
 
-#: (responder flags, initiator flags, initiator exit code, words in the initiator's error line)
+#: (responder flags, initiator flags, initiator exit code, words in the initiator's error line, the error
+#: the responder logs for the connection it ignored)
 FAILURES = {
     # The responder does not know the initiator: it alerts it and goes on listening.
     "unpinned": (["--identity", "b/id.key", "--peer", "m/id.pub"], ["--identity", "a/id.key", "--peer", "b/id.pub"],
-                 3, "does not know this side"),
+                 3, "does not know this side", "UnknownPeerError"),
     "wrong-psk": (["--psk-file", "other-psk", *RESP_NAMES], ["--psk-file", "psk", *INIT_NAMES],
-                  3, "does not know this side"),
+                  3, "does not know this side", "UnknownPeerError"),
     # A name the responder does not answer to: its mac1 is wrong, the InitHello dropped unanswered.
     "wrong-name": (["--psk-file", "psk", *RESP_NAMES], ["--psk-file", "psk", "--name", "alice", "--peer-name", "carol"],
-                   5, "closed"),
+                   5, "closed", "UnverifiedMessage"),
     # mac1 is keyed by the responder's public key in one mode, by its name in the other: dropped too.
     "mixed-modes": (["--psk-file", "psk", *RESP_NAMES], ["--identity", "a/id.key", "--peer", "b/id.pub"],
-                    5, "closed"),
+                    5, "closed", "UnverifiedMessage"),
     "kem-mismatch": (["--psk-file", "psk", *RESP_NAMES, "--kem", "ml-kem-1024"], ["--psk-file", "psk", *INIT_NAMES],
-                     3, "no common suite"),
+                     3, "no common suite", "NegotiationError"),
 }
 
 
@@ -159,7 +160,7 @@ def _in(ids: Path, flags: list[str]) -> list[str | Path]:
 
 @pytest.mark.parametrize("case", list(FAILURES))
 def test_failures_leave_no_key_and_say_why(ids: Path, tmp_path: Path, case: str) -> None:
-    resp, init, init_code, words = FAILURES[case]
+    resp, init, init_code, words, resp_logged = FAILURES[case]
     r, i = pair([*_in(ids, resp), "--out", tmp_path / "kr"], [*_in(ids, init), "--out", tmp_path / "ki"],
                 accept_timeout=SHORT_ACCEPT)
     assert not (tmp_path / "kr").exists() and not (tmp_path / "ki").exists()
@@ -170,7 +171,7 @@ def test_failures_leave_no_key_and_say_why(ids: Path, tmp_path: Path, case: str)
     # The peer never authenticated, so the responder did not give up on its account: it waited for
     # another initiator until --accept-timeout, and logged the ignored connection in fixed words.
     assert r.returncode == 5 and "no peer completed an exchange" in r.stderr, r.stderr
-    assert "ignored an unauthenticated connection" in r.stderr
+    assert f"ignored an unauthenticated connection that failed: {resp_logged}" in r.stderr, r.stderr
 
 
 def test_configuration_errors(ids: Path, tmp_path: Path) -> None:
