@@ -8,6 +8,7 @@ while any one of the three inputs does.
 from ._auth import Authenticator, PeerInfo, PSKAuthenticator, SignatureAuthenticator, psk_identity
 from ._catkdf import catkdf
 from ._config import ExchangeSettings, load_psk_file
+from ._dos import DoSGuard
 from ._errors import (
     AuthenticationError,
     BackendUnavailable,
@@ -30,7 +31,6 @@ from ._errors import (
     UnknownPeerError,
     UnverifiedMessage,
 )
-from ._dos import DoSGuard
 from ._exchange import exchange, exchange_over_socket
 from ._files import atomic_write, write_key_file
 from ._handshake import (
@@ -59,7 +59,8 @@ __all__ = [
     "catkdf",
     "ExchangeSettings", "load_psk_file", "exchange", "exchange_over_socket",
     "HandshakeConfig", "Initiator", "Responder", "HandshakeResult", "QKDOutcome", "Event", "SendMessage",
-    "NeedQKDKeys", "NeedChannelConfirmation", "HandshakeComplete", "DoSGuard", "AuthRatchet", "init_ratchet", "key_fingerprint", "run_handshake", "run_handshake_async",
+    "NeedQKDKeys", "NeedChannelConfirmation", "HandshakeComplete", "DoSGuard", "AuthRatchet", "init_ratchet",
+    "key_fingerprint", "run_handshake", "run_handshake_async",
     "connect", "listen", "parse_address", "recv_exact", "send_all",
     "Authenticator", "SignatureAuthenticator", "PSKAuthenticator", "PeerInfo", "psk_identity",
     "Identity", "PublicIdentity", "generate_identity", "load_identity", "load_public_identity", "write_identity",
