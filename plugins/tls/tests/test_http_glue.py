@@ -56,7 +56,7 @@ def test_http_client(client_ctx: HybridTLSContext, https_server: int) -> None:
 
 
 def test_urllib3(client_ctx: HybridTLSContext, https_server: int) -> None:
-    pytest.importorskip("urllib3")
+    import urllib3  # noqa: F401  (installed by the test extra)
     pool = HybridPoolManager(client_ctx)
     bodies = [pool.request("GET", f"https://{LOOPBACK}:{https_server}/b").data for _ in range(3)]
     assert all(b.startswith(b"hello /b") for b in bodies)
@@ -65,7 +65,7 @@ def test_urllib3(client_ctx: HybridTLSContext, https_server: int) -> None:
 
 
 def test_requests(client_ctx: HybridTLSContext, https_server: int) -> None:
-    requests = pytest.importorskip("requests")
+    import requests
     session = requests.Session()
     session.mount("https://", HybridAdapter(client_ctx))
     response = session.get(f"https://{LOOPBACK}:{https_server}/d", timeout=10)
@@ -74,8 +74,9 @@ def test_requests(client_ctx: HybridTLSContext, https_server: int) -> None:
 
 
 def test_requests_connection_errors_are_request_exceptions(keys: Any) -> None:
-    requests = pytest.importorskip("requests")
     import socket
+
+    import requests
 
     client = HybridTLSContext.client(identity=keys.client_key, peers=[keys.server_pub], timeout=0.5)
     with socket.create_server((LOOPBACK, 0)) as silent:
