@@ -12,11 +12,21 @@ Threads, each with one job:
 
 A dead peer costs one worker for at most its timeout and then backs off exponentially;
 a malformed message, a KME outage or a failing sink affects only the peer concerned.
+Strangers are held off before they cost a worker for long: a source address may hold at
+most :data:`PER_SOURCE` connections at once, a Request must arrive within
+``REQUEST_TIMEOUT`` seconds, and their trouble is logged through a rate limiter.
+
+Under ``fail-closed`` a peer starts with a random key (and a forced WireGuard handshake), so
+no traffic flows on a session without a hybrid key -- unless WireGuard still holds the
+fresh key of the previous run (its fingerprint and deadline are in the status file), so a
+restart does not cut the tunnel.  A clean stop keeps the keys (``on_stop = "keep"``) or
+installs random keys (``on_stop = "cut"``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import threading
@@ -29,19 +39,22 @@ from typing import Any
 
 from hybridkex import ConfigError, ExchangeSettings, HandshakeConfig, HybridKexError, listen
 
-from ._config import DaemonConfig, PeerConfig
-from ._rotation import Stale, StartExchange, State
+from ._config import DaemonConfig, PeerConfig, peer_identities
+from ._rotation import PSK_BYTES, FailurePolicy, Install, Stale, StartExchange, State
 from ._session import (
+    LIMITER,
     PeerRuntime,
     Reporter,
     SocketSet,
     build_runtime,
     handle_stale,
     handshake_for,
+    install,
     run_initiator,
     serve_connection,
 )
-from ._status import highest_epochs, peer_entry, status_document, write_status
+from ._sinks import SinkError, WgSink
+from ._status import peer_entry, previous_peers, status_document, write_status
 
 __all__ = ["Daemon"]
 
@@ -55,6 +68,10 @@ _STATUS_PERIOD = 1.0
 #: Seconds a stop waits for exchanges past their handshake to finish before aborting them.
 _STOP_GRACE = 2.0
 _FINISHING = frozenset({State.INSTALLING, State.COMMITTING, State.AWAIT_COMMIT, State.PROMOTING})
+#: Connections one source address may hold open at once (idle strangers cannot take every worker).
+PER_SOURCE = 4
+#: Seconds between two reads of WireGuard's latest handshakes.
+_WG_POLL = 2.0
 
 
 def _listen(address: tuple[str, int], backlog: int) -> socket.socket:
@@ -80,6 +97,14 @@ class Daemon:
         self._listener_thread: threading.Thread | None = None
         self._last_status = ""
         self._last_status_time = 0.0
+        self._per_source: dict[str, int] = {}
+        self._per_source_lock = threading.Lock()
+        #: (interface, peer base64) -> Unix time of WireGuard's latest handshake, and when it was read
+        self.wg_handshakes: dict[tuple[str, str], int] = {}
+        self._wg_read_at = float("-inf")
+        self._metrics_server: Any = None
+        self.metrics_address: tuple[str, int] | None = None
+        self.started_wall = time.time()
         self.peers: dict[tuple[bytes, bytes], PeerRuntime] = self._build(config, {})[0]
         self._initiators = ThreadPoolExecutor(config.workers, thread_name_prefix="hkwg-init")
         self._responders = ThreadPoolExecutor(config.workers, thread_name_prefix="hkwg-resp")
@@ -93,7 +118,8 @@ class Daemon:
         """Runtimes for ``config``: existing pairs keep their state, new ones start fresh.  Loads credentials
         (ConfigError before anything changes)."""
         now = self._clock()
-        epochs = highest_epochs(config.status_file)
+        previous = previous_peers(config.status_file)
+        identities = peer_identities(config.peers)
         cache: dict[ExchangeSettings, HandshakeConfig] = {}
         result: dict[tuple[bytes, bytes], PeerRuntime] = {}
         for peer in config.peers:
@@ -101,13 +127,32 @@ class Daemon:
                 old = current.get(peer.key)
                 if old is not None and old.config.role is peer.role:
                     handshake_for(peer.settings, cache)  # reload the credentials: they may have changed
+                    old.expected_identity = identities[peer.key]
                     result[peer.key] = old  # updated in _apply, after every peer loaded
                     continue
-                carried = old.state.highest_epoch if old is not None else epochs.get(peer.key, 0)
-                result[peer.key] = build_runtime(peer, now=now, highest_epoch=carried, handshakes=cache)
+                before = previous.get(peer.key, {})
+                carried = old.state.highest_epoch if old is not None else int(before.get("highest_epoch", 0))
+                cut = (peer.policy.failure_policy is FailurePolicy.FAIL_CLOSED and old is None
+                       and not self._still_fresh(peer, before))
+                result[peer.key] = build_runtime(peer, now=now, highest_epoch=carried, handshakes=cache,
+                                                 expected_identity=identities[peer.key], cut_at_start=cut)
             except ConfigError as exc:
                 raise ConfigError(f"peer {peer.ref.label}: {exc}") from None
         return result, cache
+
+    @staticmethod
+    def _still_fresh(peer: PeerConfig, before: dict[str, Any]) -> bool:
+        """Whether WireGuard still holds the previous run's key for this peer and it is within its deadline."""
+        fingerprint, fresh_until = before.get("fingerprint"), before.get("fresh_until")
+        if not fingerprint or not isinstance(fresh_until, (int, float)) or fresh_until <= time.time():
+            return False
+        for sink in peer.sinks:
+            if isinstance(sink, WgSink):
+                try:
+                    return bool(sink.installed_fingerprint(peer.ref) == fingerprint)
+                except SinkError:
+                    return False
+        return False
 
     def _apply(self, config: DaemonConfig, runtimes: dict[tuple[bytes, bytes], PeerRuntime],
                handshakes: dict[ExchangeSettings, HandshakeConfig]) -> tuple[int, int, int]:
@@ -184,8 +229,20 @@ class Daemon:
                     return
                 time.sleep(0.1)
                 continue
+            source = address[0]
+            with self._per_source_lock:
+                held = self._per_source.get(source, 0)
+                if held < PER_SOURCE:
+                    self._per_source[source] = held + 1
+            if held >= PER_SOURCE:
+                LIMITER.log(logging.WARNING, ("per-source", source),
+                            "%s holds %d rotation connections already; dropped another", source, held)
+                conn.close()
+                continue
             if not self._slots.acquire(blocking=False):
-                log.warning("too many rotation connections in progress; dropped one from %s", address[0])
+                self._release_source(source)
+                LIMITER.log(logging.WARNING, ("slots",), "too many rotation connections in progress; dropped one "
+                            "from %s", source)
                 conn.close()
                 continue
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -193,8 +250,17 @@ class Daemon:
                 self._responders.submit(self._serve, conn, f"{address[0]}:{address[1]}")
             except RuntimeError:  # pool shut down: stopping
                 self._slots.release()
+                self._release_source(source)
                 conn.close()
                 return
+
+    def _release_source(self, source: str) -> None:
+        with self._per_source_lock:
+            held = self._per_source.get(source, 1) - 1
+            if held <= 0:
+                self._per_source.pop(source, None)
+            else:
+                self._per_source[source] = held
 
     def _lookup(self, local_public: bytes, peer_public: bytes) -> PeerRuntime | None:
         return self.peers.get((local_public, peer_public))
@@ -207,6 +273,7 @@ class Daemon:
             pass  # stopping
         finally:
             self._slots.release()
+            self._release_source(address.rsplit(":", 1)[0])
             self._wake.set()
 
     # -- scheduler --------------------------------------------------------------------
@@ -232,6 +299,27 @@ class Daemon:
                     self._initiators.submit(self._initiate, rt, action)
         return wake
 
+    def read_wg_handshakes(self, force: bool = False) -> None:
+        """Refresh WireGuard's latest handshake per peer (one ``wg show`` per interface, at most every 2 s)."""
+        now = self._clock()
+        if not force and now - self._wg_read_at < _WG_POLL:
+            return
+        self._wg_read_at = now
+        seen: dict[str, WgSink] = {}
+        for rt in list(self.peers.values()):
+            for sink in rt.config.sinks:
+                if isinstance(sink, WgSink):
+                    seen.setdefault(rt.config.interface, sink)
+        table: dict[tuple[str, str], int] = {}
+        for interface, sink in seen.items():
+            try:
+                for peer, when in sink.latest_handshakes(interface).items():
+                    table[(interface, peer)] = when
+            except SinkError as exc:
+                LIMITER.log(logging.WARNING, ("wg-show", interface), "cannot read WireGuard's handshakes on %s: %s",
+                            interface, exc)
+        self.wg_handshakes = table
+
     def status_document(self) -> dict[str, Any]:
         offset = time.time() - self._clock()
         entries = []
@@ -239,9 +327,12 @@ class Daemon:
             with rt.lock:
                 status = rt.state.status()
             c = rt.config
+            handshake = self.wg_handshakes.get((c.interface, c.ref.public_key_text))
             entries.append(peer_entry(c.interface, c.name, c.local_public, c.public_key, c.endpoint,
-                                      c.policy.failure_policy.value, c.policy.interval, status, offset))
-        return status_document(entries, listen=self.config.listen, config=self.config.source)
+                                      c.policy.failure_policy.value, status.interval, status, offset,
+                                      wg_handshake=handshake, qkd_note=rt.qkd_note))
+        return status_document(entries, listen=self.config.listen, config=self.config.source,
+                               started=self.started_wall)
 
     def write_status(self, force: bool = False) -> None:
         path = self.config.status_file
@@ -284,6 +375,10 @@ class Daemon:
                 installed[sig] = signal.signal(sig, self._signal)
         try:
             self._restart_listener(self.config.listen)
+            if self.config.metrics is not None:
+                from ._metrics import serve_metrics
+
+                self._metrics_server = serve_metrics(self, self.config.metrics)
             log.info("rotating %d peer(s)", len(self.peers))
             if on_ready is not None:
                 on_ready()
@@ -292,6 +387,7 @@ class Daemon:
                     self._reload_requested = False
                     self.reload()
                 wake = self.tick()
+                self.read_wg_handshakes()
                 self.write_status()
                 timeout = min(_MAX_TICK, max(_MIN_TICK, wake - self._clock()))
                 self._wake.wait(timeout)
@@ -321,5 +417,21 @@ class Daemon:
         self._responders.shutdown(wait=True)
         if self._listener_thread is not None:
             self._listener_thread.join(2.0)
+        if self.config.on_stop == "cut":
+            self._cut_all()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         self.write_status(force=True)
         log.info("stopped")
+
+    def _cut_all(self) -> None:
+        """``on_stop = "cut"``: a random key (and a forced handshake) for every peer."""
+        for rt in list(self.peers.values()):
+            with rt.lock:
+                ok, _ = install(rt, Install(os.urandom(PSK_BYTES), 0, "stale", force_handshake=True), self.reporter)
+                rt.state.current = rt.state.previous = None
+                rt.state.confirmed = False
+            self.reporter.line("psk-cut", interface=rt.config.interface, peer=rt.config.ref.public_key_text,
+                               name=rt.config.name or "-", reason="stop", action="random-key" if ok else
+                               "random-key-failed")

@@ -17,16 +17,24 @@ from pathlib import Path
 from typing import Any
 
 import click
-from hybridkex import ConfigError, TransportError
+from hybridkex import ConfigError, HybridKexError, TransportError
 from hybridkex.cli.options import exchange_options, handle_errors, settings_from_options
 
-from ._config import DaemonConfig, PeerConfig, load_config, parse_endpoint, rotation_policy
+from ._config import DaemonConfig, PeerConfig, load_config, parse_endpoint, peer_identities, rotation_policy
 from ._daemon import Daemon
 from ._keys import default_initiator, parse_wg_key
 from ._rotation import Role
 from ._session import PeerRuntime, Reporter, SocketSet, build_runtime, run_initiator, serve_connection
 from ._sinks import CommandSink, FileSink, Sink, WgSink, interface_public_key
-from ._status import format_status, highest_epochs, peer_entry, read_status, status_document, write_status
+from ._status import (
+    format_status,
+    highest_epochs,
+    peer_entry,
+    problems,
+    read_status,
+    status_document,
+    write_status,
+)
 
 __all__ = ["register", "wg"]
 
@@ -35,7 +43,10 @@ log = logging.getLogger("hybridkex_wg")
 
 def _setup_logging(verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("hybridkex-wg: %(levelname)s: %(message)s"))
+    formatter = logging.Formatter("%(asctime)s.%(msecs)03dZ hybridkex-wg: %(levelname)s: %(message)s",
+                                  datefmt="%Y-%m-%dT%H:%M:%S")
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
     root = logging.getLogger("hybridkex_wg")
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -68,10 +79,17 @@ def run(config_path: Path) -> None:
 @click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False), required=True)
 @handle_errors
 def check(config_path: Path) -> None:
-    """Validate a configuration and load every credential it names, then exit."""
+    """Validate a configuration, load every credential it names and open every QKD source, then exit."""
     config = load_config(config_path)
+    peer_identities(config.peers)
     for peer in config.peers:
         peer.settings.handshake_config()
+        try:
+            source = peer.settings.open_qkd_source()
+        except (HybridKexError, OSError) as exc:
+            raise ConfigError(f"peer {peer.ref.label}: the QKD source cannot be opened: {exc}") from None
+        if source is not None:
+            source.close()
     click.echo(f"configuration {config_path} is valid: {len(config.peers)} peer(s)")
     for peer in config.peers:
         click.echo(f"  {peer.ref.label}: {peer.role.value}"
@@ -94,7 +112,9 @@ def config_example() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the status document as JSON.")
 @handle_errors
 def status(status_file: Path | None, config_path: Path | None, as_json: bool) -> None:
-    """Show per peer: last rotation, epoch, QKD used or not, next due, last error."""
+    """Show per peer: key age, WireGuard handshake age and whether it used the current key, epoch, QKD, failures
+    and the last error.  Exits 1 when any peer is stale or the daemon is not running (it checks the PID and
+    that the status file is being rewritten)."""
     if status_file is None:
         if config_path is None:
             raise ConfigError("give --status-file FILE or --config FILE")
@@ -103,6 +123,11 @@ def status(status_file: Path | None, config_path: Path | None, as_json: bool) ->
             raise ConfigError(f"{config_path} sets no status_file")
     document = read_status(status_file)
     click.echo(json.dumps(document, indent=1, sort_keys=True) if as_json else format_status(document))
+    found = problems(document)
+    if found:
+        for problem in found:
+            click.echo(f"hybridkex-wg: {problem}", err=True)
+        sys.exit(1)
 
 
 def _sinks(no_wg: bool, wg_binary: str, key_file: str | None, hooks: tuple[str, ...]) -> tuple[Sink, ...]:
