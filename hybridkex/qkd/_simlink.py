@@ -196,19 +196,23 @@ class SimulatedLinkSource(QKDKeySource):
     def __init__(self, link_path: str | os.PathLike[str], *, params_override: LinkParameters | None = None,
                  consumed_path: str | os.PathLike[str] | None = None,
                  rng: Callable[[int], bytes] = os.urandom) -> None:
-        link = load_link_file(link_path)
+        link = _load_link_cached(link_path)
         self._params = params_override if params_override is not None else link.params
-        self._link = BB84Link(self._params, link.seed)
         self._seed = link.seed
-        self._params_bytes = json.dumps(dataclasses.asdict(self._params), sort_keys=True).encode("ascii")
+        with _CACHE_LOCK:
+            prepared = _PREPARED.get((self._seed, self._params))
+        if prepared is None:
+            prepared = (BB84Link(self._params, link.seed),
+                        json.dumps(dataclasses.asdict(self._params), sort_keys=True).encode("ascii"))
+            with _CACHE_LOCK:
+                _PREPARED[(self._seed, self._params)] = prepared
+        self._link, self._params_bytes = prepared
         self._consumed_path = Path(f"{os.fspath(link_path)}.consumed" if consumed_path is None else consumed_path)
         self._rng = rng
-        # What this object has read of the journal: consumed key_IDs and byte ranges, reserved blocks,
-        # and how far it has read.
-        self._seen: set[str] = set()
-        self._ranges: dict[int, list[tuple[int, int]]] = {}
-        self._reserved: set[int] = set()
-        self._journal_offset = 0
+        # What this process has read of the journal (shared by every source on it: a source is
+        # opened per handshake, and re-reading a long journal each time would cost O(keys)).
+        with _CACHE_LOCK:
+            self._j = _JOURNALS.setdefault(os.path.abspath(self._consumed_path), _JournalState())
 
     def __repr__(self) -> str:
         return f"SimulatedLinkSource({self.describe()!r}, consumed_path={str(self._consumed_path)!r})"
@@ -304,9 +308,9 @@ class SimulatedLinkSource(QKDKeySource):
             while total < size_bytes:
                 blocks.append((blocks[-1] + 1) & _INDEX_MASK)
                 total += len(self._block_key(blocks[-1]))
-            with locked(self._consumed_path):
+            with self._j.lock, locked(self._consumed_path):
                 self._catch_up_consumed()
-                if any(b in self._reserved or b in self._ranges for b in blocks):
+                if any(b in self._j.reserved or b in self._j.ranges for b in blocks):
                     continue  # this end used that block already: draw again
                 self._append_journal([f"R {b:x}" for b in blocks])
             length = len(self._block_key(index)) if len(blocks) == 1 else 0
@@ -338,14 +342,14 @@ class SimulatedLinkSource(QKDKeySource):
             raise QKDKeyReplay("the same QKD key_ID was asked for twice in one request; "
                                "a replayed or duplicated handshake")
         material = [(key_id, *self._material(index, offset, size)) for key_id, index, offset, size in parsed]
-        with locked(self._consumed_path):
+        with self._j.lock, locked(self._consumed_path):
             self._catch_up_consumed()
             claimed: dict[int, list[tuple[int, int]]] = {}
             for key_id, _, ranges in material:
-                if str(key_id) in self._seen:
+                if str(key_id) in self._j.seen:
                     raise QKDKeyReplay(f"QKD key_ID {key_id} was already used; a replayed or duplicated handshake")
                 for block, start, end in ranges:
-                    for taken in (self._ranges.get(block, []), claimed.get(block, [])):
+                    for taken in (self._j.ranges.get(block, []), claimed.get(block, [])):
                         if any(start < e and s < end for s, e in taken):
                             raise QKDKeyReplay(f"QKD key_ID {key_id} covers key material already used by another "
                                                "key_ID; a replayed or forged handshake")
@@ -369,27 +373,31 @@ class SimulatedLinkSource(QKDKeySource):
             "key_IDs, so restore it, or create a new link with 'hybridkex qkd-link init --force' and delete it")
 
     def _forget(self) -> None:
-        self._seen, self._ranges, self._reserved, self._journal_offset = set(), {}, set(), 0
+        self._j.seen, self._j.ranges, self._j.reserved, self._j.offset, self._j.inode = set(), {}, set(), 0, 0
 
     def _read_line(self, line: str) -> None:
         kind, _, rest = line.partition(" ")
         if kind == "R":
-            self._reserved.add(int(rest, 16))
+            self._j.reserved.add(int(rest, 16))
         elif kind == "K":
             key_id, _, ranges = rest.partition(" ")
-            self._seen.add(str(uuid.UUID(key_id)))
+            self._j.seen.add(str(uuid.UUID(key_id)))
             for item in ranges.split(","):
                 block, _, span = item.partition(":")
                 start, _, end = span.partition("-")
-                self._ranges.setdefault(int(block, 16), []).append((int(start), int(end)))
+                self._j.ranges.setdefault(int(block, 16), []).append((int(start), int(end)))
         else:
-            self._seen.add(str(uuid.UUID(line)))
+            self._j.seen.add(str(uuid.UUID(line)))
 
     def _catch_up_consumed(self) -> None:
         path = self._consumed_path
         try:
             with open(path, "rb") as fh:
-                fh.seek(self._journal_offset)
+                st = os.fstat(fh.fileno())
+                if st.st_ino != self._j.inode or st.st_size < self._j.offset:
+                    self._forget()  # replaced or cut by someone else: read it again from the start
+                    self._j.inode = st.st_ino
+                fh.seek(self._j.offset)
                 data = fh.read()
         except FileNotFoundError:
             self._forget()
@@ -398,7 +406,7 @@ class SimulatedLinkSource(QKDKeySource):
             raise ConfigError(f"cannot read the consumed QKD key_ID file {path}: {exc.strerror}") from None
         complete = data[:data.rfind(b"\n") + 1]
         lines = complete.decode("ascii", "replace").splitlines()
-        if self._journal_offset == 0:
+        if self._j.offset == 0:
             if not lines or lines[0] not in _CONSUMED_HEADERS:
                 raise self._damaged()
             lines = lines[1:]
@@ -407,16 +415,17 @@ class SimulatedLinkSource(QKDKeySource):
                 self._read_line(line)
             except ValueError:
                 raise self._damaged() from None
-        self._journal_offset += len(complete)
+        self._j.offset += len(complete)
         if len(complete) != len(data):  # a torn last line: cut it off before appending
-            os.truncate(path, self._journal_offset)
+            os.truncate(path, self._j.offset)
 
     def _append_journal(self, lines: list[str]) -> None:
         path = self._consumed_path
-        if self._journal_offset == 0:
+        if self._j.offset == 0:
             header = (_CONSUMED_HEADER + "\n").encode("ascii")
             atomic_write(path, header)
-            self._journal_offset = len(header)
+            self._j.offset = len(header)
+            self._j.inode = os.stat(path).st_ino
         data = "".join(f"{line}\n" for line in lines).encode("ascii")
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         try:
@@ -426,8 +435,43 @@ class SimulatedLinkSource(QKDKeySource):
             os.close(fd)
         for line in lines:
             self._read_line(line)
-        self._journal_offset += len(data)
+        self._j.offset += len(data)
 
+
+def _load_link_cached(path: str | os.PathLike[str]) -> LinkFile:
+    """:func:`load_link_file`, parsed once per process while the file stays the same (a source is opened per
+    handshake).  A changed file (content, inode or mode) is read and checked again."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return load_link_file(path)  # says what is wrong
+    key = (os.path.abspath(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode)
+    with _CACHE_LOCK:
+        cached = _LINKS.get(key)
+    if cached is None or st.st_mode & 0o077:
+        cached = load_link_file(path)
+        with _CACHE_LOCK:
+            if len(_LINKS) > 64:
+                _LINKS.clear()
+            _LINKS[key] = cached
+    return cached
+
+
+class _JournalState:
+    """What this process has read of one journal (guarded by ``lock`` and, across processes, the file lock)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.seen: set[str] = set()
+        self.ranges: dict[int, list[tuple[int, int]]] = {}
+        self.reserved: set[int] = set()
+        self.offset = 0
+        self.inode = 0
+
+
+_JOURNALS: dict[str, _JournalState] = {}
+_LINKS: dict[tuple[str, int, int, int, int], LinkFile] = {}
+_PREPARED: dict[tuple[bytes, LinkParameters], tuple[BB84Link, bytes]] = {}
 
 #: Per process: computed block keys (slaves get a block's key_IDs one by one) and each master's
 #: current block -- (journal, seed, parameters) -> [index, next offset, block length or 0 when used up].

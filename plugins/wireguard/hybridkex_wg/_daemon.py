@@ -25,24 +25,29 @@ installs random keys (``on_stop = "cut"``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import selectors
 import signal
 import socket
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from hybridkex import ConfigError, ExchangeSettings, HandshakeConfig, HybridKexError, listen
+from hybridkex import ConfigError, ExchangeSettings, HandshakeConfig, HybridKexError, RemoteProtocolError, listen
 
 from ._config import DaemonConfig, PeerConfig, peer_identities
 from ._rotation import PSK_BYTES, FailurePolicy, Install, Stale, StartExchange, State
 from ._session import (
+    COUNTERS,
     LIMITER,
+    REQUEST_TIMEOUT,
     PeerRuntime,
     Reporter,
     SocketSet,
@@ -55,6 +60,7 @@ from ._session import (
 )
 from ._sinks import SinkError, WgSink
 from ._status import peer_entry, previous_peers, status_document, write_status
+from ._wire import _BODIES, HEADER, MAGIC, VERSION, MessageType, Request, decode
 
 __all__ = ["Daemon"]
 
@@ -68,15 +74,29 @@ _STATUS_PERIOD = 1.0
 #: Seconds a stop waits for exchanges past their handshake to finish before aborting them.
 _STOP_GRACE = 2.0
 _FINISHING = frozenset({State.INSTALLING, State.COMMITTING, State.AWAIT_COMMIT, State.PROMOTING})
-#: Connections one source address may hold open at once (idle strangers cannot take every worker).
-PER_SOURCE = 4
+#: Connections one source address may hold open before they sent their Request (idle strangers).
+PER_SOURCE = 16
+#: Connections waiting for their Request, from all sources together.
+_MAX_PENDING = 1024
+_REQUEST_SIZE = HEADER.size + _BODIES[MessageType.REQUEST].size
+_REQUEST_HEADER = HEADER.pack(MAGIC, VERSION, MessageType.REQUEST)
+
+
+@dataclass
+class _Pending:
+    """A connection whose Request is still being read by the accept loop."""
+
+    address: str
+    source: str
+    deadline: float
+    buffer: bytearray = field(default_factory=bytearray)
 #: Seconds between two reads of WireGuard's latest handshakes.
 _WG_POLL = 2.0
 
 
 def _listen(address: tuple[str, int], backlog: int) -> socket.socket:
     sock = listen(address, backlog)
-    sock.settimeout(0.5)  # the accept loop wakes up to notice a stop or a reload
+    sock.setblocking(False)  # the accept loop selects on it with a timeout, to notice a stop or a reload
     return sock
 
 
@@ -97,8 +117,7 @@ class Daemon:
         self._listener_thread: threading.Thread | None = None
         self._last_status = ""
         self._last_status_time = 0.0
-        self._per_source: dict[str, int] = {}
-        self._per_source_lock = threading.Lock()
+        self._per_source: dict[str, int] = {}  # only the accept loop touches it
         #: (interface, peer base64) -> Unix time of WireGuard's latest handshake, and when it was read
         self.wg_handshakes: dict[tuple[str, str], int] = {}
         self._wg_read_at = float("-inf")
@@ -170,6 +189,7 @@ class Daemon:
                 rt.config = peer
                 rt.handshake = handshakes[peer.settings]
                 rt.state.update_policy(peer.policy, now)
+                rt.wake_at = float("-inf")
         removed = 0
         for key, rt in self.peers.items():
             if runtimes.get(key) is not rt:
@@ -219,61 +239,133 @@ class Daemon:
             log.info("listening for rotations on %s:%d", *self.bound_address)
 
     def _accept_loop(self, server: socket.socket) -> None:
-        while not self._stopping.is_set() and self._listener is server:
-            try:
-                conn, address = server.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                if self._stopping.is_set() or self._listener is not server:
+        """Accept connections and read each one's Request without a worker (one selector for all of them):
+        an idle or slow stranger costs a file descriptor for at most ``REQUEST_TIMEOUT`` seconds, never a
+        worker; a source may have :data:`PER_SOURCE` such connections at once."""
+        selector = selectors.DefaultSelector()
+        selector.register(server, selectors.EVENT_READ, None)
+        pending: dict[socket.socket, _Pending] = {}
+        try:
+            while not self._stopping.is_set() and self._listener is server:
+                try:
+                    events = selector.select(0.25)
+                except OSError:
                     return
-                time.sleep(0.1)
-                continue
-            source = address[0]
-            with self._per_source_lock:
-                held = self._per_source.get(source, 0)
-                if held < PER_SOURCE:
-                    self._per_source[source] = held + 1
-            if held >= PER_SOURCE:
-                LIMITER.log(logging.WARNING, ("per-source", source),
-                            "%s holds %d rotation connections already; dropped another", source, held)
-                conn.close()
-                continue
-            if not self._slots.acquire(blocking=False):
-                self._release_source(source)
-                LIMITER.log(logging.WARNING, ("slots",), "too many rotation connections in progress; dropped one "
-                            "from %s", source)
-                conn.close()
-                continue
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            try:
-                self._responders.submit(self._serve, conn, f"{address[0]}:{address[1]}")
-            except RuntimeError:  # pool shut down: stopping
-                self._slots.release()
-                self._release_source(source)
-                conn.close()
-                return
+                for key, _ in events:
+                    if key.data is None:
+                        self._accept_one(server, selector, pending)
+                    else:
+                        self._read_request(key.fileobj, selector, pending)  # type: ignore[arg-type]
+                now = time.monotonic()
+                for conn, item in list(pending.items()):
+                    if now > item.deadline:
+                        self._drop_pending(conn, selector, pending, "timeout",
+                                           f"no Request within {REQUEST_TIMEOUT:g} s")
+        finally:
+            for conn in list(pending):
+                self._drop_pending(conn, selector, pending, "", "")
+            selector.close()
 
-    def _release_source(self, source: str) -> None:
-        with self._per_source_lock:
-            held = self._per_source.get(source, 1) - 1
-            if held <= 0:
-                self._per_source.pop(source, None)
-            else:
-                self._per_source[source] = held
+    def _accept_one(self, server: socket.socket, selector: selectors.BaseSelector,
+                    pending: dict[socket.socket, _Pending]) -> None:
+        try:
+            conn, address = server.accept()
+        except (BlockingIOError, TimeoutError):
+            return
+        except OSError:
+            if not self._stopping.is_set() and self._listener is server:
+                time.sleep(0.1)
+            return
+        source = address[0]
+        held = self._per_source.get(source, 0)
+        if held >= PER_SOURCE or len(pending) >= _MAX_PENDING:
+            COUNTERS.add("rejected", "per-source-limit" if held >= PER_SOURCE else "pending-limit")
+            LIMITER.log(logging.WARNING, ("per-source", source), "%s has %d rotation connections that sent no "
+                        "Request yet; dropped another", source, held)
+            conn.close()
+            return
+        self._per_source[source] = held + 1
+        conn.setblocking(False)
+        pending[conn] = _Pending(f"{address[0]}:{address[1]}", source, time.monotonic() + REQUEST_TIMEOUT)
+        selector.register(conn, selectors.EVENT_READ, True)
+
+    def _drop_pending(self, conn: socket.socket, selector: selectors.BaseSelector,
+                      pending: dict[socket.socket, _Pending], reason: str, message: str, *,
+                      close: bool = True) -> _Pending:
+        item = pending.pop(conn)
+        with contextlib.suppress(KeyError, ValueError):
+            selector.unregister(conn)
+        held = self._per_source.get(item.source, 1) - 1
+        if held <= 0:
+            self._per_source.pop(item.source, None)
+        else:
+            self._per_source[item.source] = held
+        if close:
+            conn.close()
+        if reason:
+            COUNTERS.add("rejected", reason)
+            LIMITER.log(logging.ERROR, ("preauth", item.source, reason),
+                        "rotation request from %s rejected before authentication: %s", item.address, message)
+        return item
+
+    def _read_request(self, conn: socket.socket, selector: selectors.BaseSelector,
+                      pending: dict[socket.socket, _Pending]) -> None:
+        item = pending[conn]
+        try:
+            chunk = conn.recv(_REQUEST_SIZE - len(item.buffer))
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._drop_pending(conn, selector, pending, "reset", f"connection failed: {exc.strerror or exc}")
+            return
+        if not chunk:
+            self._drop_pending(conn, selector, pending, "closed", "the connection closed before a full Request")
+            return
+        item.buffer += chunk
+        if len(item.buffer) < _REQUEST_SIZE:
+            if len(item.buffer) >= HEADER.size and bytes(item.buffer[:HEADER.size]) != _REQUEST_HEADER:
+                try:
+                    decode(bytes(item.buffer[:HEADER.size]))  # says why: magic, version or type
+                except RemoteProtocolError as exc:
+                    self._drop_pending(conn, selector, pending, "malformed", str(exc))
+                    return
+                self._drop_pending(conn, selector, pending, "malformed", "the first message was not a Request")
+            return
+        try:
+            request = decode(bytes(item.buffer))
+            if not isinstance(request, Request):
+                raise RemoteProtocolError("the first message was not a Request")
+        except RemoteProtocolError as exc:
+            self._drop_pending(conn, selector, pending, "malformed", str(exc))
+            return
+        self._drop_pending(conn, selector, pending, "", "", close=False)
+        if not self._slots.acquire(blocking=False):
+            LIMITER.log(logging.WARNING, ("slots",), "too many rotation connections in progress; dropped one "
+                        "from %s", item.source)
+            conn.close()
+            return
+        conn.setblocking(True)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            self._responders.submit(self._serve, conn, item.address, request)
+        except RuntimeError:  # pool shut down: stopping
+            self._slots.release()
+            conn.close()
 
     def _lookup(self, local_public: bytes, peer_public: bytes) -> PeerRuntime | None:
         return self.peers.get((local_public, peer_public))
 
-    def _serve(self, conn: socket.socket, address: str) -> None:
+    def _serve(self, conn: socket.socket, address: str, request: Request | None = None) -> None:
         try:
             with self._sockets.track(conn):
-                serve_connection(conn, self._lookup, self.reporter, clock=self._clock, peer_address=address)
+                rt = serve_connection(conn, self._lookup, self.reporter, clock=self._clock, peer_address=address,
+                                      request=request)
+                if rt is not None:
+                    rt.wake_at = float("-inf")
         except HybridKexError:
             pass  # stopping
         finally:
             self._slots.release()
-            self._release_source(address.rsplit(":", 1)[0])
             self._wake.set()
 
     # -- scheduler --------------------------------------------------------------------
@@ -281,22 +373,31 @@ class Daemon:
         try:
             run_initiator(rt, action.request, self.reporter, self._sockets, clock=self._clock)
         finally:
+            rt.wake_at = float("-inf")
             self._wake.set()
 
     def tick(self) -> float:
         """Poll every peer once; returns the clock value of the next thing due."""
         now = self._clock()
         wake = now + _MAX_TICK
+        cuts = 0
         for rt in list(self.peers.values()):
+            if now < rt.wake_at:  # nothing due, and no exchange changed it since the last poll
+                wake = min(wake, rt.wake_at)
+                continue
             with rt.lock:
                 actions = rt.state.poll(now)
                 for action in actions:
                     if isinstance(action, Stale):
                         handle_stale(rt, action, self.reporter)
-                wake = min(wake, rt.state.next_wakeup())
+                        cuts += action.startup
+                rt.wake_at = rt.state.next_wakeup()
+                wake = min(wake, rt.wake_at)
             for action in actions:
                 if isinstance(action, StartExchange):
                     self._initiators.submit(self._initiate, rt, action)
+        if cuts:
+            log.warning("fail-closed start-up: installed random keys for %d peer(s) until their first rotation", cuts)
         return wake
 
     def read_wg_handshakes(self, force: bool = False) -> None:

@@ -179,6 +179,8 @@ class PeerRuntime:
         self.removed = False
         self.qkd_note = ""
         """Why the last exchange had no QKD key (empty when it had one)."""
+        self.wake_at = float("-inf")
+        """The scheduler's cache of ``state.next_wakeup()``; -inf: poll at the next tick."""
 
     @property
     def label(self) -> str:
@@ -248,8 +250,10 @@ def handle_stale(rt: PeerRuntime, stale: Stale, reporter: Reporter) -> None:
     if stale.startup:
         reporter.line("psk-cut", interface=ref.interface, peer=ref.public_key_text, name=ref.name or "-",
                       reason="startup", action=action)
-        log.warning("%s: fail-closed start-up: %s until the first rotation succeeds", rt.label,
-                    "installed a random key" if action == "random-key" else "installing a random key FAILED")
+        if action == "random-key":  # the daemon logs one line for all of them
+            log.debug("%s: fail-closed start-up: installed a random key until the first rotation succeeds", rt.label)
+        else:
+            log.error("%s: fail-closed start-up: installing a random key FAILED", rt.label)
         return
     reporter.line("psk-stale", interface=ref.interface, peer=ref.public_key_text, name=ref.name or "-",
                   epoch=stale.epoch, age=f"{stale.age:.0f}", policy=stale.policy.value, action=action)
@@ -391,8 +395,10 @@ def run_initiator(rt: PeerRuntime, request: Request, reporter: Reporter, sockets
 
 def serve_connection(sock: socket.socket, lookup: Callable[[bytes, bytes], PeerRuntime | None],
                      reporter: Reporter, *, clock: Callable[[], float] = time.monotonic,
-                     peer_address: str = "?", raise_errors: bool = False) -> PeerRuntime | None:
-    """Answer one incoming rotation on an accepted socket.  Returns the peer it was for.
+                     peer_address: str = "?", raise_errors: bool = False,
+                     request: Request | None = None) -> PeerRuntime | None:
+    """Answer one incoming rotation on an accepted socket (``request``: already read).  Returns the peer it
+    was for.
 
     Failures after authentication are recorded on the peer and logged; failures before it
     only counted and logged (rate-limited).  With ``raise_errors`` (one-shot use) errors
@@ -402,8 +408,10 @@ def serve_connection(sock: socket.socket, lookup: Callable[[bytes, bytes], PeerR
     rt: PeerRuntime | None = None
     key: EpochKey | None = None
     try:
-        request = read_message(sock, time.monotonic() + REQUEST_TIMEOUT, Request, "Request")
-        assert isinstance(request, Request)
+        if request is None:
+            message = read_message(sock, time.monotonic() + REQUEST_TIMEOUT, Request, "Request")
+            assert isinstance(message, Request)
+            request = message
         rt = lookup(request.responder_public, request.initiator_public)
         if rt is None:
             COUNTERS.add("rejected", "unknown-pair")
