@@ -6,6 +6,7 @@ Registered on the core CLI through the ``hybridkex.plugins`` entry point
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shlex
@@ -22,7 +23,7 @@ from hybridkex.cli.options import exchange_options, handle_errors, settings_from
 
 from ._config import DaemonConfig, PeerConfig, load_config, parse_endpoint, peer_identities, rotation_policy
 from ._daemon import Daemon
-from ._keys import default_initiator, parse_wg_key
+from ._keys import default_initiator, parse_wg_key, wg_key_text
 from ._rotation import Role
 from ._session import PeerRuntime, Reporter, SocketSet, build_runtime, run_initiator, serve_connection
 from ._sinks import CommandSink, FileSink, Sink, WgSink, interface_public_key
@@ -190,7 +191,7 @@ def _one_shot_responder(rt: PeerRuntime, reporter: Reporter, address: tuple[str,
 @click.option("--once", is_flag=True, help="Run one exchange, install the key and exit.")
 @click.option("--wg-public-key", metavar="WG_PUBKEY",
               help="This interface's public key [default: read with 'wg show IF public-key'].")
-@click.option("--name", default="", help="A label for the peer in output lines.")
+@click.option("--label", "label", default="", help="A label for the peer in output lines and the status file.")
 @click.option("--key-file", metavar="PATH", help="Also write the key to this file (0600, atomically replaced; "
               "may use {interface}, {peer}, {name}).")
 @click.option("--hook", "hooks", multiple=True, metavar="COMMAND",
@@ -212,7 +213,7 @@ def _one_shot_responder(rt: PeerRuntime, reporter: Reporter, address: tuple[str,
               help="With --connect --once: seconds to keep retrying while the peer is not listening yet.")
 @handle_errors
 def rotate(interface: str, wg_peer: str, listen_on: str | None, connect_to: str | None, once: bool,
-           wg_public_key: str | None, name: str, key_file: str | None, hooks: tuple[str, ...], no_wg: bool,
+           wg_public_key: str | None, label: str, key_file: str | None, hooks: tuple[str, ...], no_wg: bool,
            wg_binary: str, interval: float, deadline: float | None, failure_policy: str, status_file: Path | None,
            accept_timeout: float, connect_retry: float, **kwargs: Any) -> None:
     """Rotate one peer's pre-shared key: once (--once), or every --interval seconds."""
@@ -223,13 +224,19 @@ def rotate(interface: str, wg_peer: str, listen_on: str | None, connect_to: str 
     peer_public = parse_wg_key(wg_peer, "--wg-peer")
     local_public = parse_wg_key(wg_public_key or interface_public_key(interface, wg_binary), "--wg-public-key")
     default_initiator(local_public, peer_public)  # rejects a peer key equal to our own
+    if settings.psk_file is not None or settings.psk_ratchet is not None:
+        # PSK mode binds both names into the exchange: default to the two WireGuard keys, as the daemon does.
+        settings = dataclasses.replace(settings, name=settings.name or wg_key_text(local_public),
+                                       peer_name=settings.peer_name or wg_key_text(peer_public))
+        if settings.name == settings.peer_name:
+            raise ConfigError("--name and --peer-name must differ")
     address = parse_endpoint(listen_on or connect_to or "", "--listen" if listen_on else "--connect")
     table: dict[str, Any] = {"interval": interval, "failure_policy": failure_policy}
     if deadline is not None:
         table["deadline"] = deadline
     policy = rotation_policy(table, "options", settings.effective_qkd_policy == "required")
     role = Role.INITIATOR if connect_to else Role.RESPONDER
-    peer = PeerConfig(interface, local_public, peer_public, name, role, address if connect_to else None, settings,
+    peer = PeerConfig(interface, local_public, peer_public, label, role, address if connect_to else None, settings,
                       policy, _sinks(no_wg, wg_binary, key_file, hooks))
     reporter = Reporter()
     if not once:
@@ -245,7 +252,7 @@ def rotate(interface: str, wg_peer: str, listen_on: str | None, connect_to: str 
     finally:
         if status_file is not None:
             offset = time.time() - time.monotonic()
-            entry = peer_entry(interface, name, local_public, peer_public, peer.endpoint,
+            entry = peer_entry(interface, label, local_public, peer_public, peer.endpoint,
                                policy.failure_policy.value, policy.interval, rt.state.status(), offset)
             write_status(status_file, status_document([entry], listen=None, config=None))
 
