@@ -8,6 +8,7 @@ while any one of the three inputs does.
 from ._auth import Authenticator, PeerInfo, PSKAuthenticator, SignatureAuthenticator, psk_identity
 from ._catkdf import catkdf
 from ._config import ExchangeSettings, load_psk_file
+from ._dos import DoSGuard
 from ._errors import (
     AuthenticationError,
     BackendUnavailable,
@@ -21,11 +22,14 @@ from ._errors import (
     PeerAlertError,
     QKDError,
     QKDKeyReplay,
+    QKDLinkAborted,
     QKDPolicyError,
+    QKDSourceMissing,
     QKDUnavailable,
     RemoteProtocolError,
     TransportError,
     UnknownPeerError,
+    UnverifiedMessage,
 )
 from ._exchange import exchange, exchange_over_socket
 from ._files import atomic_write, write_key_file
@@ -35,6 +39,7 @@ from ._handshake import (
     HandshakeConfig,
     HandshakeResult,
     Initiator,
+    NeedChannelConfirmation,
     NeedQKDKeys,
     QKDOutcome,
     Responder,
@@ -43,6 +48,7 @@ from ._handshake import (
 )
 from ._identity import Identity, PublicIdentity, generate_identity, load_identity, load_public_identity, write_identity
 from ._primitives import available_backends, get_backend
+from ._ratchet import AuthRatchet, init_ratchet
 from ._suites import SUITES, Suite
 from ._transport import connect, listen, parse_address, recv_exact, run_handshake, run_handshake_async, send_all
 from .qkd import QKDKey, QKDKeySource
@@ -53,7 +59,8 @@ __all__ = [
     "catkdf",
     "ExchangeSettings", "load_psk_file", "exchange", "exchange_over_socket",
     "HandshakeConfig", "Initiator", "Responder", "HandshakeResult", "QKDOutcome", "Event", "SendMessage",
-    "NeedQKDKeys", "HandshakeComplete", "key_fingerprint", "run_handshake", "run_handshake_async",
+    "NeedQKDKeys", "NeedChannelConfirmation", "HandshakeComplete", "DoSGuard", "AuthRatchet", "init_ratchet",
+    "key_fingerprint", "run_handshake", "run_handshake_async",
     "connect", "listen", "parse_address", "recv_exact", "send_all",
     "Authenticator", "SignatureAuthenticator", "PSKAuthenticator", "PeerInfo", "psk_identity",
     "Identity", "PublicIdentity", "generate_identity", "load_identity", "load_public_identity", "write_identity",
@@ -62,5 +69,6 @@ __all__ = [
     "HybridKexError", "ConfigError", "LocalProtocolError", "RemoteProtocolError", "PeerAlertError",
     "AuthenticationError", "UnknownPeerError", "NegotiationError", "ContextMismatch", "HandshakeTimeout",
     "TransportError", "BackendUnavailable",
-    "QKDError", "QKDUnavailable", "QKDKeyReplay", "QKDPolicyError", "KMEError",
+    "QKDError", "QKDUnavailable", "QKDKeyReplay", "QKDPolicyError", "QKDLinkAborted", "QKDSourceMissing", "KMEError",
+    "UnverifiedMessage",
 ]

@@ -10,18 +10,21 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-from dataclasses import dataclass, field
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ._auth import MIN_PSK_BYTES, Authenticator, PSKAuthenticator, SignatureAuthenticator
-from ._errors import ConfigError
+from ._errors import ConfigError, HybridKexError, QKDSourceMissing
 from ._files import read_secret_file
 from ._handshake import HandshakeConfig, HandshakeResult
 from ._identity import load_identity, load_public_identity
 from ._primitives import get_backend
-from ._ratchet import AuthRatchet
+from ._ratchet import AuthRatchet, RatchetState
 from ._suites import suites_for_kem
-from .qkd._source import QKDKeySource
+from .qkd._journal import JournaledSource, KeyIdJournal, default_journal_path
+from .qkd._source import QKD_KEY_BYTES, QKDKey, QKDKeySource
 
 __all__ = ["ExchangeSettings", "load_psk_file", "QKD_KINDS"]
 
@@ -84,12 +87,14 @@ class ExchangeSettings:
     sae_key: Path | None = None
     sae_id: str | None = None
     peer_sae_id: str | None = None
+    peer_sae_map: tuple[tuple[str, str], ...] = ()
+    """Responder with several pinned peers: (peer fingerprint, its SAE ID) pairs (``--peer-sae-map FPR=SAE``)."""
     kme_insecure_http: bool = False
     """Allow plain http:// to the KME (simulators only)."""
+    qkd_journal: Path | None = None
+    """File of the QKD key_IDs this side used (default: ``$HYBRIDKEX_STATE_DIR/qkd-key-ids``)."""
     timeout: float = 30.0
     """Seconds for the whole handshake."""
-    extra: dict[str, object] = field(default_factory=dict, compare=False)
-    """Options for QKD sources added later (passed through to the source factory)."""
 
     @property
     def effective_qkd_policy(self) -> str:
@@ -103,9 +108,22 @@ class ExchangeSettings:
         if self.qkd == "off" and self.effective_qkd_policy != "off":
             raise ConfigError(f"--qkd-policy {self.effective_qkd_policy} needs a QKD source: add --qkd sim or "
                               "--qkd etsi014")
+        if self.qkd == "sim" and self.qkd_link is None:
+            raise ConfigError("--qkd sim needs --qkd-link FILE (create one with 'hybridkex qkd-link init FILE' and "
+                              "copy it to both sides)")
+        if self.qkd == "etsi014":
+            missing = [flag for flag, value in (("--kme-url", self.kme_url), ("--sae-id", self.sae_id),
+                                                ("--peer-sae-id", self.peer_sae_id or self.peer_sae_map)) if not value]
+            if missing:
+                raise ConfigError(f"--qkd etsi014 needs {', '.join(missing)}")
         psk_mode = self.psk_file is not None or self.psk_ratchet is not None
         if psk_mode and (self.identity is not None or self.peers):
             raise ConfigError("choose one authentication mode: --psk-file, or --identity with --peer")
+        if psk_mode and (not self.name or not self.peer_name):
+            raise ConfigError("PSK authentication needs --name (this side) and --peer-name (the peer, whose --name "
+                              "it is); both are bound into the exchange so a node cannot be connected to itself")
+        if psk_mode and self.name == self.peer_name:
+            raise ConfigError(f"--peer-name is this side's own --name {self.name!r}; give the peer's name")
         if not psk_mode:
             if self.identity is None:
                 raise ConfigError("no authentication configured: give --identity DIR/id.key and --peer PEER.pub, "
@@ -120,22 +138,23 @@ class ExchangeSettings:
         if self.psk_ratchet is not None:
             return self.ratchet().authenticator()
         if self.psk_file is not None:
-            return PSKAuthenticator([load_psk_file(self.psk_file)])
+            return PSKAuthenticator([load_psk_file(self.psk_file)], name=self.name, peer_name=self.peer_name)
         assert self.identity is not None
         return SignatureAuthenticator(load_identity(self.identity),
                                       [load_public_identity(p) for p in self.peers], get_backend(self.backend))
 
     def ratchet(self) -> AuthRatchet:
         assert self.psk_ratchet is not None
-        bootstrap = None
-        if self.psk_file is not None and not self.psk_ratchet.exists():
-            bootstrap = load_psk_file(self.psk_file)
-        return AuthRatchet(self.psk_ratchet, bootstrap)
+        return AuthRatchet(self.psk_ratchet, name=self.name, peer_name=self.peer_name)
 
-    def after_success(self, result: HandshakeResult) -> None:
-        """Bookkeeping once both sides confirmed the key: advance the authentication ratchet."""
+    def after_success(self, result: HandshakeResult) -> RatchetState | None:
+        """Bookkeeping once the peer proved the session: advance the authentication ratchet."""
         if self.psk_ratchet is not None:
-            self.ratchet().advance(result)
+            return self.ratchet().advance(result)
+        return None
+
+    def peer_sae_ids(self) -> dict[str, str]:
+        return dict(self.peer_sae_map)
 
     def handshake_config(self, *, context: bytes = b"", authenticator: Authenticator | None = None) -> HandshakeConfig:
         """Build the handshake config; loads and checks keys (ConfigError on any problem)."""
@@ -147,13 +166,42 @@ class ExchangeSettings:
             backend=get_backend(self.backend),
             context=context,
             timeout=self.timeout,
+            sae_id=self.sae_id or "",
+            peer_sae_id=self.peer_sae_id or "",
+            peer_sae_ids=self.peer_sae_ids(),
         )
 
     def open_qkd_source(self) -> QKDKeySource | None:
-        """Open the configured QKD key source, or None with ``--qkd off`` / policy ``off``."""
+        """Open the configured QKD key source, or None with ``--qkd off`` / policy ``off``.
+
+        Every key_ID it delivers goes through this side's key_ID journal.  With policy
+        ``preferred`` a source that cannot be opened (missing or unreadable link file, say) is
+        replaced by one that fails each request with that reason, so the exchange falls back to
+        ML-KEM and X25519 and says why; with ``required`` the error is raised here.
+        """
         self.validate()
         if self.qkd == "off" or self.effective_qkd_policy == "off":
             return None
         from .qkd._registry import open_source
 
-        return open_source(self)
+        try:
+            source = open_source(self)
+        except HybridKexError as exc:
+            if self.effective_qkd_policy != "preferred":
+                raise
+            source = _BrokenSource(self.qkd, QKDSourceMissing(f"QKD source {self.qkd} cannot be opened: {exc}"))
+        return JournaledSource(source, KeyIdJournal(self.qkd_journal or default_journal_path()))
+
+
+class _BrokenSource(QKDKeySource):
+    """A source that could not be opened: every request fails with why (policy ``preferred``)."""
+
+    def __init__(self, kind: str, error: QKDSourceMissing) -> None:
+        self.kind = kind
+        self.error = error
+
+    def get_new_keys(self, number: int = 1, size_bits: int = QKD_KEY_BYTES * 8) -> list[QKDKey]:
+        raise self.error
+
+    def get_keys_by_id(self, key_ids: Sequence[uuid.UUID]) -> list[QKDKey]:
+        raise self.error

@@ -24,6 +24,9 @@ __all__ = [
     "QKDUnavailable",
     "QKDKeyReplay",
     "QKDPolicyError",
+    "QKDLinkAborted",
+    "QKDSourceMissing",
+    "UnverifiedMessage",
     "KMEAnswer",
     "KMEError",
 ]
@@ -51,6 +54,11 @@ class PeerAlertError(RemoteProtocolError):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
+
+
+class UnverifiedMessage(RemoteProtocolError):
+    """A first message that does not prove knowledge of the responder's public identity (mac1),
+    is stale, replayed or over a rate limit: dropped without a reply and without public-key work."""
 
 
 class AuthenticationError(RemoteProtocolError):
@@ -87,6 +95,14 @@ class QKDError(HybridKexError):
 
 class QKDUnavailable(QKDError):
     """The QKD key source could not deliver a key (KME down, pool empty, link aborted on high QBER)."""
+
+
+class QKDLinkAborted(QKDUnavailable):
+    """The QKD link aborted key generation: its error rate (QBER) points to an eavesdropper."""
+
+
+class QKDSourceMissing(QKDUnavailable):
+    """No QKD key source is configured, or it could not be opened (missing or unreadable link file)."""
 
 
 class QKDKeyReplay(QKDError):

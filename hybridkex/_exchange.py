@@ -1,59 +1,117 @@
 """One call from settings to a confirmed key: the library behind ``hybridkex exchange``.
 
 Plugins use :func:`exchange_over_socket` on a socket they already hold (the TLS wrapper
-runs it before TLS; the WireGuard rotator per peer).
+runs it before TLS; the WireGuard rotator per peer).  Every responder in one process shares
+one :class:`~hybridkex._dos.DoSGuard` unless it passes its own, so replayed InitHellos are
+refused across connections.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
+import time
 from collections.abc import Callable
 from typing import Literal
 
 from ._config import ExchangeSettings
-from ._errors import TransportError
+from ._dos import DoSGuard
+from ._errors import HybridKexError, TransportError
 from ._handshake import HandshakeConfig, HandshakeResult, Initiator, Responder
 from ._transport import connect, listen, run_handshake
 from .qkd._source import QKDKeySource
 
-__all__ = ["exchange_over_socket", "exchange"]
+__all__ = ["exchange_over_socket", "exchange", "default_guard", "source_of"]
 
 Role = Literal["initiator", "responder"]
+log = logging.getLogger("hybridkex")
+
+_GUARD: DoSGuard | None = None
 
 
-def exchange_over_socket(sock: socket.socket, role: Role, settings: ExchangeSettings | HandshakeConfig, *,
-                         context: bytes = b"", qkd_source: QKDKeySource | None = None,
-                         await_close: bool = False) -> HandshakeResult:
-    """Run one handshake as ``role`` over a connected socket.
+def default_guard() -> DoSGuard:
+    """The process-wide guard responders use when given none."""
+    global _GUARD
+    if _GUARD is None:
+        _GUARD = DoSGuard()
+    return _GUARD
 
-    With ``settings`` an :class:`ExchangeSettings`, keys and the QKD source are loaded from
-    it (the source is closed afterwards unless one was passed in).
-    """
-    own_source = False
+
+def source_of(sock: socket.socket) -> bytes:
+    """The peer's address as the guard keys it (the host, not the port: one host, one budget)."""
+    try:
+        return str(sock.getpeername()[0]).encode()
+    except (OSError, IndexError):
+        return b""
+
+
+class _Quiet:
+    """Rate-limited log lines about failed unauthenticated connections, in fixed words only."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self._last = -every
+        self.suppressed = 0
+
+    def note(self, what: str) -> None:
+        now = time.monotonic()
+        if now - self._last < self.every:
+            self.suppressed += 1
+            return
+        extra = f" ({self.suppressed} more since the last report)" if self.suppressed else ""
+        log.warning("ignored an unauthenticated connection that failed: %s%s", what, extra)
+        self._last, self.suppressed = now, 0
+
+
+def _connection(config: HandshakeConfig, role: Role, sock: socket.socket, guard: DoSGuard | None) -> \
+        Initiator | Responder:
+    if role == "initiator":
+        return Initiator(config)
+    return Responder(config, guard=guard or default_guard(), source=source_of(sock))
+
+
+def _settings_config(settings: ExchangeSettings | HandshakeConfig, context: bytes,
+                     qkd_source: QKDKeySource | None) -> tuple[HandshakeConfig, QKDKeySource | None, bool]:
     if isinstance(settings, ExchangeSettings):
         config = settings.handshake_config(context=context)
         if qkd_source is None:
             qkd_source = settings.open_qkd_source()
-            own_source = qkd_source is not None
-    else:
-        config = settings
+            return config, qkd_source, qkd_source is not None
+        return config, qkd_source, False
+    return settings, qkd_source, False
+
+
+def exchange_over_socket(sock: socket.socket, role: Role, settings: ExchangeSettings | HandshakeConfig, *,
+                         context: bytes = b"", qkd_source: QKDKeySource | None = None,
+                         guard: DoSGuard | None = None) -> HandshakeResult:
+    """Run one handshake as ``role`` over a connected socket.
+
+    With ``settings`` an :class:`ExchangeSettings`, keys and the QKD source are loaded from
+    it (the source is closed afterwards unless one was passed in) and the authentication
+    ratchet advances once the peer proved the session.
+    """
+    config, source, own_source = _settings_config(settings, context, qkd_source)
     try:
-        conn = Initiator(config) if role == "initiator" else Responder(config)
-        result = run_handshake(sock, conn, qkd_source, await_close=await_close)
+        conn = _connection(config, role, sock, guard)
+        result = run_handshake(sock, conn, source)
         if isinstance(settings, ExchangeSettings):
             settings.after_success(result)
         return result
     finally:
-        if own_source and qkd_source is not None:
-            qkd_source.close()
+        if own_source and source is not None:
+            source.close()
 
 
 def exchange(settings: ExchangeSettings, *, listen_on: tuple[str, int] | None = None,
              connect_to: tuple[str, int] | None = None, context: bytes = b"", accept_timeout: float = 300.0,
              connect_retry: float = 10.0,
              on_listening: Callable[[tuple[str, int]], None] | None = None) -> HandshakeResult:
-    """Listen for one peer (responder) or connect to one (initiator) and run the handshake."""
+    """Listen for one peer (responder) or connect to one (initiator) and run the handshake.
+
+    A listener keeps waiting, until ``accept_timeout``, past connections that fail before the
+    peer authenticated (port scans, replays, strangers); a failure after that is raised.
+    """
     if (listen_on is None) == (connect_to is None):
         raise ValueError("give exactly one of listen_on and connect_to")
     config = settings.handshake_config(context=context)  # load keys before touching the network
@@ -61,23 +119,47 @@ def exchange(settings: ExchangeSettings, *, listen_on: tuple[str, int] | None = 
     try:
         if connect_to is not None:
             with contextlib.closing(connect(connect_to, timeout=settings.timeout, retry_for=connect_retry)) as sock:
-                result = exchange_over_socket(sock, "initiator", config, qkd_source=source)
+                result = run_handshake(sock, Initiator(config), source, await_close=True)
             settings.after_success(result)
             return result
         assert listen_on is not None
-        with contextlib.closing(listen(listen_on, backlog=1)) as server:
-            server.settimeout(accept_timeout)
-            if on_listening is not None:
-                on_listening(server.getsockname()[:2])
-            try:
-                sock, _ = server.accept()
-            except TimeoutError:
-                raise TransportError(f"no peer connected to {listen_on[0]}:{listen_on[1]} within "
-                                     f"{accept_timeout:g} s") from None
-            with contextlib.closing(sock):
-                result = exchange_over_socket(sock, "responder", config, qkd_source=source, await_close=True)
-            settings.after_success(result)
-            return result
+        return _listen_once(settings, config, source, listen_on, accept_timeout, on_listening)
     finally:
         if source is not None:
             source.close()
+
+
+def _listen_once(settings: ExchangeSettings, config: HandshakeConfig, source: QKDKeySource | None,
+                 listen_on: tuple[str, int], accept_timeout: float,
+                 on_listening: Callable[[tuple[str, int]], None] | None) -> HandshakeResult:
+    give_up = time.monotonic() + accept_timeout
+    quiet = _Quiet()
+    guard = DoSGuard()
+    with contextlib.closing(listen(listen_on, backlog=16)) as server:
+        if on_listening is not None:
+            on_listening(server.getsockname()[:2])
+        while True:
+            remaining = give_up - time.monotonic()
+            if remaining <= 0:
+                raise TransportError(f"no peer completed an exchange on {listen_on[0]}:{listen_on[1]} within "
+                                     f"{accept_timeout:g} s")
+            server.settimeout(remaining)
+            try:
+                sock, _ = server.accept()
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                quiet.note(f"accept failed ({type(exc).__name__})")
+                time.sleep(0.05)
+                continue
+            with contextlib.closing(sock):
+                conn = Responder(config, guard=guard, source=source_of(sock))
+                try:
+                    result = run_handshake(sock, conn, source, await_close=True)
+                except HybridKexError as exc:
+                    if conn.authenticated:
+                        raise
+                    quiet.note(type(exc).__name__)
+                    continue
+            settings.after_success(result)
+            return result

@@ -1,23 +1,28 @@
-"""The hybridkex handshake as sans-I/O state machines.
+"""The hybridkex handshake, wire version 2, as sans-I/O state machines (``docs/protocol.md``).
 
-Four messages, two round trips::
+Four messages, two round trips (five when the responder falls back without QKD)::
 
     Initiator                                              Responder
-    InitHello  (nonce, suites, identity, X25519 pk, ML-KEM ek, QKD policy, context) ->
-           <-  RespHello (nonce, suite, identity, X25519 pk, ML-KEM ct, QKD policy,
-                          signature|MAC over the transcript, confirmation under the PQC secret)
-    [master SAE: fetch a fresh QKD key (ETSI 014 enc_keys)]
-    InitFinish (QKD key_IDs, signature|MAC, confirmation under the PQC secret)  ->
-                                 [slave SAE: fetch the QKD key by key_ID (ETSI 014 dec_keys)]
-           <-  RespFinish (QKD used?, confirmation under the final secret)
+    InitHello  (timestamp, nonce, suites, X25519 pk, ML-KEM ek, QKD policy, context,
+                blinded PSK ids, mac1, mac2)                    ->
+                                 [mac1, cookie, replay and rate checks before public-key work]
+           <-  RespHello (nonce, suite, X25519 pk, ML-KEM ct, QKD policy,
+                          sealed{identity, signature|MAC})
+    [master SAE: fetch a fresh QKD key (ETSI 014 enc_keys), after authenticating the responder]
+    InitFinish (sealed{identity, QKD block: SAE IDs, key size, key_IDs; signature|MAC;
+                       confirmation under the final session secret})  ->
+                                 [slave SAE: fetch the QKD key by key_ID, after authenticating
+                                  the initiator; check the initiator's final confirmation]
+           <-  RespFinish (sealed{outcome, confirmation under the final session secret})
+    [fallback only: RespFinish carries a signature|MAC over "no QKD key here", and
+     InitConfirm (sealed{confirmation under the fallback secret}) ->  ends the exchange]
 
-The X25519 and ML-KEM secrets first give a *handshake secret* (CatKDF with an empty psk)
-that both sides prove they hold, together with their identities, before any QKD key is
-consumed: the initiator fetches its key only after authenticating the responder, and the
-responder fetches by key_ID only after authenticating the initiator, so nobody can make a
-side burn QKD keys without passing authentication.  The *session secret* is CatKDF with
-psk := QKD key, k1 := X25519, k2 := ML-KEM, MA := InitHello||InitFinish, MB := RespHello,
-so every public key, ciphertext, nonce, offer and QKD key_ID is bound into the key.
+The X25519 and ML-KEM secrets give a *handshake secret* (CatKDF with an empty psk) that
+seals everything naming a party; the *session secret* is CatKDF with psk := QKD key,
+k1 := X25519, k2 := ML-KEM, MA := InitHello || the initiator's payload, MB := RespHello's
+public part || the responder's payload, and a context that binds both identities and the
+QKD block (SAE IDs, key size, key_IDs).  Neither side outputs a key until the peer has
+proved the final session secret over the final transcript.
 
 Nothing here does I/O.  Feed received frames to :meth:`Connection.receive`, answer
 :class:`NeedQKDKeys` with :meth:`Connection.qkd_keys` or :meth:`Connection.qkd_failed`,
@@ -33,16 +38,20 @@ import os
 import struct
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from . import _labels
-from ._auth import Authenticator, PeerInfo
+from ._auth import Authenticator, PeerInfo, Purpose
 from ._catkdf import HASHES, catkdf_unchecked
+from ._dos import DoSGuard
 from ._errors import (
     AuthenticationError,
     ContextMismatch,
@@ -53,41 +62,60 @@ from ._errors import (
     PeerAlertError,
     QKDError,
     QKDKeyReplay,
+    QKDLinkAborted,
     QKDPolicyError,
+    QKDSourceMissing,
     QKDUnavailable,
     RemoteProtocolError,
     UnknownPeerError,
+    UnverifiedMessage,
 )
 from ._primitives import Backend, get_backend
-from ._state import Input, Role, State, transition
+from ._state import Input, Role, State, lookup
 from ._suites import QKD_POLICIES, QKD_POLICY_CODES, SUITES, Suite
 from ._wire import (
+    COOKIE_NONCE_SIZE,
+    HEADER_SIZE,
+    MAC_SIZE,
     NONCE_SIZE,
+    QKD_REASON_TEXT,
     Alert,
     AlertCode,
+    CookieReply,
+    InitConfirm,
     InitFinish,
     InitHello,
     MessageType,
+    QKDBlock,
+    QKDReason,
+    QKDStatus,
     RespFinish,
     RespHello,
-    auth_fields,
     build_frame,
-    core_of,
     decode,
     encode,
+    init_hello_prefix,
+    pull_init_confirm_payload,
+    pull_init_finish_payload,
+    pull_resp_finish_payload,
+    pull_resp_hello_payload,
     push_init_finish_core,
+    push_qkd_block,
     push_resp_finish_core,
-    push_resp_hello_core,
+    resp_hello_public,
+    vec8,
+    vec16,
 )
 from .qkd._source import QKD_KEY_BYTES, QKDKey
 
 __all__ = [
     "HandshakeConfig", "Initiator", "Responder", "Connection", "HandshakeResult", "QKDOutcome",
-    "SendMessage", "NeedQKDKeys", "HandshakeComplete", "Event", "key_fingerprint",
+    "SendMessage", "NeedQKDKeys", "NeedChannelConfirmation", "HandshakeComplete", "Event", "key_fingerprint",
 ]
 
 _OFF, _PREFERRED, _REQUIRED = (QKD_POLICY_CODES[p] for p in QKD_POLICIES)
-_PREFERRED_HINT = "--qkd-policy preferred"
+_PREFERRED_HINT = "qkd_policy 'preferred' (--qkd-policy preferred)"
+_ZERO_NONCE = bytes(12)
 
 
 @dataclass(frozen=True)
@@ -95,7 +123,7 @@ class HandshakeConfig:
     """Everything one side needs to run a handshake."""
 
     authenticator: Authenticator
-    """How this side proves who it is and checks the peer (ML-DSA pins or a PSK)."""
+    """How this side proves who it is and checks the peer (ML-DSA pins, or a PSK and two names)."""
     suites: tuple[int, ...] = (0x0001, 0x0003)
     """Initiator: suites offered, preferred first (all must share one KEM).  Responder: suites accepted."""
     qkd_policy: str = "off"
@@ -108,6 +136,17 @@ class HandshakeConfig:
     """Application binding (e.g. ``b"tls"``); both sides must use the same, it is bound into the key."""
     timeout: float = 30.0
     """Seconds from the start of the handshake until it is abandoned."""
+    sae_id: str = ""
+    """This side's SAE ID at its KME ("" for sources without SAE IDs, such as the simulated link)."""
+    peer_sae_id: str = ""
+    """The peer's SAE ID: the slave for an initiator, the expected master for a responder."""
+    peer_sae_ids: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    """Responder with several pinned peers: each peer's fingerprint -> its SAE ID (overrides ``peer_sae_id``)."""
+    channel_confirmation: bool = False
+    """The channel above confirms the session (TLS Finished): the responder sends no RespFinish when QKD
+    went as InitFinish declared, and the initiator reports :class:`NeedChannelConfirmation`."""
+    replay_window: float = 120.0
+    """Initiator timestamps further than this from the responder's clock are refused (seconds)."""
 
     def __post_init__(self) -> None:
         if self.qkd_policy not in QKD_POLICY_CODES:
@@ -118,6 +157,12 @@ class HandshakeConfig:
             raise ValueError("context must be at most 255 bytes")
         if self.qkd_key_bits % 8 or not 128 <= self.qkd_key_bits <= 8192:
             raise ValueError("qkd_key_bits must be a multiple of 8 between 128 and 8192")
+        for sae in (self.sae_id, self.peer_sae_id, *self.peer_sae_ids.values()):
+            if len(sae.encode()) > 255:
+                raise ValueError("SAE IDs must be at most 255 bytes")
+
+    def expected_master(self, peer: PeerInfo) -> str:
+        return self.peer_sae_ids.get(peer.fingerprint, self.peer_sae_id)
 
 
 @dataclass(frozen=True)
@@ -128,6 +173,7 @@ class QKDOutcome:
     """``used``, ``off`` (not configured or not agreed) or ``unavailable`` (policy allowed going on without)."""
     key_ids: tuple[uuid.UUID, ...] = ()
     reason: str = ""
+    """Why QKD was unavailable, and on which side."""
 
     @property
     def used(self) -> bool:
@@ -142,7 +188,7 @@ def key_fingerprint(key: bytes) -> str:
 
 @dataclass(frozen=True)
 class HandshakeResult:
-    """A finished, mutually authenticated and confirmed handshake.  Holds the session secret."""
+    """A finished, mutually authenticated and confirmed handshake.  Holds the session's derived secrets."""
 
     role: str
     suite: Suite
@@ -152,20 +198,30 @@ class HandshakeResult:
     qkd: QKDOutcome
     transcript_hash: bytes
     message_sizes: tuple[int, ...]
-    _session: bytes = field(repr=False, compare=False)
+    _application: bytes = field(repr=False, compare=False)
+    _exchange_key: bytes = field(repr=False, compare=False)
+    _ratchet: bytes = field(repr=False, compare=False)
 
     def export(self, label: bytes, length: int = 32) -> bytes:
-        """Derive ``length`` bytes for one use, named by ``label`` (HKDF-Expand of the session secret)."""
+        """Derive ``length`` bytes for one application use named by ``label`` (HKDF-Expand of the
+        application secret).  Labels starting with ``hybridkex v2 `` are reserved."""
         if not isinstance(label, bytes) or not label:
             raise TypeError("label must be non-empty bytes")
+        if label.startswith(_labels.RESERVED_PREFIX):
+            raise ValueError(f"exporter labels starting with {_labels.RESERVED_PREFIX.decode()!r} are reserved for "
+                             "hybridkex itself; choose a label that names your application")
         if not 1 <= length <= 255 * self.suite.hash_len:
             raise ValueError("length out of range")
-        info = _labels.KEY_EXPORTER + struct.pack(">H", len(label)) + label + struct.pack(">H", length)
-        return HKDFExpand(_hash_algorithm(self.suite), length, info).derive(self._session)
+        info = _labels.EXPORTER + vec16(label) + struct.pack(">H", length)
+        return HKDFExpand(_hash_algorithm(self.suite), length, info).derive(self._application)
 
     def key(self) -> bytes:
-        """The 32-byte key ``hybridkex exchange --out`` writes."""
-        return self.export(_labels.EXPORT_EXCHANGE_KEY, 32)
+        """The 32-byte key ``hybridkex exchange --out`` writes (a secret of its own, not an export)."""
+        return self._exchange_key
+
+    def ratchet_psk(self) -> bytes:
+        """The authentication ratchet's next PSK: below its own secret, bound to both parties."""
+        return self._ratchet
 
     def summary(self) -> dict[str, object]:
         """Secret-free facts for ``--json`` and logs."""
@@ -192,12 +248,23 @@ class SendMessage:
 
 @dataclass(frozen=True)
 class NeedQKDKeys:
-    """Ask the QKD key source: as ``master`` for ``number`` new keys, as ``slave`` for ``key_ids``."""
+    """Ask the QKD key source: as ``master`` for ``number`` new keys for slave ``peer_sae_id``, as
+    ``slave`` for ``key_ids`` from master ``peer_sae_id``."""
 
     role: str
     number: int
     size_bits: int
     key_ids: tuple[uuid.UUID, ...] = ()
+    peer_sae_id: str = ""
+
+
+@dataclass(frozen=True)
+class NeedChannelConfirmation:
+    """Initiator with ``channel_confirmation``: the session is ready for the channel above (e.g. as a
+    TLS PSK); call :meth:`Initiator.channel_confirmed` once that channel proved the peer's key, or
+    feed the responder's RespFinish (its fallback) to :meth:`Connection.receive`."""
+
+    result: HandshakeResult
 
 
 @dataclass(frozen=True)
@@ -207,15 +274,11 @@ class HandshakeComplete:
     result: HandshakeResult
 
 
-Event = SendMessage | NeedQKDKeys | HandshakeComplete
+Event = SendMessage | NeedQKDKeys | NeedChannelConfirmation | HandshakeComplete
 
 
 def _hash_algorithm(suite: Suite) -> hashes.HashAlgorithm:
     return hashes.SHA256() if suite.hash == "sha256" else hashes.SHA384()
-
-
-def _lp(data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + data
 
 
 def _alert_code(exc: BaseException) -> AlertCode:
@@ -223,7 +286,7 @@ def _alert_code(exc: BaseException) -> AlertCode:
         return AlertCode.UNKNOWN_PEER if isinstance(exc, UnknownPeerError) else AlertCode.AUTH_FAILED
     if isinstance(exc, QKDKeyReplay):
         return AlertCode.QKD_REPLAY
-    if isinstance(exc, (QKDPolicyError,)):
+    if isinstance(exc, QKDPolicyError):
         return AlertCode.QKD_POLICY
     if isinstance(exc, QKDError):
         return AlertCode.QKD_UNAVAILABLE
@@ -236,108 +299,101 @@ def _alert_code(exc: BaseException) -> AlertCode:
     return AlertCode.INTERNAL
 
 
+def _qkd_reason(exc: QKDError) -> QKDReason:
+    if isinstance(exc, QKDLinkAborted):
+        return QKDReason.LINK_ABORTED
+    if isinstance(exc, QKDSourceMissing):
+        return QKDReason.NO_SOURCE
+    return QKDReason.SOURCE_FAILED
+
+
+_INPUTS = {MessageType.INIT_HELLO: Input.INIT_HELLO, MessageType.RESP_HELLO: Input.RESP_HELLO,
+           MessageType.INIT_FINISH: Input.INIT_FINISH, MessageType.RESP_FINISH: Input.RESP_FINISH,
+           MessageType.INIT_CONFIRM: Input.INIT_CONFIRM, MessageType.COOKIE_REPLY: Input.COOKIE_REPLY,
+           MessageType.ALERT: Input.ALERT}
+_INPUT_OF = {InitHello: Input.INIT_HELLO, RespHello: Input.RESP_HELLO, InitFinish: Input.INIT_FINISH,
+             RespFinish: Input.RESP_FINISH, InitConfirm: Input.INIT_CONFIRM, CookieReply: Input.COOKIE_REPLY,
+             Alert: Input.ALERT}
+
+
+class _Transcript:
+    """TH(p1..pn) = H(TRANSCRIPT || u32 len || p1 || ... ) (§5.1).  Whole frames are absorbed once
+    as they go on the wire; :meth:`hash` copies the running hash and adds the parts that follow."""
+
+    def __init__(self, hash_name: str) -> None:
+        self._h = HASHES[hash_name](_labels.TRANSCRIPT)
+        self.frames: list[bytes] = []
+
+    def absorb(self, frame: bytes) -> None:
+        self._h.update(struct.pack(">I", len(frame)))
+        self._h.update(frame)
+        self.frames.append(frame)
+
+    def hash(self, *extra: bytes) -> bytes:
+        h = self._h.copy()
+        for part in extra:
+            h.update(struct.pack(">I", len(part)))
+            h.update(part)
+        digest: bytes = h.digest()
+        return digest
+
+
 class Connection:
-    """State shared by both roles: state, transcript, secrets, errors."""
+    """State shared by both roles: state, transcript, secrets, errors, and the table-driven dispatch."""
 
     role: Role
 
     def __init__(self, config: HandshakeConfig, *, rng: Callable[[int], bytes] = os.urandom,
-                 now: Callable[[], float] = time.monotonic) -> None:
+                 now: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
         self.config = config
         self._rng = rng
         self._now = now
+        self._wall = wall
         self._started = now()
         self.state = State.START
         self._backend = config.backend if isinstance(config.backend, Backend) else get_backend(config.backend)
         self._policy = QKD_POLICY_CODES[config.qkd_policy]
         self._peer_policy = _OFF
         self._suite: Suite | None = None
-        self._frames: dict[str, bytes] = {}
-        self._th: Any = None
-        self._th_frames: list[bytes] = []
-        self._hs_secret = b""
-        self._k1 = b""
-        self._k2 = b""
+        self._th: _Transcript | None = None
+        self._ih = b""
+        self._rh_public = b""
+        self._rh_plain = b""
+        self._if_core = b""
+        self._if_tagged = b""
+        self._hs = b""
+        self._k1 = self._k2 = b""
+        self._psk: bytes | None = None
         self._qkd: list[QKDKey] = []
-        self._qkd_status = QKDOutcome("off")
+        self._block = QKDBlock(QKDStatus.OFF)
+        self._session = b""
         self._peer: PeerInfo | None = None
+        self._peer_identity = b""
+        self._local_reason = ""
         self.result: HandshakeResult | None = None
+        #: True once the peer's signature or PSK MAC verified (before that, failures are unauthenticated)
+        self.authenticated = False
         #: after a failure: an Alert frame to send to the peer, if the peer should be told
         self.error_alert: bytes | None = None
 
     # -- the interface both roles implement ---------------------------------------------
     def receive(self, frame: bytes) -> list[Event]:
         """Handle one whole frame from the peer."""
-        raise NotImplementedError
+        def run() -> list[Event]:
+            message = decode(frame)
+            return self._step(_INPUT_OF[type(message)], message, frame)
+        return self._run(run)
 
     def qkd_keys(self, keys: Sequence[QKDKey]) -> list[Event]:
         """Answer a :class:`NeedQKDKeys` with the keys the source delivered."""
-        raise NotImplementedError
+        return self._run(lambda: self._step(Input.QKD_KEYS, list(keys)))
 
     def qkd_failed(self, error: QKDError) -> list[Event]:
         """Answer a :class:`NeedQKDKeys` with the source's failure; the policies decide."""
-        raise NotImplementedError
+        return self._run(lambda: self._step(Input.QKD_FAILED, error))
 
-    # -- helpers -----------------------------------------------------------------------
-    @property
-    def suite(self) -> Suite:
-        assert self._suite is not None
-        return self._suite
-
-    def _h(self, *parts: bytes) -> bytes:
-        """H(TRANSCRIPT || lp(part)...).  The frames before the last part are already on the
-        wire and absorbed once into a running hash; each call copies it and adds the last part."""
-        frames, last = parts[:-1], parts[-1]
-        absorbed = self._th_frames
-        stale = len(absorbed) > len(frames) or any(a is not f for a, f in zip(absorbed, frames, strict=False))
-        if self._th is None or stale:
-            self._th = HASHES[self.suite.hash](_labels.TRANSCRIPT)
-            absorbed = self._th_frames = []
-        for frame in frames[len(absorbed):]:
-            self._th.update(struct.pack(">I", len(frame)))
-            self._th.update(frame)
-            absorbed.append(frame)
-        h = self._th.copy()
-        h.update(struct.pack(">I", len(last)))
-        h.update(last)
-        digest: bytes = h.digest()
-        return digest
-
-    def _expand(self, secret: bytes, label: bytes) -> bytes:
-        # HKDF-Expand for one hash length is T(1) = HMAC(PRK, info || 0x01) (RFC 5869 §2.3).
-        return hmac.digest(secret, label + b"\x01", self.suite.hash)
-
-    def _mac(self, secret: bytes, label: bytes, data: bytes) -> bytes:
-        return hmac.digest(self._expand(secret, label), data, self.suite.hash)
-
-    def _check_mac(self, secret: bytes, label: bytes, data: bytes, tag: bytes, what: str) -> None:
-        if not hmac.compare_digest(self._mac(secret, label, data), tag):
-            raise AuthenticationError(f"{what} key confirmation failed: the peer derived a different key "
-                                      "(tampered handshake, or differing QKD keys)")
-
-    def _catkdf(self, *, psk: bytes, ma: bytes, mb: bytes, context: bytes, label: bytes) -> bytes:
-        suite = self.suite
-        return catkdf_unchecked(suite.hash, suite.kdf, psk, self._k1, self._k2, ma, mb, context, label,
-                                suite.hash_len)
-
-    def _check_deadline(self) -> None:
-        if self._now() - self._started > self.config.timeout:
-            raise HandshakeTimeout(f"handshake did not finish within {self.config.timeout:g} s; "
-                                   "check that the peer is up and the network is not dropping packets")
-
-    def _go(self, event: Input, target: State) -> None:
-        self.state = transition(self.role, self.state, event, target)
-
-    def _fail(self, exc: BaseException) -> None:
-        """Enter ERROR, drop secrets, and prepare an alert for the peer."""
-        self.state = State.ERROR
-        self._hs_secret = self._k1 = self._k2 = b""
-        self._qkd = []
-        if not isinstance(exc, (PeerAlertError, LocalProtocolError)):
-            reason = str(exc) if isinstance(exc, HybridKexError) else "internal error"
-            self.error_alert = encode(Alert(_alert_code(exc), reason))
-
-    def _guard(self, fn: Callable[[], list[Event]]) -> list[Event]:
+    # -- dispatch ------------------------------------------------------------------------
+    def _run(self, fn: Callable[[], list[Event]]) -> list[Event]:
         if self.state in (State.ERROR, State.DONE):
             raise LocalProtocolError(f"the handshake is already {self.state.value}; start a new one")
         try:
@@ -347,53 +403,129 @@ class Connection:
             self._fail(exc)
             raise
         except (ValueError, TypeError) as exc:
-            # Primitives reject malformed peer keys/ciphertexts with ValueError.
+            # Primitives reject malformed peer keys and ciphertexts with ValueError.
             err = RemoteProtocolError(f"peer sent an invalid value: {exc}")
             self._fail(err)
             raise err from None
+        except Exception as exc:
+            err2 = LocalProtocolError(f"internal error in the {self.role.value} ({type(exc).__name__}); "
+                                      "this is a bug, please report it")
+            self._fail(err2)
+            raise err2 from exc
 
-    def _decode(self, frame: bytes, expected: type) -> object:
-        message = decode(frame)
-        if isinstance(message, Alert):
-            raise PeerAlertError(f"peer aborted the handshake ({message.code.name.lower()}); it said: {message.reason}",
-                                 int(message.code))
-        if not isinstance(message, expected):
-            name = type(message).__name__
-            raise RemoteProtocolError(f"unexpected {name} while the {self.role.value} waits for {expected.__name__}")
-        return message
+    def _step(self, event: Input, *args: Any) -> list[Event]:
+        step = lookup(self.role, self.state, event)
+        target, events = getattr(self, step.handler)(*args)
+        if target not in step.targets:
+            raise LocalProtocolError(f"internal error: {step.handler} led to {target.value}, off the table")
+        self.state = target
+        return list(events)
 
-    def _finish_result(self, session: bytes, th_final: bytes) -> HandshakeResult:
+    def _on_alert(self, message: Alert, frame: bytes) -> tuple[State, list[Event]]:
+        raise PeerAlertError(f"peer aborted the handshake: {message.text}", int(message.code))
+
+    # -- helpers -----------------------------------------------------------------------
+    @property
+    def suite(self) -> Suite:
+        assert self._suite is not None
+        return self._suite
+
+    @property
+    def transcript(self) -> _Transcript:
+        assert self._th is not None
+        return self._th
+
+    def _expand(self, secret: bytes, label: bytes) -> bytes:
+        # HKDF-Expand for one hash length is T(1) = HMAC(PRK, info || 0x01) (RFC 5869 §2.3).
+        return hmac.digest(secret, label + b"\x01", self.suite.hash)
+
+    def _mac(self, secret: bytes, label: bytes, data: bytes) -> bytes:
+        return hmac.digest(self._expand(secret, label), data, self.suite.hash)
+
+    def _seal(self, label: bytes, aad: bytes, plaintext: bytes) -> bytes:
+        return ChaCha20Poly1305(self._expand(self._hs, label)[:32]).encrypt(_ZERO_NONCE, plaintext, aad)
+
+    def _open(self, label: bytes, aad: bytes, sealed: bytes, who: str) -> bytes:
+        try:
+            return ChaCha20Poly1305(self._expand(self._hs, label)[:32]).decrypt(_ZERO_NONCE, sealed, aad)
+        except InvalidTag:
+            raise AuthenticationError(f"the {who} could not prove the handshake secret (its sealed payload does not "
+                                      "open): a message was altered, or the peer is not the one expected") from None
+
+    def _catkdf(self, *, psk: bytes, ma: bytes, mb: bytes, context: bytes, label: bytes) -> bytes:
+        suite = self.suite
+        return catkdf_unchecked(suite.hash, suite.kdf, psk, self._k1, self._k2, ma, mb, context, label,
+                                suite.hash_len)
+
+    def _handshake_secret(self) -> None:
+        self._hs = self._catkdf(psk=b"", ma=self._ih, mb=self._rh_public, context=_labels.CATKDF_CONTEXT_HANDSHAKE,
+                                label=_labels.CATKDF_LABEL_HANDSHAKE)
+
+    def _session_secret(self, block: QKDBlock, psk: bytes, rf_tail: bytes = b"") -> bytes:
+        """CatKDF with the QKD key, over both payloads, in a context that names both parties and the QKD block."""
+        id_i, id_r = self.config.authenticator.binding(self.role, self._peer_identity)
+        context = _labels.CATKDF_CONTEXT_SESSION + vec16(id_i) + vec16(id_r) + push_qkd_block(block)
+        return self._catkdf(psk=psk, ma=self._ih + self._if_tagged, mb=self._rh_public + self._rh_plain + rf_tail,
+                            context=context, label=_labels.CATKDF_LABEL_SESSION)
+
+    def _check_mac(self, expected: bytes, tag: bytes, what: str) -> None:
+        if not hmac.compare_digest(expected, tag):
+            raise AuthenticationError(f"{what} failed: the peer derived a different session secret (its QKD key "
+                                      "differs from this side's under the same key_ID, or a message was altered)")
+
+    def _check_deadline(self) -> None:
+        if self._now() - self._started > self.config.timeout:
+            raise HandshakeTimeout(f"handshake did not finish within {self.config.timeout:g} s; "
+                                   "check that the peer is up and the network is not dropping packets")
+
+    def _fail(self, exc: BaseException) -> None:
+        """Enter ERROR, drop secrets, and prepare an alert for the peer (none for unverified input)."""
+        self.state = State.ERROR
+        self._hs = self._k1 = self._k2 = self._session = b""
+        self._psk = None
+        self._qkd = []
+        # Never answer an alert with an alert, and give nothing to a sender that proved nothing.
+        # A local fault is reported as INTERNAL: the peer learns the handshake is over, not that it erred.
+        if not isinstance(exc, (PeerAlertError, UnverifiedMessage)):
+            self.error_alert = encode(Alert(_alert_code(exc)))
+
+    def _result(self, session: bytes, block: QKDBlock, reason: str) -> HandshakeResult:
         assert self._peer is not None
-        result = HandshakeResult(
+        frames = self.transcript.frames
+        if block.status is QKDStatus.USED:
+            outcome = QKDOutcome("used", block.key_ids)
+        elif block.status is QKDStatus.UNAVAILABLE:
+            outcome = QKDOutcome("unavailable", (), reason)
+        else:
+            outcome = QKDOutcome("off")
+        ratchet_secret = self._expand(session, _labels.SECRET_RATCHET)
+        id_i, id_r = self.config.authenticator.binding(self.role, self._peer_identity)
+        return HandshakeResult(
             role=self.role.value, suite=self.suite, auth=self.config.authenticator.mode, peer=self._peer,
-            local_fingerprint=self.config.authenticator.local_fingerprint(), qkd=self._qkd_status,
-            transcript_hash=th_final,
-            message_sizes=tuple(len(self._frames[k]) for k in ("ih", "rh", "if", "rf")),
-            _session=session)
-        self._hs_secret = self._k1 = self._k2 = b""
+            local_fingerprint=self.config.authenticator.local_fingerprint(), qkd=outcome,
+            transcript_hash=self.transcript.hash(), message_sizes=tuple(len(f) for f in frames),
+            _application=self._expand(session, _labels.SECRET_APPLICATION),
+            _exchange_key=self._expand(session, _labels.SECRET_EXCHANGE_KEY)[:32],
+            _ratchet=hmac.digest(ratchet_secret, _labels.RATCHET_NEXT_PSK + vec16(id_i) + vec16(id_r) + b"\x01",
+                                 self.suite.hash)[:32])
+
+    def _finish(self, result: HandshakeResult) -> HandshakeResult:
+        self._hs = self._k1 = self._k2 = self._session = b""
+        self._psk = None
         self._qkd = []
         self.result = result
         return result
 
-    def _session_and_finish(self, qkd_used: bool) -> tuple[bytes, bytes, bytes]:
-        """Session secret, RespFinish core, and the final transcript hash."""
-        psk = b"".join(k.key for k in self._qkd) if qkd_used else b""
-        session = self._catkdf(psk=psk, ma=self._frames["ih"] + self._frames["if"], mb=self._frames["rh"],
-                               context=_labels.CATKDF_CONTEXT_SESSION, label=_labels.CATKDF_LABEL_SESSION)
-        core = push_resp_finish_core(RespFinish(qkd_used))
-        th_final = self._h(self._frames["ih"], self._frames["rh"], self._frames["if"], core)
-        return session, core, th_final
-
-    def _qkd_refused(self, exc: QKDError, who: str) -> None:
-        """A QKD key could not be had: fail, or note it and go on, as the policies say."""
-        if isinstance(exc, QKDKeyReplay):
-            raise exc
-        if _REQUIRED in (self._policy, self._peer_policy):
-            side = "this side" if self._policy == _REQUIRED else "the peer"
-            raise QKDPolicyError(f"no QKD key ({who}: {exc}) and {side} requires QKD; fix the QKD source, "
-                                 f"or run with {_PREFERRED_HINT} to go on with ML-KEM and X25519 only")
-        self._qkd_status = QKDOutcome("unavailable", (), f"{who}: {exc}")
-        self._qkd = []
+    def _require_qkd_block(self, block: QKDBlock) -> None:
+        """Responder: is the initiator's QKD declaration allowed by both policies?"""
+        agreed = self._policy != _OFF and self._peer_policy != _OFF
+        if block.status is QKDStatus.OFF and agreed:
+            raise RemoteProtocolError("initiator declared no QKD although both sides agreed on QKD")
+        if block.status is not QKDStatus.OFF and not agreed:
+            raise RemoteProtocolError("initiator declared a QKD outcome although QKD was not agreed")
+        if block.status is QKDStatus.UNAVAILABLE and _REQUIRED in (self._policy, self._peer_policy):
+            raise QKDPolicyError(f"the initiator could not get a QKD key ({QKD_REASON_TEXT[block.reason]}) and "
+                                 "QKD is required; fix its QKD source, or use " + _PREFERRED_HINT)
 
 
 class Initiator(Connection):
@@ -402,135 +534,210 @@ class Initiator(Connection):
     role = Role.INITIATOR
 
     def __init__(self, config: HandshakeConfig, *, rng: Callable[[int], bytes] = os.urandom,
-                 now: Callable[[], float] = time.monotonic) -> None:
-        super().__init__(config, rng=rng, now=now)
+                 now: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+        super().__init__(config, rng=rng, now=now, wall=wall)
         kems = {SUITES[s].kem for s in config.suites}
         if len(kems) != 1:
             raise ValueError("an initiator's offered suites must all use one KEM (it sends one key share)")
+        self._static = config.authenticator.responder_static(Role.INITIATOR)
+        self._cookie_used = False
 
     def initiate(self) -> list[Event]:
         """Start the handshake: returns the InitHello to send."""
-        return self._guard(self._initiate)
+        return self._run(lambda: self._step(Input.START))
 
-    def _initiate(self) -> list[Event]:
-        self._go(Input.START, State.WAIT_RESP_HELLO)
+    def channel_confirmed(self) -> list[Event]:
+        """The channel above (TLS Finished under a PSK from this session) proved the responder's key."""
+        return self._run(lambda: self._step(Input.CHANNEL_CONFIRMED))
+
+    def _initiate(self) -> tuple[State, list[Event]]:
         first = SUITES[self.config.suites[0]]
         self._kem = self._backend.kem(first.kem)
         self._ka = self._backend.key_agreement(first.key_agreement)
         self._kem_private, kem_key = self._kem.generate(self._rng(self._kem.sizes.decapsulation_key_seed))
         self._x_private, x_public = self._ka.generate(self._rng(self._ka.private_key_size))
         auth = self.config.authenticator
-        self._identity = auth.local_identity(None)
-        hello = InitHello(self._rng(NONCE_SIZE), self.config.suites, auth.kind, self._identity, x_public, kem_key,
-                          self._policy, self.config.context)
-        self._frames["ih"] = encode(hello)
-        return [SendMessage(self._frames["ih"])]
+        hello = InitHello(int(self._wall()), self._rng(NONCE_SIZE), self.config.suites, auth.kind, self._policy,
+                          self.config.context, x_public, kem_key, (), bytes(MAC_SIZE), bytes(MAC_SIZE))
+        prefix = init_hello_prefix(hello)
+        offer = auth.offer(prefix)
+        self._hello_body = prefix + bytes([len(offer)]) + b"".join(offer)
+        self._mac1 = hmac.digest(_mac1_key(self._static), self._hello_body, "sha256")[:MAC_SIZE]
+        return State.WAIT_RESP_HELLO, [SendMessage(self._send_hello(bytes(MAC_SIZE)))]
 
-    def receive(self, frame: bytes) -> list[Event]:
-        """Handle one frame from the responder."""
-        if self.state is State.WAIT_RESP_HELLO:
-            return self._guard(lambda: self._on_resp_hello(frame))
-        return self._guard(lambda: self._on_resp_finish(frame))
+    def _send_hello(self, mac2: bytes) -> bytes:
+        self._ih = build_frame(MessageType.INIT_HELLO, self._hello_body + self._mac1 + mac2)
+        return self._ih
 
-    def _on_resp_hello(self, frame: bytes) -> list[Event]:
-        msg = self._decode(frame, RespHello)
-        assert isinstance(msg, RespHello)
+    def _on_cookie_reply(self, msg: CookieReply, frame: bytes) -> tuple[State, list[Event]]:
+        if self._cookie_used:
+            raise RemoteProtocolError("responder sent a second CookieReply")
+        self._cookie_used = True
+        try:
+            cookie = ChaCha20Poly1305(_cookie_key(self._static)).decrypt(msg.nonce, msg.sealed_cookie, self._mac1)
+        except InvalidTag:
+            raise RemoteProtocolError("CookieReply does not open under the responder's identity") from None
+        mac2 = hmac.digest(cookie, self._hello_body + self._mac1, "sha256")[:MAC_SIZE]
+        return State.WAIT_RESP_HELLO, [SendMessage(self._send_hello(mac2))]
+
+    def _on_resp_hello(self, msg: RespHello, frame: bytes) -> tuple[State, list[Event]]:
         if msg.suite not in self.config.suites:
             raise NegotiationError(f"responder chose suite 0x{msg.suite:04x}, which this side did not offer "
                                    "(downgrade attempt or broken peer)")
+        if msg.qkd_policy > _REQUIRED:
+            raise RemoteProtocolError(f"malformed RespHello: QKD policy {msg.qkd_policy}")
         self._suite = SUITES[msg.suite]
-        self._frames["rh"] = frame
         self._peer_policy = msg.qkd_policy
-        if self._peer_policy > _REQUIRED:
-            raise RemoteProtocolError(f"malformed RespHello: QKD policy {self._peer_policy}")
         auth = self.config.authenticator
-        auth.check_kind(msg.auth_kind)
-        core = core_of(frame, msg)
-        th_resp = self._h(self._frames["ih"], core)
-        # The responder's identity names the shared key both tags use (PSK mode); it must be one we offered.
-        self._key_id = auth.accept_key_id(self._identity, msg.identity)
-        self._peer = auth.verify_peer(msg.auth_kind, msg.identity, Role.RESPONDER, th_resp, msg.auth_tag,
-                                      key_id=self._key_id)
+        self._psk = auth.accept(msg.psk_choice)
+        self._th = _Transcript(self.suite.hash)
+        self.transcript.absorb(self._ih)
+        self._rh_public = resp_hello_public(msg)
         self._k1 = self._ka.exchange(self._x_private, msg.x25519)
         self._k2 = self._kem.decapsulate(self._kem_private, msg.kem_ciphertext)
-        self._hs_secret = self._catkdf(psk=b"", ma=self._frames["ih"], mb=core,
-                                       context=_labels.CATKDF_CONTEXT_HANDSHAKE, label=_labels.CATKDF_LABEL_HANDSHAKE)
-        self._check_mac(self._hs_secret, _labels.KEY_RESP_CONFIRM, th_resp + msg.auth_tag, msg.confirm, "responder")
+        self._handshake_secret()
+        self._rh_plain = self._open(_labels.KEY_RESP_HELLO, self.transcript.hash(self._rh_public), msg.sealed,
+                                    "responder")
+        payload = pull_resp_hello_payload(self._rh_plain)
+        self._peer_identity = payload.identity
+        self._peer = auth.verify_peer(Role.INITIATOR, self._psk, Purpose.RESPONDER, payload.identity,
+                                      self.transcript.hash(self._rh_public, vec16(payload.identity)),
+                                      payload.auth_tag)
+        self.authenticated = True
+        self.transcript.absorb(frame)
         if self._policy == _REQUIRED and self._peer_policy == _OFF:
             raise QKDPolicyError("this side requires QKD but the responder runs without QKD; configure a QKD "
                                  f"source on the responder or use {_PREFERRED_HINT} here")
         if self._policy != _OFF and self._peer_policy != _OFF:
-            self._go(Input.RESP_HELLO, State.WAIT_QKD_MASTER)
-            return [NeedQKDKeys("master", 1, self.config.qkd_key_bits)]
-        return self._send_finish(Input.RESP_HELLO)
+            return State.WAIT_QKD_MASTER, [NeedQKDKeys("master", 1, self.config.qkd_key_bits,
+                                                       peer_sae_id=self.config.peer_sae_id)]
+        return self._send_finish(QKDBlock(QKDStatus.OFF))
 
-    def qkd_keys(self, keys: Sequence[QKDKey]) -> list[Event]:
-        """The QKD source delivered fresh keys (as master SAE)."""
-        def run() -> list[Event]:
-            if self.state is not State.WAIT_QKD_MASTER:
-                raise LocalProtocolError("no QKD keys were asked for")
-            if len(keys) != 1 or len(keys[0].key) * 8 != self.config.qkd_key_bits:
-                raise QKDUnavailable(f"QKD source returned {len(keys)} key(s) of the wrong size; expected one "
-                                     f"{self.config.qkd_key_bits}-bit key")
-            self._qkd = list(keys)
-            self._qkd_status = QKDOutcome("used", tuple(k.key_id for k in keys))
-            return self._send_finish(Input.QKD_KEYS)
-        return self._guard(run)
+    def _on_qkd_keys(self, keys: list[QKDKey]) -> tuple[State, list[Event]]:
+        if len(keys) != 1 or len(keys[0].key) * 8 != self.config.qkd_key_bits:
+            raise QKDUnavailable(f"QKD source returned {len(keys)} key(s) of the wrong size; expected one "
+                                 f"{self.config.qkd_key_bits}-bit key")
+        self._qkd = keys
+        return self._send_finish(QKDBlock(QKDStatus.USED, QKDReason.NONE, self.config.sae_id,
+                                          self.config.peer_sae_id, self.config.qkd_key_bits,
+                                          tuple(k.key_id for k in keys)))
 
-    def qkd_failed(self, error: QKDError) -> list[Event]:
-        """The QKD source could not deliver; the policies decide whether to go on."""
-        def run() -> list[Event]:
-            if self.state is not State.WAIT_QKD_MASTER:
-                raise LocalProtocolError("no QKD keys were asked for")
-            self._qkd_refused(error, "QKD source")
-            return self._send_finish(Input.QKD_KEYS)
-        return self._guard(run)
+    def _on_qkd_failed(self, error: QKDError) -> tuple[State, list[Event]]:
+        if isinstance(error, QKDKeyReplay):
+            raise error
+        if _REQUIRED in (self._policy, self._peer_policy):
+            side = "this side" if self._policy == _REQUIRED else "the responder"
+            raise QKDPolicyError(f"no QKD key ({error}) and {side} requires QKD; fix the QKD source, "
+                                 f"or use {_PREFERRED_HINT} to go on with ML-KEM and X25519 only")
+        self._local_reason = f"this side's QKD source failed: {error}"
+        return self._send_finish(QKDBlock(QKDStatus.UNAVAILABLE, _qkd_reason(error), self.config.sae_id,
+                                          self.config.peer_sae_id, self.config.qkd_key_bits))
 
-    def _send_finish(self, event: Input) -> list[Event]:
-        self._go(event, State.WAIT_RESP_FINISH)
-        ids = tuple(k.key_id for k in self._qkd)
-        core = push_init_finish_core(InitFinish(ids))
-        th_init = self._h(self._frames["ih"], self._frames["rh"], core)
-        tag = self.config.authenticator.make_tag(Role.INITIATOR, th_init, self._key_id)
-        confirm = self._mac(self._hs_secret, _labels.KEY_INIT_CONFIRM, th_init + tag)
-        self._frames["if"] = build_frame(MessageType.INIT_FINISH, core + auth_fields(tag, confirm))
-        return [SendMessage(self._frames["if"])]
+    def _send_finish(self, block: QKDBlock) -> tuple[State, list[Event]]:
+        auth = self.config.authenticator
+        self._block = block
+        self._if_core = push_init_finish_core(auth.local_identity(), block)
+        tag = auth.make_tag(Role.INITIATOR, self._psk, Purpose.INITIATOR, self.transcript.hash(self._if_core))
+        self._if_tagged = self._if_core + vec16(tag)
+        psk = b"".join(k.key for k in self._qkd) if block.status is QKDStatus.USED else b""
+        self._session = self._session_secret(block, psk)
+        confirm = self._mac(self._session, _labels.SECRET_INIT_FINISHED, self.transcript.hash(self._if_tagged))
+        sealed = self._seal(_labels.KEY_INIT_FINISH, self.transcript.hash(), self._if_tagged + vec8(confirm))
+        frame = encode(InitFinish(sealed))
+        self.transcript.absorb(frame)
+        events: list[Event] = [SendMessage(frame)]
+        if self.config.channel_confirmation:
+            self._provisional = self._result(self._session, block, self._local_reason)
+            events.append(NeedChannelConfirmation(self._provisional))
+            return State.WAIT_CHANNEL, events
+        return State.WAIT_RESP_FINISH, events
 
-    def _on_resp_finish(self, frame: bytes) -> list[Event]:
-        msg = self._decode(frame, RespFinish)
-        assert isinstance(msg, RespFinish)
-        self._frames["rf"] = frame
-        if msg.qkd_used and not self._qkd:
-            raise RemoteProtocolError("responder claims a QKD key was used, but none was sent")
-        if self._qkd and not msg.qkd_used:
-            self._qkd_refused(QKDUnavailable("it could not fetch the QKD key by key_ID"), "responder")
-        session, _, th_final = self._session_and_finish(msg.qkd_used)
-        self._check_mac(session, _labels.KEY_FINISH_CONFIRM, th_final, msg.confirm, "final")
-        self._go(Input.RESP_FINISH, State.DONE)
-        return [HandshakeComplete(self._finish_result(session, th_final))]
+    def _on_channel_confirmed(self) -> tuple[State, list[Event]]:
+        return State.DONE, [HandshakeComplete(self._finish(self._provisional))]
+
+    def _on_resp_finish(self, msg: RespFinish, frame: bytes) -> tuple[State, list[Event]]:
+        plain = self._open(_labels.KEY_RESP_FINISH, self.transcript.hash(), msg.sealed, "responder")
+        payload = pull_resp_finish_payload(plain)
+        core = push_resp_finish_core(payload.status, payload.reason)
+        tagged = core + vec16(payload.auth_tag)
+        if payload.status is QKDStatus.OFF:
+            if self.state is State.WAIT_CHANNEL:
+                raise RemoteProtocolError("responder sent a RespFinish although the channel confirms the session")
+            expected = self._mac(self._session, _labels.SECRET_RESP_FINISHED, self.transcript.hash(tagged))
+            self._check_mac(expected, payload.confirm, "the responder's final key confirmation")
+            self.transcript.absorb(frame)
+            result = self._result(self._session, self._block, self._local_reason)
+            return State.DONE, [HandshakeComplete(self._finish(result))]
+        # The responder could not get the QKD key: accept that only under its long-term credential.
+        if self._block.status is not QKDStatus.USED:
+            raise RemoteProtocolError("responder fell back without QKD although no QKD key was used")
+        self._peer = self.config.authenticator.verify_peer(Role.INITIATOR, self._psk, Purpose.RESPONDER_FALLBACK,
+                                                           self._peer_identity, self.transcript.hash(core),
+                                                           payload.auth_tag)
+        if _REQUIRED in (self._policy, self._peer_policy):
+            raise QKDPolicyError(f"the responder could not get the QKD key ({QKD_REASON_TEXT[payload.reason]}) and "
+                                 f"QKD is required; fix its QKD source, or use {_PREFERRED_HINT}")
+        fallback = replace(self._block, status=QKDStatus.UNAVAILABLE, reason=payload.reason)
+        session = self._session_secret(fallback, b"", tagged)
+        expected = self._mac(session, _labels.SECRET_RESP_FINISHED, self.transcript.hash(tagged))
+        self._check_mac(expected, payload.confirm, "the responder's fallback key confirmation")
+        self.transcript.absorb(frame)
+        confirm = self._mac(session, _labels.SECRET_INIT_CONFIRM, self.transcript.hash())
+        confirm_frame = encode(InitConfirm(self._seal(_labels.KEY_INIT_CONFIRM, self.transcript.hash(),
+                                                      vec8(confirm))))
+        self.transcript.absorb(confirm_frame)
+        result = self._result(session, fallback, f"the responder's QKD source failed: "
+                                                 f"{QKD_REASON_TEXT[payload.reason].removeprefix('its ')}")
+        return State.DONE, [SendMessage(confirm_frame), HandshakeComplete(self._finish(result))]
+
+
+def _mac1_key(static: bytes) -> bytes:
+    return hashlib.sha256(_labels.MAC1 + static).digest()
+
+
+def _cookie_key(static: bytes) -> bytes:
+    return hashlib.sha256(_labels.COOKIE + static).digest()
 
 
 class Responder(Connection):
-    """The side that listens.  As ETSI 014 slave SAE it fetches QKD keys by key_ID."""
+    """The side that listens.  As ETSI 014 slave SAE it fetches QKD keys by key_ID.
+
+    ``guard`` (shared by all connections of this responder) and ``source`` (the peer's address)
+    enable the replay cache, the cookie challenge under load and the per-source rate limit.
+    """
 
     role = Role.RESPONDER
 
-    def receive(self, frame: bytes) -> list[Event]:
-        """Handle one frame from the initiator."""
-        if self.state is State.START:
-            return self._guard(lambda: self._on_init_hello(frame))
-        return self._guard(lambda: self._on_init_finish(frame))
+    def __init__(self, config: HandshakeConfig, *, rng: Callable[[int], bytes] = os.urandom,
+                 now: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 guard: DoSGuard | None = None, source: bytes = b"") -> None:
+        super().__init__(config, rng=rng, now=now, wall=wall)
+        self._static = config.authenticator.responder_static(Role.RESPONDER)
+        self._guard = guard
+        self._source = source
 
-    def _on_init_hello(self, frame: bytes) -> list[Event]:
-        msg = self._decode(frame, InitHello)
-        assert isinstance(msg, InitHello)
-        self._frames["ih"] = frame
+    def _on_init_hello(self, msg: InitHello, frame: bytes) -> tuple[State, list[Event]]:
+        body = frame[HEADER_SIZE:]
+        signed, mac1, mac2 = body[:-2 * MAC_SIZE], body[-2 * MAC_SIZE:-MAC_SIZE], body[-MAC_SIZE:]
+        if not hmac.compare_digest(hmac.digest(_mac1_key(self._static), signed, "sha256")[:MAC_SIZE], mac1):
+            raise UnverifiedMessage("dropped an InitHello without a valid mac1 (the sender does not know this "
+                                    "responder's identity)")
+        if self._guard is not None:
+            verdict = self._guard.check(self._source, msg.timestamp, signed, body[:-MAC_SIZE], mac2)
+            if verdict.action == "cookie":
+                nonce = self._rng(COOKIE_NONCE_SIZE)
+                sealed = ChaCha20Poly1305(_cookie_key(self._static)).encrypt(
+                    nonce, self._guard.cookie_for(self._source), mac1)
+                return State.START, [SendMessage(encode(CookieReply(nonce, sealed)))]
+            if verdict.action == "drop":
+                raise UnverifiedMessage(f"dropped an InitHello: {verdict.reason}")
+        elif abs(self._wall() - msg.timestamp) > self.config.replay_window:
+            raise UnverifiedMessage("dropped a stale InitHello: its timestamp is outside the replay window "
+                                    "(check both clocks)")
         accepted = [s for s in msg.suites if s in self.config.suites]
         if not accepted:
-            offered = ", ".join(SUITES[s].name if s in SUITES else f"0x{s:04x}" for s in msg.suites)
-            mine = ", ".join(SUITES[s].name for s in self.config.suites)
-            raise NegotiationError(f"no common suite: peer offers [{offered}], this side accepts [{mine}]; "
-                                   "use the same --kem on both sides")
+            raise NegotiationError("no common suite: the peer offers none this side accepts; use the same --kem on "
+                                   "both sides")
         self._suite = SUITES[accepted[0]]
         share_suite = SUITES.get(msg.suites[0])
         if share_suite is None or share_suite.kem != self.suite.kem:
@@ -549,8 +756,8 @@ class Responder(Connection):
                                  "source here (--qkd) or relax the initiator's policy")
         auth = self.config.authenticator
         auth.check_kind(msg.auth_kind)
-        self._peer_kind, self._peer_identity = msg.auth_kind, msg.identity
-        self._identity = auth.local_identity(msg.identity)
+        prefix = signed[:len(signed) - 1 - len(b"".join(msg.psk_ids))]
+        choice, self._psk = auth.select(prefix, msg.psk_ids)
         kem = self._backend.kem(self.suite.kem)
         ka = self._backend.key_agreement(self.suite.key_agreement)
         if len(msg.kem_key) != kem.sizes.encapsulation_key:
@@ -559,69 +766,103 @@ class Responder(Connection):
         x_private, x_public = ka.generate(self._rng(ka.private_key_size))
         self._k1 = ka.exchange(x_private, msg.x25519)
         self._k2, ciphertext = kem.encapsulate(msg.kem_key)
-        reply = RespHello(self._rng(NONCE_SIZE), self.suite.code, auth.kind, self._identity, x_public, ciphertext,
-                          self._policy)
-        core = push_resp_hello_core(reply)
-        th_resp = self._h(frame, core)
-        tag = auth.make_tag(Role.RESPONDER, th_resp, self._identity)
-        self._hs_secret = self._catkdf(psk=b"", ma=frame, mb=core, context=_labels.CATKDF_CONTEXT_HANDSHAKE,
-                                       label=_labels.CATKDF_LABEL_HANDSHAKE)
-        confirm = self._mac(self._hs_secret, _labels.KEY_RESP_CONFIRM, th_resp + tag)
-        self._frames["rh"] = build_frame(MessageType.RESP_HELLO, core + auth_fields(tag, confirm))
-        self._go(Input.INIT_HELLO, State.WAIT_INIT_FINISH)
-        return [SendMessage(self._frames["rh"])]
+        self._ih = frame
+        self._th = _Transcript(self.suite.hash)
+        self.transcript.absorb(frame)
+        reply = RespHello(self._rng(NONCE_SIZE), self.suite.code, self._policy, x_public, ciphertext, choice, b"")
+        self._rh_public = resp_hello_public(reply)
+        self._handshake_secret()
+        identity = auth.local_identity()
+        tag = auth.make_tag(Role.RESPONDER, self._psk, Purpose.RESPONDER,
+                            self.transcript.hash(self._rh_public, vec16(identity)))
+        self._rh_plain = vec16(identity) + vec16(tag)
+        sealed = self._seal(_labels.KEY_RESP_HELLO, self.transcript.hash(self._rh_public), self._rh_plain)
+        frame_out = encode(replace(reply, sealed=sealed))
+        self.transcript.absorb(frame_out)
+        return State.WAIT_INIT_FINISH, [SendMessage(frame_out)]
 
-    def _on_init_finish(self, frame: bytes) -> list[Event]:
-        msg = self._decode(frame, InitFinish)
-        assert isinstance(msg, InitFinish)
-        self._frames["if"] = frame
-        core = core_of(frame, msg)
-        th_init = self._h(self._frames["ih"], self._frames["rh"], core)
-        # Authenticate the initiator and its possession of the PQC secrets before touching any QKD key.
-        self._peer = self.config.authenticator.verify_peer(self._peer_kind, self._peer_identity, Role.INITIATOR,
-                                                           th_init, msg.auth_tag, key_id=self._identity)
-        self._check_mac(self._hs_secret, _labels.KEY_INIT_CONFIRM, th_init + msg.auth_tag, msg.confirm, "initiator")
-        agreed = self._policy != _OFF and self._peer_policy != _OFF
-        if msg.qkd_key_ids:
-            if not agreed:
-                raise RemoteProtocolError("initiator sent QKD key_IDs although QKD was not agreed")
-            if len(msg.qkd_key_ids) != 1:
-                raise RemoteProtocolError(f"initiator sent {len(msg.qkd_key_ids)} QKD key_IDs, expected 1")
-            self._go(Input.INIT_FINISH, State.WAIT_QKD_SLAVE)
-            self._wanted = msg.qkd_key_ids
-            return [NeedQKDKeys("slave", len(msg.qkd_key_ids), self.config.qkd_key_bits, msg.qkd_key_ids)]
-        if agreed:
-            self._qkd_refused(QKDUnavailable("its QKD source delivered no key"), "initiator")
-        self._go(Input.INIT_FINISH, State.DONE)
-        return self._send_resp_finish(False)
+    def _on_init_finish(self, msg: InitFinish, frame: bytes) -> tuple[State, list[Event]]:
+        plain = self._open(_labels.KEY_INIT_FINISH, self.transcript.hash(), msg.sealed, "initiator")
+        payload = pull_init_finish_payload(plain)
+        # Authenticate the initiator before touching any QKD key.
+        self._peer = self.config.authenticator.verify_peer(Role.RESPONDER, self._psk, Purpose.INITIATOR,
+                                                           payload.identity, self.transcript.hash(payload.core),
+                                                           payload.auth_tag)
+        self.authenticated = True
+        self._peer_identity = payload.identity
+        self._if_core = payload.core
+        self._if_tagged = payload.core + vec16(payload.auth_tag)
+        self._confirm_i = payload.confirm
+        self._if_frame = frame
+        block = self._block = payload.qkd
+        self._require_qkd_block(block)
+        if block.status is QKDStatus.USED:
+            expected = self.config.expected_master(self._peer)
+            if block.master_sae_id != expected or block.slave_sae_id != self.config.sae_id:
+                raise AuthenticationError(
+                    f"the initiator's QKD key is for master SAE {block.master_sae_id!r} -> slave "
+                    f"{block.slave_sae_id!r}, but this peer is SAE {expected!r} and this side {self.config.sae_id!r}"
+                    "; refusing another SAE's key (set the peer's SAE ID to match its KME account)")
+            if block.key_bits != self.config.qkd_key_bits or len(block.key_ids) != 1:
+                raise RemoteProtocolError(f"initiator declared {len(block.key_ids)} QKD key(s) of {block.key_bits} "
+                                          f"bits; this side expects one {self.config.qkd_key_bits}-bit key")
+            return State.WAIT_QKD_SLAVE, [NeedQKDKeys("slave", 1, block.key_bits, block.key_ids,
+                                                      peer_sae_id=block.master_sae_id)]
+        reason = f"the initiator's QKD source failed: {QKD_REASON_TEXT[block.reason].removeprefix('its ')}" \
+            if block.status is QKDStatus.UNAVAILABLE else ""
+        return self._confirm_initiator(b"", reason)
 
-    def qkd_keys(self, keys: Sequence[QKDKey]) -> list[Event]:
-        """The QKD source delivered the keys asked for by key_ID (as slave SAE)."""
-        def run() -> list[Event]:
-            if self.state is not State.WAIT_QKD_SLAVE:
-                raise LocalProtocolError("no QKD keys were asked for")
-            if tuple(k.key_id for k in keys) != self._wanted or any(
-                    len(k.key) * 8 != self.config.qkd_key_bits for k in keys):
-                raise QKDUnavailable("QKD source returned keys that do not match the requested key_IDs or size")
-            self._qkd = list(keys)
-            self._qkd_status = QKDOutcome("used", self._wanted)
-            self._go(Input.QKD_KEYS, State.DONE)
-            return self._send_resp_finish(True)
-        return self._guard(run)
+    def _confirm_initiator(self, psk: bytes, reason: str) -> tuple[State, list[Event]]:
+        session = self._session_secret(self._block, psk)
+        expected = self._mac(session, _labels.SECRET_INIT_FINISHED, self.transcript.hash(self._if_tagged))
+        self._check_mac(expected, self._confirm_i, "the initiator's final key confirmation")
+        self.transcript.absorb(self._if_frame)
+        events: list[Event] = []
+        if not self.config.channel_confirmation:
+            core = push_resp_finish_core(QKDStatus.OFF, QKDReason.NONE)
+            tagged = core + vec16(b"")
+            confirm = self._mac(session, _labels.SECRET_RESP_FINISHED, self.transcript.hash(tagged))
+            frame = encode(RespFinish(self._seal(_labels.KEY_RESP_FINISH, self.transcript.hash(),
+                                                 tagged + vec8(confirm))))
+            self.transcript.absorb(frame)
+            events.append(SendMessage(frame))
+        result = self._result(session, self._block, reason)
+        events.append(HandshakeComplete(self._finish(result)))
+        return State.DONE, events
 
-    def qkd_failed(self, error: QKDError) -> list[Event]:
-        """The QKD source could not deliver the keys; a replay always fails, otherwise the policies decide."""
-        def run() -> list[Event]:
-            if self.state is not State.WAIT_QKD_SLAVE:
-                raise LocalProtocolError("no QKD keys were asked for")
-            self._qkd_refused(error, "QKD source")
-            self._go(Input.QKD_KEYS, State.DONE)
-            return self._send_resp_finish(False)
-        return self._guard(run)
+    def _on_qkd_keys(self, keys: list[QKDKey]) -> tuple[State, list[Event]]:
+        if tuple(k.key_id for k in keys) != self._block.key_ids or any(
+                len(k.key) * 8 != self._block.key_bits for k in keys):
+            raise QKDUnavailable("QKD source returned keys that do not match the requested key_IDs or size")
+        return self._confirm_initiator(b"".join(k.key for k in keys), "")
 
-    def _send_resp_finish(self, qkd_used: bool) -> list[Event]:
-        session, core, th_final = self._session_and_finish(qkd_used)
-        confirm = self._mac(session, _labels.KEY_FINISH_CONFIRM, th_final)
-        self._frames["rf"] = encode(RespFinish(qkd_used, confirm))
-        result = self._finish_result(session, th_final)
-        return [SendMessage(self._frames["rf"]), HandshakeComplete(result)]
+    def _on_qkd_failed(self, error: QKDError) -> tuple[State, list[Event]]:
+        if isinstance(error, QKDKeyReplay):
+            raise error
+        if _REQUIRED in (self._policy, self._peer_policy):
+            side = "this side" if self._policy == _REQUIRED else "the initiator"
+            raise QKDPolicyError(f"no QKD key ({error}) and {side} requires QKD; fix the QKD source, "
+                                 f"or use {_PREFERRED_HINT} to go on with ML-KEM and X25519 only")
+        # Fall back, saying so under this side's long-term credential, and wait for the initiator's proof.
+        reason = _qkd_reason(error)
+        core = push_resp_finish_core(QKDStatus.UNAVAILABLE, reason)
+        self.transcript.absorb(self._if_frame)
+        tag = self.config.authenticator.make_tag(Role.RESPONDER, self._psk, Purpose.RESPONDER_FALLBACK,
+                                                 self.transcript.hash(core))
+        tagged = core + vec16(tag)
+        self._block = replace(self._block, status=QKDStatus.UNAVAILABLE, reason=reason)
+        self._session = self._session_secret(self._block, b"", tagged)
+        confirm = self._mac(self._session, _labels.SECRET_RESP_FINISHED, self.transcript.hash(tagged))
+        frame = encode(RespFinish(self._seal(_labels.KEY_RESP_FINISH, self.transcript.hash(), tagged + vec8(confirm))))
+        self.transcript.absorb(frame)
+        self._local_reason = f"this side's QKD source failed: {error}"
+        return State.WAIT_INIT_CONFIRM, [SendMessage(frame)]
+
+    def _on_init_confirm(self, msg: InitConfirm, frame: bytes) -> tuple[State, list[Event]]:
+        plain = self._open(_labels.KEY_INIT_CONFIRM, self.transcript.hash(), msg.sealed, "initiator")
+        confirm = pull_init_confirm_payload(plain)
+        expected = self._mac(self._session, _labels.SECRET_INIT_CONFIRM, self.transcript.hash())
+        self._check_mac(expected, confirm, "the initiator's fallback key confirmation")
+        self.transcript.absorb(frame)
+        result = self._result(self._session, self._block, self._local_reason)
+        return State.DONE, [HandshakeComplete(self._finish(result))]

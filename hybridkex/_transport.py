@@ -16,13 +16,23 @@ import time
 from ._errors import (
     HandshakeTimeout,
     HybridKexError,
+    PeerAlertError,
     QKDError,
-    QKDUnavailable,
+    QKDSourceMissing,
     RemoteProtocolError,
     TransportError,
 )
-from ._handshake import Connection, Event, HandshakeComplete, HandshakeResult, Initiator, NeedQKDKeys, SendMessage
-from ._wire import HEADER_SIZE, decode, parse_header
+from ._handshake import (
+    Connection,
+    Event,
+    HandshakeComplete,
+    HandshakeResult,
+    Initiator,
+    NeedChannelConfirmation,
+    NeedQKDKeys,
+    SendMessage,
+)
+from ._wire import HEADER_SIZE, Alert, decode, parse_header
 from .qkd._source import QKDKey, QKDKeySource
 
 __all__ = ["run_handshake", "run_handshake_async", "connect", "parse_address", "listen", "read_frame", "recv_exact",
@@ -40,10 +50,12 @@ def parse_address(text: str) -> tuple[str, int]:
 
 def _ask_qkd(source: QKDKeySource | None, request: NeedQKDKeys) -> list[QKDKey] | QKDError:
     if source is None:
-        return QKDUnavailable("no QKD key source is configured on this side")
+        return QKDSourceMissing("no QKD key source is configured on this side")
     try:
         if request.role == "master":
             return source.get_new_keys(request.number, request.size_bits)
+        if request.peer_sae_id:
+            return source.get_keys_from(list(request.key_ids), request.peer_sae_id)
         return source.get_keys_by_id(list(request.key_ids))
     except QKDError as exc:
         return exc
@@ -98,14 +110,18 @@ def _send_alert(sock: socket.socket, conn: Connection) -> None:
 
 
 def _await_close(sock: socket.socket, deadline: float) -> None:
-    """Responder, after its last message: the initiator either closes (it confirmed the key)
-    or sends an alert (its final check failed).  Silence until the deadline counts as closed."""
+    """After sending the last message: the peer either closes (it accepted the message) or sends an
+    alert (its check of that message failed, so no key).  The close is not the proof of the peer's
+    key (that came before); it only rules out the alert.  Silence until the deadline counts as closed."""
     try:
         frame = read_frame(sock, deadline)
     except (TransportError, HandshakeTimeout):
         return
-    decode(frame)  # an Alert raises PeerAlertError; anything else is a protocol error
-    raise RemoteProtocolError("initiator sent data after the handshake instead of closing")
+    message = decode(frame)
+    if isinstance(message, Alert):
+        raise PeerAlertError(f"peer aborted the handshake after this side's last message: {message.text}",
+                             int(message.code))
+    raise RemoteProtocolError("peer sent data after the handshake instead of closing")
 
 
 def run_handshake(sock: socket.socket, conn: Connection, qkd_source: QKDKeySource | None = None, *,
@@ -113,10 +129,15 @@ def run_handshake(sock: socket.socket, conn: Connection, qkd_source: QKDKeySourc
     """Run ``conn`` (an Initiator or Responder) to completion over a connected socket.
 
     ``timeout`` bounds the whole handshake (default: the config's).  The socket is left
-    open and blocking; the caller closes it.  With ``await_close`` a responder waits for the
-    initiator to close the connection before returning, so an alert sent because the
-    initiator's final check failed still reaches it (use it when nothing follows on the
-    connection, as for ``hybridkex exchange``; an initiator should then close at once).
+    open and blocking; the caller closes it.  Each side returns only once it holds the
+    peer's proof of the final session secret (a closed connection never counts as one).
+    An initiator with channel confirmation returns at :class:`NeedChannelConfirmation`
+    with the provisional result: the caller's channel (TLS) then confirms it.
+
+    With ``await_close`` the side that sent the handshake's last message waits (up to 5 s) for
+    the peer to close or to send an alert, so that altering that last message leaves neither
+    side with a key (use it when nothing follows on the connection, as for ``hybridkex
+    exchange``; the other side closes at once).
     """
     deadline = time.monotonic() + (timeout if timeout is not None else conn.config.timeout)
     previous_timeout = sock.gettimeout()
@@ -126,15 +147,17 @@ def run_handshake(sock: socket.socket, conn: Connection, qkd_source: QKDKeySourc
             events = conn.receive(read_frame(sock, deadline))
         while True:
             follow_up: list[Event] = []
+            sent_last = False
             for event in events:
                 if isinstance(event, SendMessage):
                     send_all(sock, event.data, deadline)
+                    sent_last = True
                 elif isinstance(event, NeedQKDKeys):
                     answer = _ask_qkd(qkd_source, event)
                     follow_up += conn.qkd_failed(answer) if isinstance(answer, QKDError) \
                         else conn.qkd_keys(answer)
-                elif isinstance(event, HandshakeComplete):
-                    if await_close and not isinstance(conn, Initiator):
+                elif isinstance(event, (HandshakeComplete, NeedChannelConfirmation)):
+                    if await_close and sent_last and isinstance(event, HandshakeComplete):
                         _await_close(sock, min(deadline, time.monotonic() + 5.0))
                     return event.result
             if follow_up:
@@ -214,7 +237,7 @@ async def run_handshake_async(reader: asyncio.StreamReader, writer: asyncio.Stre
                     answer = await loop.run_in_executor(None, _ask_qkd, qkd_source, event)
                     follow_up += conn.qkd_failed(answer) if isinstance(answer, QKDError) \
                         else conn.qkd_keys(answer)
-                elif isinstance(event, HandshakeComplete):
+                elif isinstance(event, (HandshakeComplete, NeedChannelConfirmation)):
                     return event.result
             events = follow_up or conn.receive(await _read_frame_async(reader))
 

@@ -1,9 +1,10 @@
-"""Wire format, version 1: framed messages with explicit lengths and a hard size limit.
+"""Wire format, version 2 (``docs/protocol.md`` §3-§4): framed messages with explicit lengths.
 
 Frame: ``"HX" | version u8 | type u8 | body length u32 | body``.  Every variable field in a
-body carries its own length prefix; a body must be consumed exactly.  Decoders return the
-message and the raw bytes it was parsed from, because the transcript, the signatures and
-CatKDF's MA/MB are computed over the exact bytes on the wire, never over a re-encoding.
+body carries its own length prefix; a body must be consumed exactly, so each valid frame
+has exactly one parse.  Everything after InitHello that names a party (identities,
+signatures, MACs, QKD key_IDs) travels in a ``sealed`` field (ChaCha20-Poly1305 under a
+key from the handshake secret); its plaintext has its own codec here too.
 
 Encoders are ``push_*`` and decoders ``pull_*`` over a :class:`Buffer`, after aioquic.
 """
@@ -13,25 +14,41 @@ from __future__ import annotations
 import struct
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
 
 from ._errors import RemoteProtocolError
 
 __all__ = [
-    "MAGIC", "PROTOCOL_VERSION", "HEADER_SIZE", "MAX_BODY_SIZE", "MessageType",
-    "InitHello", "RespHello", "InitFinish", "RespFinish", "Alert", "AlertCode", "Message",
-    "encode", "decode", "parse_header", "build_frame", "auth_fields", "core_of",
+    "MAGIC", "PROTOCOL_VERSION", "HEADER_SIZE", "MAX_BODY_SIZE", "NONCE_SIZE", "MAC_SIZE", "BLIND_SIZE",
+    "MAX_QKD_KEYS", "MAX_SUITES", "MAX_PSK_OFFER", "MessageType", "AlertCode", "ALERT_TEXT",
+    "QKDStatus", "QKDReason", "QKD_REASON_TEXT", "QKDBlock",
+    "InitHello", "RespHello", "InitFinish", "RespFinish", "InitConfirm", "CookieReply", "Alert", "Message",
+    "RespHelloPayload", "InitFinishPayload", "RespFinishPayload",
+    "encode", "decode", "parse_header", "build_frame", "vec8", "vec16",
+    "push_qkd_block", "push_resp_hello_payload", "pull_resp_hello_payload", "push_init_finish_core",
+    "pull_init_finish_payload", "push_resp_finish_core", "pull_resp_finish_payload", "pull_init_confirm_payload",
+    "init_hello_prefix", "resp_hello_public",
 ]
 
 MAGIC = b"HX"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 HEADER_SIZE = 8
-#: Largest body accepted: ML-DSA-87 RespHello is ~8.9 KiB; anything past 32 KiB is an attack or a bug.
+#: Largest body accepted: an ML-DSA-87 InitFinish is ~7.3 KiB; anything past 32 KiB is an attack or a bug.
 MAX_BODY_SIZE = 32 * 1024
 NONCE_SIZE = 32
+#: InitHello's mac1 and mac2, and each blinded PSK identifier.
+MAC_SIZE = 16
+BLIND_SIZE = 16
 MAX_QKD_KEYS = 16
 MAX_SUITES = 0x7F
+#: PSKs an initiator may offer at once (the ratchet's current and previous key).
+MAX_PSK_OFFER = 4
+#: ``psk_choice`` in a RespHello of signature mode.
+NO_PSK = 0xFF
+COOKIE_NONCE_SIZE = 12
+COOKIE_SIZE = 16
+AEAD_TAG_SIZE = 16
 
 
 class MessageType(IntEnum):
@@ -39,11 +56,14 @@ class MessageType(IntEnum):
     RESP_HELLO = 2
     INIT_FINISH = 3
     RESP_FINISH = 4
+    INIT_CONFIRM = 5
+    COOKIE_REPLY = 6
     ALERT = 21
 
 
 class AlertCode(IntEnum):
-    """Why a side aborted.  Sent unauthenticated, for diagnosis only (as TLS alerts)."""
+    """Why a side aborted.  Sent unauthenticated (as TLS alerts), so it carries a code only: the
+    receiver shows the fixed text of :data:`ALERT_TEXT`, never words chosen by the peer."""
 
     BAD_MESSAGE = 1
     AUTH_FAILED = 2
@@ -52,61 +72,149 @@ class AlertCode(IntEnum):
     QKD_POLICY = 5
     QKD_UNAVAILABLE = 6
     QKD_REPLAY = 7
-    CONFIRM_FAILED = 8
     TIMEOUT = 9
     INTERNAL = 10
     CONTEXT_MISMATCH = 11
 
 
+ALERT_TEXT: dict[AlertCode, str] = {
+    AlertCode.BAD_MESSAGE: "it received a malformed or unexpected message",
+    AlertCode.AUTH_FAILED: "authentication or key confirmation failed",
+    AlertCode.UNKNOWN_PEER: "it does not know this side's identity or pre-shared key",
+    AlertCode.NO_COMMON_SUITE: "no common suite or authentication mode (check --kem and the auth mode on both sides)",
+    AlertCode.QKD_POLICY: "its QKD policy does not allow going on without a QKD key",
+    AlertCode.QKD_UNAVAILABLE: "it could not get the QKD key",
+    AlertCode.QKD_REPLAY: "the QKD key_ID was already used",
+    AlertCode.TIMEOUT: "the handshake timed out",
+    AlertCode.INTERNAL: "internal error",
+    AlertCode.CONTEXT_MISMATCH: "the application context differs (another application or integration)",
+}
+
+
+class QKDStatus(IntEnum):
+    OFF = 0
+    USED = 1
+    UNAVAILABLE = 2
+
+
+class QKDReason(IntEnum):
+    """Why a side went on without QKD (sent to the peer; the local log has the details)."""
+
+    NONE = 0
+    SOURCE_FAILED = 1
+    LINK_ABORTED = 2
+    NO_SOURCE = 3
+    NO_KEY_MATERIAL = 4
+
+
+QKD_REASON_TEXT: dict[QKDReason, str] = {
+    QKDReason.NONE: "",
+    QKDReason.SOURCE_FAILED: "its QKD source (KME) failed or is unreachable",
+    QKDReason.LINK_ABORTED: "its QKD link aborted (error rate too high: possible eavesdropper)",
+    QKDReason.NO_SOURCE: "it has no QKD source configured",
+    QKDReason.NO_KEY_MATERIAL: "its QKD source has no key material left",
+}
+
+
+@dataclass(frozen=True)
+class QKDBlock:
+    """What QKD contributes: in InitFinish (the master's view) and in the session context."""
+
+    status: QKDStatus
+    reason: QKDReason = QKDReason.NONE
+    master_sae_id: str = ""
+    slave_sae_id: str = ""
+    key_bits: int = 0
+    key_ids: tuple[uuid.UUID, ...] = ()
+
+
 @dataclass(frozen=True)
 class InitHello:
+    timestamp: int
     nonce: bytes
     suites: tuple[int, ...]
     auth_kind: int
-    identity: bytes
-    x25519: bytes
-    kem_key: bytes
     qkd_policy: int
     context: bytes
+    x25519: bytes
+    kem_key: bytes
+    psk_ids: tuple[bytes, ...]
+    mac1: bytes
+    mac2: bytes
 
 
 @dataclass(frozen=True)
 class RespHello:
     nonce: bytes
     suite: int
-    auth_kind: int
-    identity: bytes
+    qkd_policy: int
     x25519: bytes
     kem_ciphertext: bytes
-    qkd_policy: int
-    auth_tag: bytes = b""
-    confirm: bytes = b""
+    psk_choice: int
+    sealed: bytes
 
 
 @dataclass(frozen=True)
 class InitFinish:
-    qkd_key_ids: tuple[uuid.UUID, ...]
-    auth_tag: bytes = b""
-    confirm: bytes = b""
+    sealed: bytes
 
 
 @dataclass(frozen=True)
 class RespFinish:
-    qkd_used: bool
-    confirm: bytes = b""
+    sealed: bytes
+
+
+@dataclass(frozen=True)
+class InitConfirm:
+    sealed: bytes
+
+
+@dataclass(frozen=True)
+class CookieReply:
+    nonce: bytes
+    sealed_cookie: bytes
 
 
 @dataclass(frozen=True)
 class Alert:
     code: AlertCode
-    reason: str = field(default="")
+
+    @property
+    def text(self) -> str:
+        return ALERT_TEXT[self.code]
 
 
-Message = InitHello | RespHello | InitFinish | RespFinish | Alert
+Message = InitHello | RespHello | InitFinish | RespFinish | InitConfirm | CookieReply | Alert
+
+
+@dataclass(frozen=True)
+class RespHelloPayload:
+    identity: bytes
+    auth_tag: bytes
+
+
+@dataclass(frozen=True)
+class InitFinishPayload:
+    identity: bytes
+    qkd: QKDBlock
+    auth_tag: bytes
+    confirm: bytes
+    core: bytes
+    """``vec16(identity) || qkd block``: what the initiator's signature covers."""
+
+
+@dataclass(frozen=True)
+class RespFinishPayload:
+    status: QKDStatus
+    reason: QKDReason
+    auth_tag: bytes
+    confirm: bytes
+
 
 _TYPES: dict[type, MessageType] = {
-    InitHello: MessageType.INIT_HELLO, RespHello: MessageType.RESP_HELLO,
-    InitFinish: MessageType.INIT_FINISH, RespFinish: MessageType.RESP_FINISH, Alert: MessageType.ALERT,
+    InitHello: MessageType.INIT_HELLO, RespHello: MessageType.RESP_HELLO, InitFinish: MessageType.INIT_FINISH,
+    RespFinish: MessageType.RESP_FINISH, InitConfirm: MessageType.INIT_CONFIRM,
+    CookieReply: MessageType.COOKIE_REPLY, Alert: MessageType.ALERT,
 }
 
 
@@ -133,6 +241,10 @@ class Buffer:
         value: int = struct.unpack(">H", self._take(2, name))[0]
         return value
 
+    def pull_u64(self, name: str) -> int:
+        value: int = struct.unpack(">Q", self._take(8, name))[0]
+        return value
+
     def pull_bytes(self, n: int, name: str) -> bytes:
         return self._take(n, name)
 
@@ -142,88 +254,200 @@ class Buffer:
     def pull_vec16(self, name: str) -> bytes:
         return self._take(self.pull_u16(name), name)
 
+    def pull_text8(self, name: str) -> str:
+        raw = self.pull_vec8(name)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RemoteProtocolError(f"malformed {self.what}: {name} is not UTF-8") from None
+
+    def pull_enum(self, enum: type[IntEnum], name: str) -> IntEnum:
+        raw = self.pull_u8(name)
+        try:
+            return enum(raw)
+        except ValueError:
+            raise RemoteProtocolError(f"malformed {self.what}: {name} {raw} is not defined") from None
+
     def finish(self) -> None:
         if self.pos != len(self.data):
             raise RemoteProtocolError(f"malformed {self.what}: {len(self.data) - self.pos} trailing bytes")
 
 
-def _vec8(data: bytes) -> bytes:
+def vec8(data: bytes) -> bytes:
     if len(data) > 0xFF:
         raise ValueError("field too long for an 8-bit length")
     return bytes([len(data)]) + data
 
 
-def _vec16(data: bytes) -> bytes:
+def vec16(data: bytes) -> bytes:
     if len(data) > 0xFFFF:
         raise ValueError("field too long for a 16-bit length")
     return struct.pack(">H", len(data)) + data
 
 
-def push_init_hello(m: InitHello) -> bytes:
+# -- InitHello -----------------------------------------------------------------------------------
+
+def init_hello_prefix(m: InitHello) -> bytes:
+    """The body up to the PSK offer: what the blinded PSK identifiers are computed over."""
     if not 0 < len(m.suites) <= MAX_SUITES:
         raise ValueError(f"InitHello must offer 1..{MAX_SUITES} suites")
-    return (m.nonce + bytes([len(m.suites)]) + b"".join(struct.pack(">H", s) for s in m.suites)
-            + bytes([m.auth_kind]) + _vec16(m.identity) + _vec8(m.x25519) + _vec16(m.kem_key)
-            + bytes([m.qkd_policy]) + _vec8(m.context))
+    if len(m.nonce) != NONCE_SIZE:
+        raise ValueError("nonce must be 32 bytes")
+    return (struct.pack(">Q", m.timestamp) + m.nonce + bytes([len(m.suites)])
+            + b"".join(struct.pack(">H", s) for s in m.suites) + bytes([m.auth_kind, m.qkd_policy])
+            + vec8(m.context) + vec8(m.x25519) + vec16(m.kem_key))
 
 
-def push_resp_hello_core(m: RespHello) -> bytes:
-    return (m.nonce + struct.pack(">H", m.suite) + bytes([m.auth_kind]) + _vec16(m.identity)
-            + _vec8(m.x25519) + _vec16(m.kem_ciphertext) + bytes([m.qkd_policy]))
+def push_init_hello(m: InitHello) -> bytes:
+    if len(m.psk_ids) > MAX_PSK_OFFER or any(len(p) != BLIND_SIZE for p in m.psk_ids):
+        raise ValueError(f"InitHello offers at most {MAX_PSK_OFFER} blinded PSK identifiers of {BLIND_SIZE} bytes")
+    if len(m.mac1) != MAC_SIZE or len(m.mac2) != MAC_SIZE:
+        raise ValueError("mac1 and mac2 must be 16 bytes")
+    return init_hello_prefix(m) + bytes([len(m.psk_ids)]) + b"".join(m.psk_ids) + m.mac1 + m.mac2
+
+
+def _pull_init_hello(buf: Buffer) -> InitHello:
+    timestamp = buf.pull_u64("timestamp")
+    nonce = buf.pull_bytes(NONCE_SIZE, "nonce")
+    count = buf.pull_u8("suites")
+    if not 0 < count <= MAX_SUITES:
+        raise RemoteProtocolError(f"malformed InitHello: {count} suites offered (1..{MAX_SUITES} allowed)")
+    suites = tuple(buf.pull_u16("suites") for _ in range(count))
+    auth_kind, policy = buf.pull_u8("auth_kind"), buf.pull_u8("qkd_policy")
+    context, x25519, kem_key = buf.pull_vec8("context"), buf.pull_vec8("x25519"), buf.pull_vec16("kem_key")
+    n_psk = buf.pull_u8("psk_ids")
+    if n_psk > MAX_PSK_OFFER:
+        raise RemoteProtocolError(f"malformed InitHello: {n_psk} PSK identifiers (at most {MAX_PSK_OFFER})")
+    psk_ids = tuple(buf.pull_bytes(BLIND_SIZE, "psk_id") for _ in range(n_psk))
+    return InitHello(timestamp, nonce, suites, auth_kind, policy, context, x25519, kem_key, psk_ids,
+                     buf.pull_bytes(MAC_SIZE, "mac1"), buf.pull_bytes(MAC_SIZE, "mac2"))
+
+
+# -- RespHello -----------------------------------------------------------------------------------
+
+def _push_resp_hello_public(m: RespHello) -> bytes:
+    return (m.nonce + struct.pack(">H", m.suite) + bytes([m.qkd_policy]) + vec8(m.x25519)
+            + vec16(m.kem_ciphertext) + bytes([m.psk_choice]))
+
+
+def resp_hello_public(m: RespHello) -> bytes:
+    """RespHello's body before ``sealed``: MB's first part and the sealed part's AAD input."""
+    return _push_resp_hello_public(m)
 
 
 def push_resp_hello(m: RespHello) -> bytes:
-    return push_resp_hello_core(m) + _vec16(m.auth_tag) + _vec8(m.confirm)
+    return _push_resp_hello_public(m) + vec16(m.sealed)
 
 
-def push_init_finish_core(m: InitFinish) -> bytes:
-    if len(m.qkd_key_ids) > MAX_QKD_KEYS:
+def _pull_resp_hello(buf: Buffer) -> RespHello:
+    return RespHello(buf.pull_bytes(NONCE_SIZE, "nonce"), buf.pull_u16("suite"), buf.pull_u8("qkd_policy"),
+                     buf.pull_vec8("x25519"), buf.pull_vec16("kem_ciphertext"), buf.pull_u8("psk_choice"),
+                     buf.pull_vec16("sealed"))
+
+
+def push_resp_hello_payload(p: RespHelloPayload) -> bytes:
+    return vec16(p.identity) + vec16(p.auth_tag)
+
+
+def pull_resp_hello_payload(data: bytes) -> RespHelloPayload:
+    buf = Buffer(data, "RespHello payload")
+    payload = RespHelloPayload(buf.pull_vec16("identity"), buf.pull_vec16("auth_tag"))
+    buf.finish()
+    return payload
+
+
+# -- InitFinish ----------------------------------------------------------------------------------
+
+def push_qkd_block(q: QKDBlock) -> bytes:
+    if len(q.key_ids) > MAX_QKD_KEYS:
         raise ValueError("too many QKD key IDs")
-    return bytes([len(m.qkd_key_ids)]) + b"".join(k.bytes for k in m.qkd_key_ids)
+    return (bytes([int(q.status), int(q.reason)]) + vec8(q.master_sae_id.encode()) + vec8(q.slave_sae_id.encode())
+            + struct.pack(">H", q.key_bits) + bytes([len(q.key_ids)]) + b"".join(k.bytes for k in q.key_ids))
 
 
-def push_init_finish(m: InitFinish) -> bytes:
-    return push_init_finish_core(m) + _vec16(m.auth_tag) + _vec8(m.confirm)
+def _pull_qkd_block(buf: Buffer) -> QKDBlock:
+    status = QKDStatus(buf.pull_enum(QKDStatus, "qkd_status"))
+    reason = QKDReason(buf.pull_enum(QKDReason, "qkd_reason"))
+    master, slave = buf.pull_text8("master_sae_id"), buf.pull_text8("slave_sae_id")
+    bits = buf.pull_u16("key_bits")
+    count = buf.pull_u8("qkd_key_ids")
+    if count > MAX_QKD_KEYS:
+        raise RemoteProtocolError(f"malformed {buf.what}: {count} QKD key IDs (at most {MAX_QKD_KEYS})")
+    ids = tuple(uuid.UUID(bytes=buf.pull_bytes(16, "qkd_key_id")) for _ in range(count))
+    if len(set(ids)) != len(ids):
+        raise RemoteProtocolError(f"malformed {buf.what}: a QKD key ID is repeated")
+    if (status is QKDStatus.USED) != bool(ids) or (status is QKDStatus.UNAVAILABLE) != (reason is not QKDReason.NONE):
+        raise RemoteProtocolError(f"malformed {buf.what}: QKD status, reason and key_IDs disagree")
+    return QKDBlock(status, reason, master, slave, bits, ids)
 
 
-def push_resp_finish_core(m: RespFinish) -> bytes:
-    return bytes([1 if m.qkd_used else 0])
+def push_init_finish_core(identity: bytes, qkd: QKDBlock) -> bytes:
+    return vec16(identity) + push_qkd_block(qkd)
 
 
-def push_resp_finish(m: RespFinish) -> bytes:
-    return push_resp_finish_core(m) + _vec8(m.confirm)
+def pull_init_finish_payload(data: bytes) -> InitFinishPayload:
+    buf = Buffer(data, "InitFinish payload")
+    identity = buf.pull_vec16("identity")
+    qkd = _pull_qkd_block(buf)
+    core = data[:buf.pos]
+    payload = InitFinishPayload(identity, qkd, buf.pull_vec16("auth_tag"), buf.pull_vec8("confirm"), core)
+    buf.finish()
+    return payload
 
 
-def _clean_reason(reason: str) -> str:
-    # Alerts come from an unauthenticated peer: keep only short printable ASCII.
-    return "".join(ch for ch in reason if 32 <= ord(ch) < 127)[:200]
+# -- RespFinish and InitConfirm ------------------------------------------------------------------
+
+def push_resp_finish_core(status: QKDStatus, reason: QKDReason) -> bytes:
+    return bytes([int(status), int(reason)])
 
 
-def push_alert(m: Alert) -> bytes:
-    return bytes([int(m.code)]) + _vec8(_clean_reason(m.reason).encode("ascii"))
+def pull_resp_finish_payload(data: bytes) -> RespFinishPayload:
+    buf = Buffer(data, "RespFinish payload")
+    status = QKDStatus(buf.pull_enum(QKDStatus, "qkd_status"))
+    reason = QKDReason(buf.pull_enum(QKDReason, "qkd_reason"))
+    payload = RespFinishPayload(status, reason, buf.pull_vec16("auth_tag"), buf.pull_vec8("confirm"))
+    buf.finish()
+    # The outcome is OFF ("confirmed as InitFinish declared") or UNAVAILABLE (the responder's signed fallback).
+    if status is QKDStatus.USED or (status is QKDStatus.UNAVAILABLE) != (reason is not QKDReason.NONE) or \
+            (status is QKDStatus.UNAVAILABLE) != bool(payload.auth_tag):
+        raise RemoteProtocolError("malformed RespFinish payload: QKD status, reason and signature disagree")
+    return payload
 
+
+def pull_init_confirm_payload(data: bytes) -> bytes:
+    buf = Buffer(data, "InitConfirm payload")
+    confirm = buf.pull_vec8("confirm")
+    buf.finish()
+    return confirm
+
+
+def _pull_sealed(cls: type[InitFinish] | type[RespFinish] | type[InitConfirm]) -> Callable[[Buffer], Message]:
+    return lambda buf: cls(buf.pull_vec16("sealed"))
+
+
+# -- CookieReply and Alert ---------------------------------------------------------------------
+
+def _pull_cookie_reply(buf: Buffer) -> CookieReply:
+    return CookieReply(buf.pull_bytes(COOKIE_NONCE_SIZE, "nonce"),
+                       buf.pull_bytes(COOKIE_SIZE + AEAD_TAG_SIZE, "sealed_cookie"))
+
+
+def _pull_alert(buf: Buffer) -> Alert:
+    raw = buf.pull_u8("code")
+    try:
+        code = AlertCode(raw)
+    except ValueError:
+        code = AlertCode.INTERNAL
+    return Alert(code)
+
+
+# -- frames --------------------------------------------------------------------------------------
 
 def build_frame(mtype: MessageType, body: bytes) -> bytes:
     """Frame header + body, refusing bodies over the wire limit."""
     if len(body) > MAX_BODY_SIZE:
         raise ValueError(f"message body of {len(body)} bytes exceeds the {MAX_BODY_SIZE}-byte limit")
     return MAGIC + bytes([PROTOCOL_VERSION, int(mtype)]) + struct.pack(">I", len(body)) + body
-
-
-def auth_fields(auth_tag: bytes, confirm: bytes) -> bytes:
-    """The trailing signature/MAC and confirmation fields of RespHello and InitFinish."""
-    return _vec16(auth_tag) + _vec8(confirm)
-
-
-def core_of(frame: bytes, message: RespHello | InitFinish | RespFinish) -> bytes:
-    """The part of a received frame's body that its own tags cover: everything before them.
-
-    Sliced from the bytes on the wire, never re-encoded, so the transcript is what was sent.
-    """
-    tail = 1 + len(message.confirm)
-    if not isinstance(message, RespFinish):
-        tail += 2 + len(message.auth_tag)
-    return frame[HEADER_SIZE:len(frame) - tail]
 
 
 def encode(message: Message) -> bytes:
@@ -233,12 +457,14 @@ def encode(message: Message) -> bytes:
         body = push_init_hello(message)
     elif isinstance(message, RespHello):
         body = push_resp_hello(message)
-    elif isinstance(message, InitFinish):
-        body = push_init_finish(message)
-    elif isinstance(message, RespFinish):
-        body = push_resp_finish(message)
+    elif isinstance(message, (InitFinish, RespFinish, InitConfirm)):
+        body = vec16(message.sealed)
+    elif isinstance(message, CookieReply):
+        if len(message.nonce) != COOKIE_NONCE_SIZE or len(message.sealed_cookie) != COOKIE_SIZE + AEAD_TAG_SIZE:
+            raise ValueError("malformed CookieReply")
+        body = message.nonce + message.sealed_cookie
     else:
-        body = push_alert(message)
+        body = bytes([int(message.code)])
     return build_frame(mtype, body)
 
 
@@ -261,53 +487,10 @@ def parse_header(header: bytes) -> tuple[MessageType, int]:
     return mtype, length
 
 
-def _pull_init_hello(buf: Buffer) -> InitHello:
-    nonce = buf.pull_bytes(NONCE_SIZE, "nonce")
-    count = buf.pull_u8("suites")
-    if not 0 < count <= MAX_SUITES:
-        raise RemoteProtocolError(f"malformed InitHello: {count} suites offered (1..{MAX_SUITES} allowed)")
-    suites = tuple(buf.pull_u16("suites") for _ in range(count))
-    return InitHello(nonce, suites, buf.pull_u8("auth_kind"), buf.pull_vec16("identity"),
-                     buf.pull_vec8("x25519"), buf.pull_vec16("kem_key"), buf.pull_u8("qkd_policy"),
-                     buf.pull_vec8("context"))
-
-
-def _pull_resp_hello(buf: Buffer) -> RespHello:
-    return RespHello(buf.pull_bytes(NONCE_SIZE, "nonce"), buf.pull_u16("suite"), buf.pull_u8("auth_kind"),
-                     buf.pull_vec16("identity"), buf.pull_vec8("x25519"), buf.pull_vec16("kem_ciphertext"),
-                     buf.pull_u8("qkd_policy"), buf.pull_vec16("auth_tag"), buf.pull_vec8("confirm"))
-
-
-def _pull_init_finish(buf: Buffer) -> InitFinish:
-    count = buf.pull_u8("qkd_key_ids")
-    if count > MAX_QKD_KEYS:
-        raise RemoteProtocolError(f"malformed InitFinish: {count} QKD key IDs (at most {MAX_QKD_KEYS})")
-    ids = tuple(uuid.UUID(bytes=buf.pull_bytes(16, "qkd_key_id")) for _ in range(count))
-    if len(set(ids)) != len(ids):
-        raise RemoteProtocolError("malformed InitFinish: a QKD key ID is repeated")
-    return InitFinish(ids, buf.pull_vec16("auth_tag"), buf.pull_vec8("confirm"))
-
-
-def _pull_resp_finish(buf: Buffer) -> RespFinish:
-    flag = buf.pull_u8("qkd_used")
-    if flag > 1:
-        raise RemoteProtocolError("malformed RespFinish: qkd_used must be 0 or 1")
-    return RespFinish(flag == 1, buf.pull_vec8("confirm"))
-
-
-def _pull_alert(buf: Buffer) -> Alert:
-    raw = buf.pull_u8("code")
-    try:
-        code = AlertCode(raw)
-    except ValueError:
-        code = AlertCode.INTERNAL
-    reason = buf.pull_vec8("reason").decode("ascii", "replace")
-    return Alert(code, _clean_reason(reason))
-
-
 _PULL: dict[MessageType, Callable[[Buffer], Message]] = {
     MessageType.INIT_HELLO: _pull_init_hello, MessageType.RESP_HELLO: _pull_resp_hello,
-    MessageType.INIT_FINISH: _pull_init_finish, MessageType.RESP_FINISH: _pull_resp_finish,
+    MessageType.INIT_FINISH: _pull_sealed(InitFinish), MessageType.RESP_FINISH: _pull_sealed(RespFinish),
+    MessageType.INIT_CONFIRM: _pull_sealed(InitConfirm), MessageType.COOKIE_REPLY: _pull_cookie_reply,
     MessageType.ALERT: _pull_alert,
 }
 
@@ -324,7 +507,4 @@ def decode(frame: bytes) -> Message:
     buf = Buffer(body, mtype.name)
     message = _PULL[mtype](buf)
     buf.finish()
-    # Every field is fixed-size or length-prefixed, every count is range-checked, and the body
-    # must be consumed exactly, so each valid frame has exactly one parse (tests check that
-    # re-encoding gives the same bytes).  Signatures and MACs cover the received bytes.
     return message

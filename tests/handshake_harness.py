@@ -6,6 +6,7 @@ import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from hybridkex import (
     HandshakeComplete,
@@ -13,6 +14,7 @@ from hybridkex import (
     HandshakeResult,
     HybridKexError,
     Initiator,
+    NeedChannelConfirmation,
     NeedQKDKeys,
     PeerAlertError,
     QKDKey,
@@ -33,6 +35,7 @@ class QKDPair:
     fail_slave: Exception | None = None
     issued: dict[uuid.UUID, bytes] = field(default_factory=dict)
     consumed: set[uuid.UUID] = field(default_factory=set)
+    slave_asked: int = 0
 
     def answer(self, conn: Initiator | Responder, need: NeedQKDKeys) -> list:
         if need.role == "master":
@@ -41,6 +44,7 @@ class QKDPair:
             key = QKDKey(uuid.uuid4(), os.urandom(need.size_bits // 8))
             self.issued[key.key_id] = key.key
             return conn.qkd_keys([key])
+        self.slave_asked += 1
         if self.fail_slave:
             return conn.qkd_failed(self.fail_slave)  # type: ignore[arg-type]
         if any(k in self.consumed for k in need.key_ids):
@@ -54,20 +58,36 @@ class Outcome:
     initiator: HandshakeResult | Exception
     responder: HandshakeResult | Exception
     frames: list[bytes]
+    ini: Initiator
+    res: Responder
 
 
-Tamper = Callable[[int, bytes], bytes]
+Tamper = Callable[[int, bytes], bytes | None]
+"""Called with each frame's index and bytes; returns the bytes to deliver, or None to drop the frame."""
 
 
-def run(i_auth, r_auth, *, i_policy="off", r_policy="off", qkd: QKDPair | None = None, tamper: Tamper | None = None,
-        i_suites=(1, 3), r_suites=(1, 2, 3, 4), i_context=b"", r_context=b"", rng=os.urandom) -> Outcome:
-    """Run a whole handshake, delivering alerts on failure as a real transport would."""
+def configs(i_auth: Any, r_auth: Any, *, i_policy: str = "off", r_policy: str = "off", i_suites=(1, 3),
+            r_suites=(1, 2, 3, 4), i_context=b"", r_context=b"", i_extra: dict | None = None,
+            r_extra: dict | None = None) -> tuple[HandshakeConfig, HandshakeConfig]:
+    return (HandshakeConfig(i_auth, i_suites, i_policy, backend=BACKEND, context=i_context, **(i_extra or {})),
+            HandshakeConfig(r_auth, r_suites, r_policy, backend=BACKEND, context=r_context, **(r_extra or {})))
+
+
+def run(i_auth: Any = None, r_auth: Any = None, *, qkd: QKDPair | None = None, tamper: Tamper | None = None,
+        rng: Callable[[int], bytes] = os.urandom, pair: tuple[HandshakeConfig, HandshakeConfig] | None = None,
+        responder: Responder | None = None, **kwargs: Any) -> Outcome:
+    """Run a whole handshake, delivering alerts on failure as a real transport would.
+
+    A dropped frame models a lost message followed by a closed connection: the receiver
+    never gets it.  With channel confirmation the initiator's channel is taken to confirm.
+    """
     qkd = qkd or QKDPair()
-    ini = Initiator(HandshakeConfig(i_auth, i_suites, i_policy, backend=BACKEND, context=i_context), rng=rng)
-    res = Responder(HandshakeConfig(r_auth, r_suites, r_policy, backend=BACKEND, context=r_context))
+    i_config, r_config = pair or configs(i_auth, r_auth, **kwargs)
+    ini = Initiator(i_config, rng=rng)
+    res = responder or Responder(r_config)
     results: dict[str, HandshakeResult | Exception] = {}
     frames: list[bytes] = []
-    sides = {"i": ini, "r": res}
+    sides: dict[str, Initiator | Responder] = {"i": ini, "r": res}
     pending: list[tuple[str, list]] = [("i", ini.initiate())]
 
     def failed(side: str, exc: HybridKexError) -> None:
@@ -82,16 +102,17 @@ def run(i_auth, r_auth, *, i_policy="off", r_policy="off", qkd: QKDPair | None =
                 results[peer] = exc2
             else:  # pragma: no cover - an alert must never be accepted
                 raise AssertionError("an alert was accepted as a handshake message")
+
     while pending:
         who, events = pending.pop(0)
         other = "r" if who == "i" else "i"
         for ev in events:
             if isinstance(ev, SendMessage):
-                data = ev.data
+                data: bytes | None = ev.data
                 if tamper is not None:
-                    data = tamper(len(frames), data)
-                frames.append(data)
-                if other in results:  # the peer already finished or failed
+                    data = tamper(len(frames), ev.data)
+                frames.append(ev.data if data is None else data)
+                if data is None or other in results:  # dropped, or the peer already finished or failed
                     continue
                 try:
                     pending.append((other, sides[other].receive(data)))
@@ -102,16 +123,29 @@ def run(i_auth, r_auth, *, i_policy="off", r_policy="off", qkd: QKDPair | None =
                     pending.append((who, qkd.answer(sides[who], ev)))
                 except HybridKexError as exc:
                     failed(who, exc)
+            elif isinstance(ev, NeedChannelConfirmation):
+                pending.append((who, ini.channel_confirmed()))
             elif isinstance(ev, HandshakeComplete):
                 results[who] = ev.result
-    # The responder's success stands only if the initiator did not fail on its last message
-    # (the transport waits for the initiator's close or alert before writing the key).
-    if isinstance(results.get("i"), Exception) and isinstance(results.get("r"), HandshakeResult):
-        results["r"] = PeerAlertError("initiator failed after the last message", 8)
-    return Outcome(results.get("i", RuntimeError("initiator stuck")), results.get("r", RuntimeError("stuck")), frames)
+    # A side's success stands only if the peer did not fail on that side's last message: the
+    # transport waits for the peer's close or alert after sending the last message (await_close).
+    for done, bad in (("r", "i"), ("i", "r")):
+        if isinstance(results.get(bad), Exception) and isinstance(results.get(done), HandshakeResult) \
+                and sides[bad].error_alert:
+            results[done] = PeerAlertError("peer failed on this side's last message", 2)
+    return Outcome(results.get("i", RuntimeError("initiator got no answer")),
+                   results.get("r", RuntimeError("responder got no answer")), frames, ini, res)
 
 
 def ok(o: Outcome) -> tuple[HandshakeResult, HandshakeResult]:
     assert isinstance(o.initiator, HandshakeResult), o.initiator
     assert isinstance(o.responder, HandshakeResult), o.responder
     return o.initiator, o.responder
+
+
+def no_key(o: Outcome) -> None:
+    """Neither side produced a key (each either failed or never finished)."""
+    assert not isinstance(o.initiator, HandshakeResult), "the initiator output a key"
+    assert not isinstance(o.responder, HandshakeResult), "the responder output a key"
+    assert o.ini.result is None or isinstance(o.initiator, PeerAlertError)
+    assert o.res.result is None or isinstance(o.responder, PeerAlertError)

@@ -1,195 +1,277 @@
-"""The transition table: every (role, state, input) pair, on and off the table (after h2's state tests)."""
+"""The state machines in every (role, state): real machines driven there, then fed anything (after h2).
+
+Each test drives a real initiator/responder pair to a state, then hands the machine in that
+state an input: garbage, any valid frame, a mutation of the real next frame, or a local call
+(QKD keys, QKD failure, channel confirmation).  The property: the real next input moves it
+along the table; anything else ends in ERROR with a typed error (the peer's fault for a
+remote input, ours for a local call), no result, and an alert only where one is due.
+"""
 
 from __future__ import annotations
 
-import itertools
 import os
 import uuid
-from collections import deque
+from collections.abc import Callable
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from test_wire import any_bytes, frames
 
-import hybridkex._handshake as handshake_module
 from hybridkex import (
     HandshakeComplete,
     HandshakeConfig,
+    HybridKexError,
     Initiator,
     LocalProtocolError,
     NeedQKDKeys,
+    PeerAlertError,
     PSKAuthenticator,
     QKDKey,
     QKDUnavailable,
     RemoteProtocolError,
     Responder,
     SendMessage,
+    UnverifiedMessage,
     get_backend,
 )
-from hybridkex._state import REMOTE_INPUTS, TRANSITIONS, Input, Role, State, allowed, transition
-
-TERMINAL = frozenset({State.DONE, State.ERROR})
-PAIRS = list(itertools.product(Role, State, Input))
-
-
-def _pair_id(pair: tuple[Role, State, Input]) -> str:
-    role, state, event = pair
-    return f"{role.value}-{state.value}-{event.value}"
-
-
-def _reachable(role: Role) -> set[State]:
-    """States reachable from START through the table (ERROR is always reachable, by any failure)."""
-    seen = {State.START}
-    todo = deque([State.START])
-    while todo:
-        state = todo.popleft()
-        for (r, s, _), targets in TRANSITIONS.items():
-            if r is role and s is state:
-                for t in targets - seen:
-                    seen.add(t)
-                    todo.append(t)
-    return seen
-
-
-def test_remote_inputs_are_the_wire_messages() -> None:
-    assert REMOTE_INPUTS == frozenset(Input) - {Input.START, Input.QKD_KEYS}
-
-
-def test_table_is_well_formed() -> None:
-    for (role, state, event), targets in TRANSITIONS.items():
-        assert targets, f"{role}, {state}, {event} leads nowhere"
-        assert state not in TERMINAL, f"{state} is final but has a way out"
-        assert State.START not in targets and State.ERROR not in targets
-        # A role never acts on its own messages: the initiator receives Resp*, the responder Init*.
-        if event in REMOTE_INPUTS:
-            own = "Init" if role is Role.INITIATOR else "Resp"
-            assert not event.value.startswith(own)
-
-
-@pytest.mark.parametrize("pair", PAIRS, ids=_pair_id)
-def test_every_role_state_input(pair: tuple[Role, State, Input]) -> None:
-    role, state, event = pair
-    listed = TRANSITIONS.get(pair, frozenset())
-    assert allowed(role, state, event) == listed
-    # Failing is always possible and always ends in ERROR.
-    assert transition(role, state, event, State.ERROR) is State.ERROR
-    for target in State:
-        if target is State.ERROR:
-            continue
-        if target in listed:
-            assert transition(role, state, event, target) is target
-            continue
-        expected = RemoteProtocolError if event in REMOTE_INPUTS else LocalProtocolError
-        with pytest.raises((RemoteProtocolError, LocalProtocolError)) as info:
-            transition(role, state, event, target)
-        assert type(info.value) is expected, (pair, target, info.value)
-        assert role.value in str(info.value) and state.value in str(info.value) and event.value in str(info.value)
-
-
-@pytest.mark.parametrize("role", list(Role), ids=lambda r: r.value)
-def test_no_dead_ends_and_done_reachable(role: Role) -> None:
-    reachable = _reachable(role)
-    assert State.DONE in reachable
-    for state in reachable - TERMINAL:
-        assert any(r is role and s is state for (r, s, _) in TRANSITIONS), f"{role.value} is stuck in {state.value}"
-    # Every state the table lists for this role can actually be reached from START.
-    sources = {s for (r, s, _) in TRANSITIONS if r is role}
-    assert sources <= reachable
-
-
-@pytest.mark.parametrize("role", list(Role), ids=lambda r: r.value)
-def test_terminal_states_accept_nothing(role: Role) -> None:
-    for state, event in itertools.product(TERMINAL, Input):
-        assert allowed(role, state, event) == frozenset()
-
-
-@settings(max_examples=300, deadline=None)
-@given(role=st.sampled_from(list(Role)), choices=st.lists(st.tuples(st.sampled_from(list(Input)),
-                                                                    st.sampled_from(list(State))), max_size=12))
-def test_random_walks_follow_the_table(role: Role, choices: list[tuple[Input, State]]) -> None:
-    """Any sequence of inputs either follows the table or fails with the error its origin calls for."""
-    state = State.START
-    for event, target in choices:
-        if state in TERMINAL:
-            break
-        if target is not State.ERROR and target in allowed(role, state, event):
-            state = transition(role, state, event, target)
-            continue
-        if target is State.ERROR:
-            state = transition(role, state, event, target)
-            continue
-        error = RemoteProtocolError if event in REMOTE_INPUTS else LocalProtocolError
-        with pytest.raises(error):
-            transition(role, state, event, target)
-        state = State.ERROR
-    assert state in _reachable(role) | {State.ERROR}
-
-
-# -- the state machines ask the table for every step they take --------------------------------------------
+from hybridkex._state import REMOTE_INPUTS, TRANSITIONS, Input, Role, State, lookup
+from hybridkex._wire import HEADER_SIZE, MAC_SIZE, Alert, AlertCode, decode
 
 BACKEND = get_backend("cryptography")
 PSK = bytes(range(32))
+FUZZ_SM = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                          HealthCheck.data_too_large])
+pytestmark = pytest.mark.timeout(300)
+
+# (role, state, how to get there): "channel" uses channel confirmation, "fallback" makes the slave's KME fail.
+REACHABLE = [
+    (Role.INITIATOR, State.START, ""), (Role.INITIATOR, State.WAIT_RESP_HELLO, ""),
+    (Role.INITIATOR, State.WAIT_QKD_MASTER, ""), (Role.INITIATOR, State.WAIT_RESP_FINISH, ""),
+    (Role.INITIATOR, State.WAIT_CHANNEL, "channel"), (Role.INITIATOR, State.DONE, ""),
+    (Role.RESPONDER, State.START, ""), (Role.RESPONDER, State.WAIT_INIT_FINISH, ""),
+    (Role.RESPONDER, State.WAIT_QKD_SLAVE, ""), (Role.RESPONDER, State.WAIT_INIT_CONFIRM, "fallback"),
+    (Role.RESPONDER, State.DONE, ""),
+]
 
 
-def _drive(i_policy: str, r_policy: str, *, fail: str = "") -> tuple[Initiator, Responder]:
-    ini = Initiator(HandshakeConfig(PSKAuthenticator([PSK]), (1, 3), i_policy, backend=BACKEND))
-    res = Responder(HandshakeConfig(PSKAuthenticator([PSK]), (1, 3), r_policy, backend=BACKEND))
-    issued: dict[uuid.UUID, bytes] = {}
-    queue: deque[tuple[Initiator | Responder, list[object]]] = deque([(ini, list(ini.initiate()))])
-    while queue:
-        who, events = queue.popleft()
-        other: Initiator | Responder = res if who is ini else ini
-        for ev in events:
-            if isinstance(ev, SendMessage):
-                queue.append((other, list(other.receive(ev.data))))
-            elif isinstance(ev, NeedQKDKeys):
-                if fail == ev.role:
-                    queue.append((who, list(who.qkd_failed(QKDUnavailable("KME unreachable")))))
-                elif ev.role == "master":
-                    key = QKDKey(uuid.uuid4(), os.urandom(ev.size_bits // 8))
-                    issued[key.key_id] = key.key
-                    queue.append((who, list(who.qkd_keys([key]))))
+def _configs(channel: bool) -> tuple[HandshakeConfig, HandshakeConfig]:
+    common = {"backend": BACKEND, "qkd_policy": "preferred", "channel_confirmation": channel}
+    return (HandshakeConfig(PSKAuthenticator([PSK], name="alice", peer_name="bob"), **common),  # type: ignore[arg-type]
+            HandshakeConfig(PSKAuthenticator([PSK], name="bob", peer_name="alice"), **common))  # type: ignore[arg-type]
+
+
+class Drive:
+    """A real handshake paused when ``role`` reaches ``state``; ``next_input`` is what it was about to get."""
+
+    def __init__(self, role: Role, state: State, how: str) -> None:
+        i_config, r_config = _configs(how == "channel")
+        self.ini, self.res = Initiator(i_config), Responder(r_config)
+        self.conn: Initiator | Responder = self.ini if role is Role.INITIATOR else self.res
+        self.issued: dict[uuid.UUID, bytes] = {}
+        self.next_input: tuple[Input, object] | None = None
+        self.frames: list[bytes] = []
+        if self.conn.state is state:
+            self.next_input = (Input.START, None) if role is Role.INITIATOR else None
+            if role is Role.RESPONDER:
+                self.next_input = (Input.INIT_HELLO, self._first_hello())
+            return
+        queue: list[tuple[Initiator | Responder, object]] = [(self.ini, ("start",))]
+        while queue:
+            conn, job = queue.pop(0)
+            events = self._do(conn, job, how)
+            for event in events:
+                other = self.res if conn is self.ini else self.ini
+                if isinstance(event, SendMessage):
+                    self.frames.append(event.data)
+                    job2: object = ("frame", event.data)
+                    target = other
+                elif isinstance(event, NeedQKDKeys):
+                    job2, target = ("qkd", event), conn
                 else:
-                    queue.append((who, list(who.qkd_keys([QKDKey(k, issued[k]) for k in ev.key_ids]))))
-            else:
-                assert isinstance(ev, HandshakeComplete)
-    return ini, res
+                    continue
+                if target is self.conn and self.conn.state is state:
+                    self.next_input = self._as_input(job2)
+                    return
+                queue.append((target, job2))
+            if self.conn.state is state:
+                self.next_input = None
+                return
+        assert self.conn.state is state, f"could not reach {state}"
+
+    def _first_hello(self) -> bytes:
+        probe = Initiator(self.ini.config)
+        first = probe.initiate()[0]
+        assert isinstance(first, SendMessage)
+        return first.data
+
+    def _as_input(self, job: object) -> tuple[Input, object]:
+        kind, arg = job  # type: ignore[misc]
+        if kind == "frame":
+            message = decode(arg)
+            return {"InitHello": Input.INIT_HELLO, "RespHello": Input.RESP_HELLO, "InitFinish": Input.INIT_FINISH,
+                    "RespFinish": Input.RESP_FINISH, "InitConfirm": Input.INIT_CONFIRM}[type(message).__name__], arg
+        return Input.QKD_KEYS, arg
+
+    def _do(self, conn: Initiator | Responder, job: object, how: str) -> list:
+        kind = job[0]  # type: ignore[index]
+        if kind == "start":
+            assert isinstance(conn, Initiator)
+            return conn.initiate()
+        if kind == "frame":
+            return conn.receive(job[1])  # type: ignore[index]
+        need: NeedQKDKeys = job[1]  # type: ignore[index]
+        if need.role == "master":
+            key = QKDKey(uuid.uuid4(), os.urandom(need.size_bits // 8))
+            self.issued[key.key_id] = key.key
+            return conn.qkd_keys([key])
+        if how == "fallback":
+            return conn.qkd_failed(QKDUnavailable("KME down"))
+        return conn.qkd_keys([QKDKey(k, self.issued[k]) for k in need.key_ids])
 
 
-def test_handshakes_take_every_listed_transition(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Real handshakes use only table entries, and between them they use every entry (no dead rows)."""
-    taken: set[tuple[Role, State, Input, State]] = set()
-
-    def recording(role: Role, state: State, event: Input, target: State) -> State:
-        taken.add((role, state, event, target))
-        return transition(role, state, event, target)
-
-    monkeypatch.setattr(handshake_module, "transition", recording)
-    for i_policy, r_policy, fail in [("off", "off", ""), ("required", "required", ""),
-                                     ("preferred", "preferred", "master"), ("preferred", "preferred", "slave")]:
-        ini, res = _drive(i_policy, r_policy, fail=fail)
-        assert ini.state is State.DONE and res.state is State.DONE
-    listed = {(r, s, e, t) for (r, s, e), targets in TRANSITIONS.items() for t in targets}
-    assert taken == listed
-
-
-def test_state_machine_refuses_off_table_local_inputs() -> None:
-    ini = Initiator(HandshakeConfig(PSKAuthenticator([PSK]), backend=BACKEND))
-    ini.initiate()
-    # START again: a local misuse, not the peer's fault, and no alert goes to the peer.
-    with pytest.raises(LocalProtocolError, match="start"):
-        ini.initiate()
-    assert ini.state is State.ERROR and ini.error_alert is None
-
-
-@pytest.mark.parametrize("method", ["qkd_keys", "qkd_failed"])
-@pytest.mark.parametrize("role", ["initiator", "responder"])
-def test_qkd_answers_without_a_request_are_local_errors(method: str, role: str) -> None:
-    config = HandshakeConfig(PSKAuthenticator([PSK]), backend=BACKEND)
-    conn: Initiator | Responder = Initiator(config) if role == "initiator" else Responder(config)
-    with pytest.raises(LocalProtocolError, match="no QKD keys were asked for"):
-        if method == "qkd_keys":
-            conn.qkd_keys([QKDKey(uuid.uuid4(), bytes(32))])
-        else:
-            conn.qkd_failed(QKDUnavailable("down"))
+def _check_refusal(conn: Initiator | Responder, call: Callable[[], object], remote: bool, was: State) -> None:
+    try:
+        call()
+    except HybridKexError as exc:
+        error: HybridKexError = exc
+    except Exception as exc:  # pragma: no cover - the property under test
+        raise AssertionError(f"{type(exc).__name__} escaped the {conn.role.value}: {exc}") from exc
+    else:  # pragma: no cover - the property under test
+        raise AssertionError(f"the {conn.role.value} in {was.value} accepted an input it must refuse")
+    assert conn.result is None or was is State.DONE
+    if was in (State.DONE, State.ERROR):
+        assert isinstance(error, LocalProtocolError) and conn.state is was  # nothing changes after the end
+        return
     assert conn.state is State.ERROR
+    if remote:
+        assert isinstance(error, RemoteProtocolError), error
+    else:
+        assert isinstance(error, (LocalProtocolError, RemoteProtocolError, QKDUnavailable)), error
+    if isinstance(error, (PeerAlertError, UnverifiedMessage)):
+        assert conn.error_alert is None  # never answer an alert; tell a stranger nothing
+    else:
+        alert = decode(conn.error_alert or b"")
+        assert isinstance(alert, Alert)
+        if isinstance(error, LocalProtocolError):
+            assert alert.code is AlertCode.INTERNAL  # our fault is not reported as the peer's
+
+
+PAIR_IDS = [f"{r.value}-{s.value}" for r, s, _ in REACHABLE]
+
+
+@pytest.mark.parametrize("role, state, how", REACHABLE, ids=PAIR_IDS)
+@FUZZ_SM
+@given(data=st.data())
+def test_remote_input_in_every_state(role: Role, state: State, how: str, data: st.DataObject) -> None:
+    drive = Drive(role, state, how)
+    conn, real = drive.conn, drive.next_input
+    real_frame = real[1] if real is not None and isinstance(real[1], bytes) else None
+    choices = [any_bytes, frames]
+    if real_frame is not None:  # mutations of the real next frame: a bit flipped, cut short, or grown
+        n = len(real_frame)
+        choices.append(st.builds(lambda pos, bit: _flip(real_frame, pos, bit), st.integers(0, n - 1),
+                                 st.integers(0, 7)))
+        choices.append(st.integers(HEADER_SIZE, n - 1).map(lambda cut: _reframe(real_frame[:cut])))
+        choices.append(st.binary(min_size=1, max_size=8).map(lambda extra: _reframe(real_frame + extra)))
+    frame = data.draw(st.one_of(*choices), label="frame")
+    assume(frame != real_frame)
+    if (role, state) == (Role.RESPONDER, State.START) and real_frame is not None \
+            and len(frame) == len(real_frame) and frame[:-MAC_SIZE] == real_frame[:-MAC_SIZE]:
+        return  # only mac2 differs: mac2 is checked under load only (test_handshake covers the cookie)
+    _check_refusal(conn, lambda: conn.receive(frame), True, state)
+
+
+def _reframe(frame: bytes) -> bytes:
+    """The same header with a length that matches the (changed) body, so the body gets parsed."""
+    return frame[:4] + (len(frame) - HEADER_SIZE).to_bytes(4, "big") + frame[HEADER_SIZE:]
+
+
+def _flip(frame: bytes, pos: int, bit: int) -> bytes:
+    out = bytearray(frame)
+    out[pos] ^= 1 << bit
+    return bytes(out)
+
+
+@pytest.mark.parametrize("role, state, how", REACHABLE, ids=PAIR_IDS)
+@FUZZ_SM
+@given(data=st.data())
+def test_local_input_in_every_state(role: Role, state: State, how: str, data: st.DataObject) -> None:
+    drive = Drive(role, state, how)
+    conn = drive.conn
+    kind = data.draw(st.sampled_from([Input.QKD_KEYS, Input.QKD_FAILED, Input.CHANNEL_CONFIRMED, Input.START]))
+    size = data.draw(st.sampled_from([16, 32, 33]))
+    if kind is Input.QKD_KEYS:
+        def call() -> object:
+            return conn.qkd_keys([QKDKey(uuid.uuid4(), os.urandom(size))])
+    elif kind is Input.QKD_FAILED:
+        def call() -> object:
+            return conn.qkd_failed(QKDUnavailable("down"))
+    elif kind is Input.CHANNEL_CONFIRMED:
+        def call() -> object:
+            return conn.channel_confirmed() if isinstance(conn, Initiator) else conn._run(
+                lambda: conn._step(Input.CHANNEL_CONFIRMED))
+    else:
+        def call() -> object:
+            return conn.initiate() if isinstance(conn, Initiator) else conn._run(lambda: conn._step(Input.START))
+    on_table = (role, state, kind) in TRANSITIONS
+    if not on_table:
+        _check_refusal(conn, call, False, state)
+        return
+    # On the table: it acts, and ends where the table says (or fails cleanly).
+    step = lookup(role, state, kind)
+    try:
+        call()
+    except HybridKexError:
+        assert conn.state is State.ERROR and conn.result is None
+    else:
+        assert conn.state in step.targets
+
+
+def test_the_real_sequences_reach_done() -> None:
+    for how in ("", "channel", "fallback"):
+        drive = Drive(Role.RESPONDER, State.DONE, how)
+        assert drive.res.result is not None
+        if how == "channel":
+            assert drive.ini.state is State.WAIT_CHANNEL
+            events = drive.ini.channel_confirmed()
+            assert isinstance(events[0], HandshakeComplete)
+            assert events[0].result.key() == drive.res.result.key()
+        else:
+            if drive.ini.state is State.WAIT_RESP_FINISH:
+                drive.ini.receive(drive.frames[-1])  # the RespFinish the responder sent as it finished
+            assert drive.ini.state is State.DONE and drive.ini.result is not None
+            assert drive.ini.result.key() == drive.res.result.key()
+
+
+def test_alert_is_accepted_before_the_end_and_only_then() -> None:
+    assert {(r, s) for r, s, i in TRANSITIONS if i is Input.ALERT} == \
+        {(r, s) for r, s, i in TRANSITIONS if i is not Input.ALERT}
+    assert all(TRANSITIONS[(r, s, Input.ALERT)].targets == {State.ERROR}
+               for r, s, i in TRANSITIONS if i is Input.ALERT)
+    assert not any(s in (State.DONE, State.ERROR) for _, s, _ in TRANSITIONS)
+    assert Input.ALERT in REMOTE_INPUTS
+
+
+def test_an_exception_inside_a_handler_ends_in_error_with_an_internal_alert(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in a handler (here: the KEM blowing up) is our fault: ERROR, a typed local error, an
+    INTERNAL alert for the peer, no raw exception escaping."""
+    ini, res = (Initiator(c) if i == 0 else Responder(c) for i, c in enumerate(_configs(False)))
+    hello = ini.initiate()[0]
+    assert isinstance(hello, SendMessage)
+    kem_class = type(BACKEND.kem("ml-kem-768"))
+
+    def broken(*args: object) -> object:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(kem_class, "encapsulate", broken)
+    with pytest.raises(LocalProtocolError, match="internal error in the responder"):
+        res.receive(hello.data)
+    assert res.state is State.ERROR
+    assert decode(res.error_alert or b"") == Alert(AlertCode.INTERNAL)
+
+
+def test_channel_confirmation_is_only_for_the_initiator_waiting_on_its_channel() -> None:
+    drive = Drive(Role.INITIATOR, State.WAIT_RESP_FINISH, "")
+    with pytest.raises(LocalProtocolError, match="cannot handle channel-confirmed"):
+        drive.ini.channel_confirmed()

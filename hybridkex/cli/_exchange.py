@@ -63,6 +63,9 @@ def exchange(listen_on: str | None, connect_to: str | None, out: Path, fmt: str,
     result = run_exchange(settings, listen_on=where if listen_on else None,
                           connect_to=where if connect_to else None, accept_timeout=accept_timeout,
                           connect_retry=connect_retry, on_listening=listening)
+    if result.qkd.status == "unavailable":
+        click.echo(f"hybridkex: warning: the key was agreed WITHOUT QKD (policy preferred): {result.qkd.reason}; "
+                   "it rests on ML-KEM and X25519 only", err=True)
     key = result.key()
     write_key_file(out, key, fmt)
     if as_json:

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import signal
+import sys
 import threading
 import uuid
 from pathlib import Path
@@ -129,7 +130,7 @@ def serve(pki_dir: Path, listen_a: str, listen_b: str, sae_a: str, sae_b: str, k
                            "network in clear", err=True)
             for line in pair.ready_lines():
                 click.echo(line)
-            click.get_text_stream("stdout").flush()
+            sys.stdout.flush()
         while not stop.wait(0.5):
             pass
     finally:

@@ -66,12 +66,17 @@ _OPTIONS = [
     click.option("--sae-key", type=_path, help="This SAE's client key for mutual TLS to the KME."),
     click.option("--sae-id", help="This SAE's ID at the KME."),
     click.option("--peer-sae-id", help="The peer's SAE ID (slave SAE for the initiator, master for the responder)."),
+    click.option("--peer-sae-map", "peer_sae_map", metavar="FINGERPRINT=SAE_ID", multiple=True,
+                 help="Responder with several pinned peers: the SAE ID of each (repeat)."),
+    click.option("--qkd-journal", type=_path,
+                 help="File of the QKD key_IDs this side used [default: $HYBRIDKEX_STATE_DIR/qkd-key-ids]."),
     click.option("--kme-insecure-http", is_flag=True,
                  help="Allow plain http:// to the KME. For simulators only: keys would cross the network in clear."),
     click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds for the whole handshake."),
 ]
-EXCHANGE_KEYS = ("identity", "peers", "psk_file", "psk_ratchet", "name", "peer_name", "kem", "backend", "qkd", "qkd_link", "qkd_policy",
-                 "kme_url", "kme_ca", "sae_cert", "sae_key", "sae_id", "peer_sae_id", "kme_insecure_http", "timeout")
+EXCHANGE_KEYS = ("identity", "peers", "psk_file", "psk_ratchet", "name", "peer_name", "kem", "backend", "qkd",
+                 "qkd_link", "qkd_policy", "kme_url", "kme_ca", "sae_cert", "sae_key", "sae_id", "peer_sae_id",
+                 "peer_sae_map", "kme_insecure_http", "qkd_journal", "timeout")
 
 
 def exchange_options(f: F) -> F:
@@ -85,7 +90,15 @@ def settings_from_options(kwargs: dict[str, Any]) -> ExchangeSettings:
     """Pop the exchange options out of a click kwargs dict and build the settings."""
     values = {k: kwargs.pop(k) for k in EXCHANGE_KEYS if k in kwargs}
     values["peers"] = tuple(values.get("peers", ()))
+    values["peer_sae_map"] = tuple(_sae_pair(item) for item in values.get("peer_sae_map", ()))
     return ExchangeSettings(**values)
+
+
+def _sae_pair(text: str) -> tuple[str, str]:
+    fingerprint, sep, sae = text.rpartition("=")
+    if not sep or not fingerprint or not sae:
+        raise ConfigError(f"--peer-sae-map {text!r} is not FINGERPRINT=SAE_ID (e.g. SHA256:abc...=SAE-B)")
+    return fingerprint, sae
 
 
 def address(text: str) -> tuple[str, int]:

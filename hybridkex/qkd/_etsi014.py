@@ -391,6 +391,10 @@ class Etsi014Client(QKDKeySource):
         ``size_bits`` long (``None``: any size, all equal)."""
         return list(self.dec_keys(key_ids, size_bits=size_bits).keys)
 
+    def get_keys_from(self, key_ids: Sequence[uuid.UUID], master_sae_id: str) -> list[QKDKey]:
+        """Slave SAE: the keys with ``key_ids`` from ``master_sae_id`` (§5.4), 256 bits each."""
+        return list(self.dec_keys(key_ids, master_sae_id=master_sae_id or None, size_bits=QKD_KEY_BYTES * 8).keys)
+
     # -- ETSI GS QKD 014 methods -------------------------------------------------------------
 
     def status(self, slave_sae_id: str | None = None) -> KMEStatus:

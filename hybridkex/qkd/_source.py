@@ -45,6 +45,11 @@ class QKDKeySource(abc.ABC):
     def get_keys_by_id(self, key_ids: Sequence[uuid.UUID]) -> list[QKDKey]:
         """Slave SAE: fetch the keys with these key_IDs, in order (ETSI 014 dec_keys)."""
 
+    def get_keys_from(self, key_ids: Sequence[uuid.UUID], master_sae_id: str) -> list[QKDKey]:
+        """Slave SAE: as :meth:`get_keys_by_id`, from a named master SAE (a responder with several
+        peers fetches each one's keys as that peer).  Sources without SAE IDs ignore the name."""
+        return self.get_keys_by_id(key_ids)
+
     def describe(self) -> str:
         """A one-line, secret-free description for logs and --json."""
         return self.kind
