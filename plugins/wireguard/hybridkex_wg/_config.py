@@ -45,7 +45,7 @@ _TOP_KEYS = {"listen", "status_file", "workers", "wg", "rotation", "exchange", "
 _ROTATION_KEYS = {"interval", "jitter", "deadline", "retry_initial", "retry_max", "failure_policy", "startup_spread"}
 _INTERFACE_KEYS = {"name", "public_key", "sink"}
 _PEER_KEYS = {"interface", "public_key", "name", "endpoint", "role", "rotation", "exchange", "sink"}
-_PATH_KEYS = {"identity", "psk_file", "qkd_link", "kme_ca", "sae_cert", "sae_key"}
+_PATH_KEYS = {"identity", "psk_file", "qkd_link", "kme_ca", "sae_cert", "sae_key", "qkd_journal"}
 _STR_KEYS = {"kem", "backend", "qkd", "qkd_policy", "kme_url", "sae_id", "peer_sae_id", "name", "peer_name"}
 #: TOML names in [exchange]; ``pinned_peers`` is ExchangeSettings.peers (the peers' hybridkex id.pub files).
 EXCHANGE_TOML_KEYS = _PATH_KEYS | _STR_KEYS | {"pinned_peers", "kme_insecure_http", "timeout"}

@@ -85,11 +85,14 @@ def check(config_path: Path) -> None:
     peer_identities(config.peers)
     for peer in config.peers:
         peer.settings.handshake_config()
-        try:
-            source = peer.settings.open_qkd_source()
-        except (HybridKexError, OSError) as exc:
-            raise ConfigError(f"peer {peer.ref.label}: the QKD source cannot be opened: {exc}") from None
-        if source is not None:
+        if peer.settings.qkd != "off" and peer.settings.effective_qkd_policy != "off":
+            from hybridkex.qkd._registry import open_source
+
+            # Directly, not through open_qkd_source(): with policy "preferred" that one would hide the failure.
+            try:
+                source = open_source(peer.settings)
+            except (HybridKexError, OSError) as exc:
+                raise ConfigError(f"peer {peer.ref.label}: the QKD source cannot be opened: {exc}") from None
             source.close()
     click.echo(f"configuration {config_path} is valid: {len(config.peers)} peer(s)")
     for peer in config.peers:
@@ -220,7 +223,6 @@ def rotate(interface: str, wg_peer: str, listen_on: str | None, connect_to: str 
     if (listen_on is None) == (connect_to is None):
         raise ConfigError("give exactly one of --listen HOST:PORT (responder) and --connect HOST:PORT (initiator)")
     settings = settings_from_options(kwargs)
-    settings.validate()
     peer_public = parse_wg_key(wg_peer, "--wg-peer")
     local_public = parse_wg_key(wg_public_key or interface_public_key(interface, wg_binary), "--wg-public-key")
     default_initiator(local_public, peer_public)  # rejects a peer key equal to our own
@@ -230,6 +232,7 @@ def rotate(interface: str, wg_peer: str, listen_on: str | None, connect_to: str 
                                        peer_name=settings.peer_name or wg_key_text(peer_public))
         if settings.name == settings.peer_name:
             raise ConfigError("--name and --peer-name must differ")
+    settings.validate()
     address = parse_endpoint(listen_on or connect_to or "", "--listen" if listen_on else "--connect")
     table: dict[str, Any] = {"interval": interval, "failure_policy": failure_policy}
     if deadline is not None:
