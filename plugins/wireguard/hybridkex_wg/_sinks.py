@@ -35,7 +35,7 @@ __all__ = ["Sink", "SinkError", "WgSink", "FileSink", "CommandSink", "FILE_FORMA
 FILE_FORMATS = ("base64", "hex", "raw")
 SINK_TYPES = ("wg", "file", "command")
 _TEMPLATE_FIELDS = frozenset({"interface", "peer", "name"})
-_COMMAND_FIELDS = frozenset({"interface", "peer", "name", "epoch", "event"})
+_COMMAND_FIELDS = frozenset({"interface", "peer", "name", "epoch", "event", "force"})
 _MAX_OUTPUT = 300
 
 
@@ -219,7 +219,7 @@ class CommandSink:
     ends now hold the key and the consumer should start using it at once).
 
     Arguments may name the public values too -- {interface}, {peer} (base64 public key),
-    {name}, {epoch}, {event} -- e.g. for ``sudo``, which drops the environment.
+    {name}, {epoch}, {event}, {force} (1 or 0) -- e.g. for ``sudo``, which drops the environment.
     """
 
     argv: tuple[str, ...]
@@ -237,7 +237,7 @@ class CommandSink:
     def set_psk(self, peer: PeerRef, key: bytes, epoch: int, *, event: str = "set",
                 force_handshake: bool = False) -> None:
         values = {"interface": peer.interface, "peer": peer.public_key_text, "name": peer.name, "epoch": str(epoch),
-                  "event": event}
+                  "event": event, "force": "1" if force_handshake else "0"}
         env = dict(os.environ)
         env.update({
             "HKWG_INTERFACE": peer.interface,

@@ -212,9 +212,19 @@ def test_one_shot_rotation_sets_equal_psks_that_wireguard_uses(tunnel: Tunnel, s
     hook = tmp_path / "hkwg-set-psk"
     hook.write_text(HOOK.read_text().replace('ALLOWED_INTERFACES="wg0"', f'ALLOWED_INTERFACES="{b.interface}"'))
     hook.chmod(0o755)
-    rotate_once(tunnel, spawn, psk_file, tmp_path, ["--no-wg", "--hook", f"{hook} {{interface}} {{peer}}"])
+    rotate_once(tunnel, spawn, psk_file, tmp_path, ["--no-wg", "--hook", f"{hook} {{interface}} {{peer}} {{force}}"])
     first = a.psk_for(b)
     assert first != "(none)" and first == b.psk_for(a)
+    # The hook's forced handshake: re-add the peer with its configuration; WireGuard handshakes at once.
+    before = int(run("wg", "show", b.interface, "latest-handshakes", ns=b.ns).stdout.split()[1])
+    time.sleep(1.1)  # latest-handshakes counts whole seconds
+    run(str(hook), b.interface, a.public, "1", ns=b.ns, stdin=first + "\n")
+    give_up = time.monotonic() + 5
+    while int(run("wg", "show", b.interface, "latest-handshakes", ns=b.ns).stdout.split()[1]) <= before:
+        assert time.monotonic() < give_up, "the hook's forced handshake did not happen"
+        time.sleep(0.1)
+    assert b.psk_for(a) == first and run("wg", "show", b.interface, "persistent-keepalive", ns=b.ns).stdout.split()[1] \
+        == "off"
 
     rotate_once(tunnel, spawn, psk_file, tmp_path)
     second = a.psk_for(b)
