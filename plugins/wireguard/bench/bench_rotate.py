@@ -123,7 +123,7 @@ class Daemon:
 
 def bare_exchange_floor(qkd: str, work: Path, count: int = 100) -> float:
     """CPU seconds (both ends together) of one bare hybrid exchange, in-process over a socket pair."""
-    from hybridkex import ExchangeSettings, exchange_over_socket
+    from hybridkex import DoSGuard, ExchangeSettings, exchange_over_socket
     from hybridkex.qkd import init_link_file
 
     psk = work / "floor.psk"
@@ -132,15 +132,18 @@ def bare_exchange_floor(qkd: str, work: Path, count: int = 100) -> float:
     extra: dict[str, Any] = {}
     if qkd == "sim":
         init_link_file(work / "floor-link.json")
-        extra = {"qkd": "sim", "qkd_link": work / "floor-link.json"}
+        extra = {"qkd": "sim", "qkd_link": work / "floor-link.json", "qkd_journal": work / "floor-journal"}
     sides = {role: ExchangeSettings(psk_file=psk, name=role, peer_name=other, **extra)
              for role, other in (("initiator", "responder"), ("responder", "initiator"))}
     configs = {role: settings.handshake_config(context=b"bench") for role, settings in sides.items()}
+    # The same guard sizing as the rotator's responder (a burst of exchanges from one host is expected).
+    guard = DoSGuard(load_threshold=2 * count, source_rate=float(count), source_burst=2 * count)
 
     def one(role: str, sock: socket.socket) -> None:
         source = sides[role].open_qkd_source()
         try:
-            exchange_over_socket(sock, role, configs[role], qkd_source=source)
+            exchange_over_socket(sock, role, configs[role], qkd_source=source,
+                                 guard=guard if role == "responder" else None)
         finally:
             if source is not None:
                 source.close()
@@ -176,7 +179,9 @@ def run_case(n: int, qkd: str, workers: int, work: Path, timeout: float, roles: 
         (case / "link-b.json").chmod(0o600)
         for side in ("a", "b"):
             # One simulated link between the two hosts, carrying every tunnel (as one QKD link would).
-            exchange[side].update({"qkd": "sim", "qkd_link": str(case / f"link-{side}.json")})
+            # Each side its own key_ID journal, as on two hosts (not the user's default one).
+            exchange[side].update({"qkd": "sim", "qkd_link": str(case / f"link-{side}.json"),
+                                   "qkd_journal": str(case / f"journal-{side}")})
     port, port_i = free_port(), free_port()
     responder_key = base64.b64encode(os.urandom(32)).decode()
     initiator_keys = [base64.b64encode(os.urandom(32)).decode() for _ in range(n)]

@@ -55,6 +55,7 @@ from ._session import (
     handle_stale,
     handshake_for,
     install,
+    rotator_guard,
     run_initiator,
     serve_connection,
 )
@@ -125,6 +126,7 @@ class Daemon:
         self.metrics_address: tuple[str, int] | None = None
         self.started_wall = time.time()
         self.peers: dict[tuple[bytes, bytes], PeerRuntime] = self._build(config, {})[0]
+        self.guard = rotator_guard(len(self.peers))
         self._initiators = ThreadPoolExecutor(config.workers, thread_name_prefix="hkwg-init")
         self._responders = ThreadPoolExecutor(config.workers, thread_name_prefix="hkwg-resp")
         self._slots = threading.BoundedSemaphore(config.workers * 4)
@@ -215,6 +217,8 @@ class Daemon:
         if config.workers != self.config.workers:
             log.warning("reload: 'workers' changes take effect after a restart")
         added, removed, changed = self._apply(config, runtimes, handshakes)
+        if len(runtimes) > self.guard.load_threshold // 2:
+            self.guard = rotator_guard(len(runtimes))
         self.config = config
         log.info("reloaded %s: %d peers (%d added, %d removed, %d changed)", config.source or "configuration",
                  len(runtimes), added, removed, changed)
@@ -359,7 +363,7 @@ class Daemon:
         try:
             with self._sockets.track(conn):
                 rt = serve_connection(conn, self._lookup, self.reporter, clock=self._clock, peer_address=address,
-                                      request=request)
+                                      request=request, guard=self.guard)
                 if rt is not None:
                     rt.wake_at = float("-inf")
         except HybridKexError:

@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import hmac
 import logging
+import os
 import socket
 import sys
 import threading
@@ -28,6 +29,7 @@ from collections.abc import Callable, Iterator
 from typing import TextIO
 
 from hybridkex import (
+    DoSGuard,
     ExchangeSettings,
     HandshakeConfig,
     HandshakeResult,
@@ -55,7 +57,7 @@ from ._rotation import (
 from ._wire import Accept, AcceptStatus, Commit, Done, DoneStatus, Request, read_message, send_message
 
 __all__ = ["PeerRuntime", "Reporter", "SocketSet", "run_initiator", "serve_connection", "install", "handle_stale",
-           "RateLimiter", "Counters", "REQUEST_TIMEOUT"]
+           "RateLimiter", "Counters", "REQUEST_TIMEOUT", "rotator_guard"]
 
 log = logging.getLogger("hybridkex_wg")
 
@@ -263,6 +265,40 @@ def handle_stale(rt: PeerRuntime, stale: Stale, reporter: Reporter) -> None:
                 else "installing the random key FAILED")
 
 
+#: Simulated-link sources shared by every peer on one link file (and key_ID journal), reopened when the link
+#: file changes.  Opening one per exchange costs a read of the whole key_ID journal each time (the core's
+#: journal object starts from offset 0), which makes N rotations cost O(N^2).
+_SHARED_SOURCES: dict[tuple[object, ...], tuple[tuple[object, ...], QKDKeySource | None]] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def _file_state(path: object) -> tuple[object, ...]:
+    try:
+        st = os.stat(str(path))
+    except OSError as exc:
+        return ("missing", exc.errno)
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode)
+
+
+def _qkd_source_for(rt: PeerRuntime) -> tuple[QKDKeySource | None, bool]:
+    """(source, whether the caller closes it after the exchange)."""
+    settings = rt.config.settings
+    if settings.qkd != "sim" or settings.qkd_link is None:
+        return _open_qkd(rt), True
+    key = (settings.qkd_link, getattr(settings, "qkd_journal", None), settings.effective_qkd_policy)
+    state = _file_state(settings.qkd_link)
+    with _SHARED_LOCK:
+        cached = _SHARED_SOURCES.get(key)
+        if cached is not None and cached[0] == state:
+            if cached[1] is None:  # preferred, and the link could not be opened: say so again (rate-limited)
+                return _open_qkd(rt), True
+            return cached[1], False
+        source = _open_qkd(rt)
+        _SHARED_SOURCES[key] = (state, source)
+        # An older source for this link is left to the garbage collector: another exchange may still use it.
+        return source, False
+
+
 def _open_qkd(rt: PeerRuntime) -> QKDKeySource | None:
     """The QKD source for one exchange.  ``preferred`` goes on without one when it cannot be opened (link file
     missing or unreadable, KME unreachable), with a warning; ``required`` fails: no key without QKD."""
@@ -296,7 +332,21 @@ def check_identity(rt: PeerRuntime, result: HandshakeResult) -> None:
                                "pinned_peers entry)")
 
 
-def _exchange(rt: PeerRuntime, sock: socket.socket, role: Role, epoch: int, clock: Callable[[], float]) -> EpochKey:
+def rotator_guard(peers: int) -> DoSGuard:
+    """The core's responder guard (replay cache, cookies, per-source rate) sized for a rotator.
+
+    A rotation reaches the handshake only after its Request named a configured pair, and
+    all of a hub's peers may be due at once (start-up) from one address; the core's default
+    (load above 32 handshakes a second, then 10 a second per source) would throttle such a
+    hub to minutes.  So the load threshold and the per-source budget scale with the number
+    of configured peers; replays and cookie checks beyond that stay as the core does them.
+    """
+    return DoSGuard(load_threshold=max(32, 2 * peers), source_rate=max(10.0, peers / 2),
+                    source_burst=max(20, 2 * peers))
+
+
+def _exchange(rt: PeerRuntime, sock: socket.socket, role: Role, epoch: int, clock: Callable[[], float],
+              guard: DoSGuard | None = None) -> EpochKey:
     """Run the hybridkex handshake for ``epoch``, check who the partner is, and export the epoch's keys."""
     initiator_public, responder_public = rt.state.binding_keys()
     settings = rt.config.settings
@@ -306,12 +356,12 @@ def _exchange(rt: PeerRuntime, sock: socket.socket, role: Role, epoch: int, cloc
         # The ratchet's keys change with every exchange: read them now, not from the cached config.
         config = dataclasses.replace(config, authenticator=settings.authenticator())
     rt.qkd_note = ""
-    source = _open_qkd(rt)
+    source, close = _qkd_source_for(rt)
     try:
         result = exchange_over_socket(sock, "initiator" if role is Role.INITIATOR else "responder", config,
-                                      qkd_source=source)
+                                      qkd_source=source, guard=guard)
     finally:
-        if source is not None:
+        if source is not None and close:
             source.close()
     check_identity(rt, result)
     settings.after_success(result)  # both sides confirmed the session: advance the authentication ratchet
@@ -396,7 +446,7 @@ def run_initiator(rt: PeerRuntime, request: Request, reporter: Reporter, sockets
 def serve_connection(sock: socket.socket, lookup: Callable[[bytes, bytes], PeerRuntime | None],
                      reporter: Reporter, *, clock: Callable[[], float] = time.monotonic,
                      peer_address: str = "?", raise_errors: bool = False,
-                     request: Request | None = None) -> PeerRuntime | None:
+                     request: Request | None = None, guard: DoSGuard | None = None) -> PeerRuntime | None:
     """Answer one incoming rotation on an accepted socket (``request``: already read).  Returns the peer it
     was for.
 
@@ -436,7 +486,7 @@ def serve_connection(sock: socket.socket, lookup: Callable[[bytes, bytes], PeerR
                         "%s: refused a rotation request from %s (%s)", rt.label, peer_address,
                         accept.status.name.lower().replace("_", " "))
             return rt
-        key = _exchange(rt, sock, Role.RESPONDER, epoch, clock)
+        key = _exchange(rt, sock, Role.RESPONDER, epoch, clock, guard)
         # Authenticated as this peer's partner: from here on, failures are the peer's.
         with rt.lock:
             rt.state.derived(key, clock(), timing)
