@@ -20,6 +20,7 @@ import base64
 import os
 import string
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,8 +141,19 @@ class WgSink:
             # A keepalive set on a new peer makes wireguard-go send one at once: that starts the handshake.
             argv += ["persistent-keepalive", keepalive if keepalive.isdigit() else "25"]
             _run(argv, base64.b64encode(key) + b"\n", self.timeout, what, key)
+            # The re-added peer reports 0 until its first handshake.  If none shows up soon (a keepalive lost
+            # to a race), kick once more: a keepalive interval set from "off" sends one at once.  A random key
+            # (event "stale") is meant to make the handshake fail: nothing to wait for.
+            for attempt in range(2 if event != "stale" else 0):
+                if self._wait_handshake(peer, 1.5):
+                    break
+                if attempt == 0:
+                    run_wg(self.wg, ["set", peer.interface, "peer", pub, "persistent-keepalive", "off"], self.timeout)
+                    run_wg(self.wg, ["set", peer.interface, "peer", pub, "persistent-keepalive", "25"], self.timeout)
             if not keepalive.isdigit():
                 run_wg(self.wg, ["set", peer.interface, "peer", pub, "persistent-keepalive", "off"], self.timeout)
+            elif keepalive != "25":
+                run_wg(self.wg, ["set", peer.interface, "peer", pub, "persistent-keepalive", keepalive], self.timeout)
             return
         if self.require_peer:
             if pub not in self._show(peer, "peers"):
@@ -149,6 +161,16 @@ class WgSink:
                                 f"{peer.interface}; add it to WireGuard first (or set require_peer = false)")
         _run([self.wg, "set", peer.interface, "peer", pub, "preshared-key", "/dev/stdin"],
              base64.b64encode(key) + b"\n", self.timeout, what, key)
+
+    def _wait_handshake(self, peer: PeerRef, seconds: float) -> bool:
+        """Whether WireGuard completed a handshake with the (re-added) peer within ``seconds``."""
+        give_up = time.monotonic() + seconds
+        while True:
+            if self.latest_handshakes(peer.interface).get(peer.public_key_text, 0) > 0:
+                return True
+            if time.monotonic() >= give_up:
+                return False
+            time.sleep(0.05)
 
     def installed_fingerprint(self, peer: PeerRef) -> str:
         """The fingerprint of the PSK WireGuard holds for ``peer`` ("" for none); the key never leaves here."""

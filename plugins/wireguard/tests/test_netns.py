@@ -367,7 +367,7 @@ def test_daemons_keep_wireguard_on_the_current_key_and_fail_closed(tunnel: Tunne
 
     try:
         daemons = {side: start(side) for side in ("a", "b")}
-        rotations_wanted = 10
+        rotations_wanted = 11  # the first ends the start-up cut; ten more are checked for lost pings
         for process in daemons.values():
             process.wait_for(lambda p=process: len(p.records("psk-set")) >= rotations_wanted, 150,
                              f"{rotations_wanted} rotations")
@@ -380,31 +380,34 @@ def test_daemons_keep_wireguard_on_the_current_key_and_fail_closed(tunnel: Tunne
         assert after and all(s[1] not in ("(none)", "(absent)") and s[3] not in ("(none)", "(absent)")
                              for s in after), "a session without a pre-shared key after start-up"
 
-        # Keys in use: each epoch's key is used by a WireGuard handshake within 2 s of the later install.
-        installs: dict[int, list[float]] = {}
-        for process in daemons.values():
-            for record in process.records("psk-set"):
-                installs.setdefault(int(record["epoch"]), []).append(float(record["time"]))
-        both = sorted((max(times), epoch) for epoch, times in installs.items() if len(times) == 2)
-        assert len(both) >= rotations_wanted
+        # Keys in use: each rotated key is used by a WireGuard handshake within 2 s of the later install.
+        # The install is seen in the samples (both ends' 'wg show dump' hold the new PSK), not in the output
+        # lines: a sink reports after it returned, by when WireGuard may have handshaken already.
+        both: list[tuple[float, float, int]] = []  # (last sample before both held it, first with both, index)
+        shared = None
+        for index, sample in enumerate(sampler.samples):
+            psk_a, psk_b = sample[1], sample[3]
+            if psk_a == psk_b and psk_a not in ("(none)", "(absent)") and psk_a != shared and index:
+                shared = psk_a
+                both.append((sampler.samples[index - 1][0], sample[0], index))
+        assert len(both) >= rotations_wanted, f"only {len(both)} keys were seen installed on both ends"
         delays, losses = [], []
-        for t_install, epoch in both:
-            before = [s for s in sampler.samples if s[0] < t_install]
-            later = [s for s in sampler.samples if s[0] >= t_install]
-            assert before and later, f"epoch {epoch}: no samples around its install"
-            handshake_before = before[-1][2]
-            first_new = next((s for s in later if s[2] != handshake_before), None)
-            assert first_new is not None, f"epoch {epoch}: WireGuard never handshook after the install"
-            assert first_new[0] - t_install <= 2.0 + 0.4, (
-                f"epoch {epoch}: WireGuard handshook {first_new[0] - t_install:.1f} s after the install")
-            assert first_new[2] >= int(t_install), f"epoch {epoch}: the handshake predates the install"
-            delays.append(first_new[0] - t_install)
+        for n, (t_before, t_seen, index) in enumerate(both):
+            handshake_before = sampler.samples[index - 1][2]
+            first_new = next((x for x in sampler.samples[index:] if x[2] != handshake_before), None)
+            assert first_new is not None, f"key {n}: WireGuard never handshook after the install"
+            assert first_new[0] - t_before <= 2.0 + 0.3, (
+                f"key {n}: WireGuard handshook {first_new[0] - t_before:.1f} s after the install")
+            assert first_new[2] >= int(t_before), f"key {n}: the handshake predates the install"
+            delays.append(first_new[0] - t_before)
             # ... and the tunnel carried pings around it: at most one lost per rotation.
-            lost = pinger.lost_between(t_install - 1.0, t_install + 2.0)
-            assert len(lost) <= 1, f"epoch {epoch}: {len(lost)} pings lost around the rotation"
+            if n == 0:
+                continue  # the first key ends the fail-closed start-up cut: no traffic before it, by design
+            lost = pinger.lost_between(t_before - 1.0, t_seen + 2.0)
+            assert len(lost) <= 1, f"key {n}: {len(lost)} pings lost around the rotation"
             losses.append(len(lost))
-        steady = pinger.lost_between(both[0][0] + 1.0, both[-1][0] + 2.0)
-        assert len(steady) <= len(both), f"{len(steady)} pings lost over {len(both)} rotations"
+        steady = pinger.lost_between(both[0][1] + 2.0, both[-1][1] + 2.0)
+        assert len(steady) <= len(both) - 1, f"{len(steady)} pings lost over {len(both) - 1} rotations"
 
         # Kill the responder's daemon: at the deadline the initiator cuts, and traffic stops within 2 s.
         daemons[responder].signal(signal.SIGKILL)
@@ -425,8 +428,8 @@ def test_daemons_keep_wireguard_on_the_current_key_and_fail_closed(tunnel: Tunne
         assert back, "no traffic after the responder's daemon came back"
         assert back[0] - restarted <= 5.0, f"traffic came back {back[0] - restarted:.1f} s after the restart"
         last_reply = max((t for t, _ in pinger.replies if t < restarted), default=cut)
-        print(f"\n{len(both)} rotations; handshake seen {min(delays):.2f}-{max(delays):.2f} s after the later install "
-              f"(0.2 s sampling); pings lost per rotation {losses}; last reply {last_reply - cut:+.2f} s from the "
+        print(f"\n{len(both)} rotations; handshake seen {min(delays):.2f}-{max(delays):.2f} s after the last sample without the key "
+              f"on both ends (0.2 s sampling); pings lost per rotation {losses}; last reply {last_reply - cut:+.2f} s from the "
               f"cut; traffic back {back[0] - restarted:.2f} s after the restart")
         log = "".join(p.stderr_path.read_text() for p in daemons.values() if p.stderr_path is not None)
         assert a.psk_for(b) not in log and "Traceback" not in log
