@@ -428,9 +428,9 @@ def test_daemons_keep_wireguard_on_the_current_key_and_fail_closed(tunnel: Tunne
         assert back, "no traffic after the responder's daemon came back"
         assert back[0] - restarted <= 5.0, f"traffic came back {back[0] - restarted:.1f} s after the restart"
         last_reply = max((t for t, _ in pinger.replies if t < restarted), default=cut)
-        print(f"\n{len(both)} rotations; handshake seen {min(delays):.2f}-{max(delays):.2f} s after the last sample without the key "
-              f"on both ends (0.2 s sampling); pings lost per rotation {losses}; last reply {last_reply - cut:+.2f} s from the "
-              f"cut; traffic back {back[0] - restarted:.2f} s after the restart")
+        print(f"\n{len(both)} rotations; handshake seen {min(delays):.2f}-{max(delays):.2f} s after the last "
+              f"sample without the key on both ends (0.2 s sampling); pings lost per rotation {losses}; last "
+              f"reply {last_reply - cut:+.2f} s from the cut; traffic back {back[0] - restarted:.2f} s after restart")
         log = "".join(p.stderr_path.read_text() for p in daemons.values() if p.stderr_path is not None)
         assert a.psk_for(b) not in log and "Traceback" not in log
     finally:
