@@ -3,14 +3,17 @@
 It shows what is mixed, who authenticates whom, that both sides derive the same key, and
 what happens when an eavesdropper taps the link: the QBER jumps, the link delivers no key,
 and the QKD policy decides between failing (``required``) and going on with ML-KEM and
-X25519 alone (``preferred``).
+X25519 alone (``preferred``).  It also shows a v2 listener's rule: a connection that fails
+before its peer authenticated does not end the listener.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,8 +28,32 @@ __all__ = ["run_demo"]
 Echo = Callable[[str], None]
 
 
-def _pair(initiator: ExchangeSettings, responder: ExchangeSettings) -> tuple[HandshakeResult | HybridKexError,
-                                                                           HandshakeResult | HybridKexError]:
+class _Collect(logging.Handler):
+    """Keeps the listener's log lines (fixed words, no secrets) to show them in the demo's own words."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _collect_log() -> Iterator[_Collect]:
+    log = logging.getLogger("hybridkex")
+    handler, propagate = _Collect(), log.propagate
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        yield handler
+    finally:
+        log.removeHandler(handler)
+        log.propagate = propagate
+
+
+def _pair(initiator: ExchangeSettings, responder: ExchangeSettings, accept_timeout: float = 30.0) -> tuple[
+        HandshakeResult | HybridKexError, HandshakeResult | HybridKexError]:
     """Run responder (thread) and initiator over 127.0.0.1 with an ephemeral port."""
     ready = threading.Event()
     port: list[int] = []
@@ -37,7 +64,8 @@ def _pair(initiator: ExchangeSettings, responder: ExchangeSettings) -> tuple[Han
             port.append(addr[1])
             ready.set()
         try:
-            box["r"] = exchange(responder, listen_on=("127.0.0.1", 0), accept_timeout=30, on_listening=listening)
+            box["r"] = exchange(responder, listen_on=("127.0.0.1", 0), accept_timeout=accept_timeout,
+                                on_listening=listening)
         except HybridKexError as exc:
             box["r"] = exc
             ready.set()
@@ -51,7 +79,7 @@ def _pair(initiator: ExchangeSettings, responder: ExchangeSettings) -> tuple[Han
         box["i"] = exchange(initiator, connect_to=("127.0.0.1", port[0]))
     except HybridKexError as exc:
         box["i"] = exc
-    thread.join(30)
+    thread.join(accept_timeout + 30)
     return box["i"], box.get("r", HybridKexError("responder did not finish"))
 
 
@@ -77,8 +105,11 @@ def run_demo(echo: Echo = print, workdir: Path | None = None) -> bool:
         link_path = base / "qkd-link.json"
         init_link_file(link_path, LinkParameters(channel_error=0.02))
         common = dict(qkd="sim", qkd_link=link_path, kem="ml-kem-768", backend="auto")
-        a = ExchangeSettings(identity=base / "alice/id.key", peers=(base / "bob/id.pub",), **common)  # type: ignore[arg-type]
-        b = ExchangeSettings(identity=base / "bob/id.key", peers=(base / "alice/id.pub",), **common)  # type: ignore[arg-type]
+        # Each side keeps its own journal of the QKD key_IDs it used (a replayed key_ID is refused).
+        a = ExchangeSettings(identity=base / "alice/id.key", peers=(base / "bob/id.pub",),  # type: ignore[arg-type]
+                             qkd_journal=base / "alice/qkd-key-ids", **common)
+        b = ExchangeSettings(identity=base / "bob/id.key", peers=(base / "alice/id.pub",),  # type: ignore[arg-type]
+                             qkd_journal=base / "bob/qkd-key-ids", **common)
 
         echo("hybridkex demo: alice (initiator) and bob (responder) on 127.0.0.1, joined by a simulated BB84 link")
         echo(f"  alice  {alice.fingerprint}  ML-DSA-65 identity")
@@ -97,8 +128,13 @@ def run_demo(echo: Echo = print, workdir: Path | None = None) -> bool:
             echo(f"         + {i.suite.kem} shared secret + {i.suite.key_agreement} shared secret")
             echo(f"         -> ETSI TS 103 744 CatKDF ({i.suite.kdf.upper()}-{i.suite.hash.upper()}), bound to "
                  f"transcript {i.transcript_hash.hex()[:16]}...")
-            echo(f"  auth   alice verified bob's {i.peer.auth.upper()} signature ({i.peer.fingerprint}); "
-                 f"bob verified alice's {r.peer.auth.upper()} signature ({r.peer.fingerprint})")
+            echo(f"  auth   alice verified bob's {i.peer.auth.upper()} signature ({i.peer.fingerprint[:19]}...),")
+            echo(f"         bob verified alice's {r.peer.auth.upper()} signature ({r.peer.fingerprint[:19]}...);")
+            echo("         identities travel sealed under the ML-KEM + X25519 handshake secret, and each side")
+            echo("         proved the final key to the other before either wrote it")
+            sizes = i.message_sizes
+            echo(f"  wire   {len(sizes)} messages, {sum(sizes)} bytes (InitHello, RespHello, InitFinish, RespFinish: "
+                 f"{', '.join(map(str, sizes))})")
         _show(echo, "alice", i)
         _show(echo, "bob", r)
         echo("  => keys match" if good else "  => KEYS DO NOT MATCH")
@@ -109,11 +145,16 @@ def run_demo(echo: Echo = print, workdir: Path | None = None) -> bool:
         echo("2. Eve taps the link: she intercepts and resends every photon")
         echo(f"  link   QBER {tapped.mean_qber:.1%} > 11% abort threshold: "
              f"{tapped.aborted_blocks} of {tapped.blocks} blocks aborted, no QKD key")
-        echo("  a) QKD policy required:")
-        i2, r2 = _pair(a, b)
+        echo("  a) QKD policy required (bob listens for 3 s):")
+        with _collect_log() as logged:
+            i2, r2 = _pair(a, b, accept_timeout=3.0)
         _show(echo, "alice", i2)
-        _show(echo, "bob", r2)
-        refused = isinstance(i2, HybridKexError) and isinstance(r2, HybridKexError)
+        if isinstance(r2, HybridKexError):
+            echo("  bob   no key: alice's alert came before she had authenticated (anyone could send one), so bob")
+            echo("        ignored that connection and listened on for another initiator, until his accept timeout")
+        else:
+            _show(echo, "bob", r2)
+        refused = isinstance(i2, HybridKexError) and isinstance(r2, HybridKexError) and bool(logged.lines)
         echo("     => no key: the exchange refuses to run without QKD" if refused else "     => UNEXPECTED")
         echo("  b) QKD policy preferred:")
         i3, r3 = _pair(replace(a, qkd_policy="preferred"), replace(b, qkd_policy="preferred"))

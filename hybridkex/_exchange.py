@@ -19,6 +19,7 @@ from ._config import ExchangeSettings
 from ._dos import DoSGuard
 from ._errors import HybridKexError, TransportError
 from ._handshake import HandshakeConfig, HandshakeResult, Initiator, Responder
+from ._state import Role as _Role
 from ._transport import connect, listen, run_handshake
 from .qkd._source import QKDKeySource
 
@@ -115,6 +116,9 @@ def exchange(settings: ExchangeSettings, *, listen_on: tuple[str, int] | None = 
     if (listen_on is None) == (connect_to is None):
         raise ValueError("give exactly one of listen_on and connect_to")
     config = settings.handshake_config(context=context)  # load keys before touching the network
+    if connect_to is not None:
+        # An initiator must know its one responder (its key keys mac1): say so before connecting.
+        config.authenticator.responder_static(_Role.INITIATOR)
     source = settings.open_qkd_source()
     try:
         if connect_to is not None:
@@ -136,12 +140,13 @@ def _listen_once(settings: ExchangeSettings, config: HandshakeConfig, source: QK
     quiet = _Quiet()
     guard = DoSGuard()
     with contextlib.closing(listen(listen_on, backlog=16)) as server:
+        bound = server.getsockname()[:2]  # the port actually used when listen_on asked for port 0
         if on_listening is not None:
-            on_listening(server.getsockname()[:2])
+            on_listening(bound)
         while True:
             remaining = give_up - time.monotonic()
             if remaining <= 0:
-                raise TransportError(f"no peer completed an exchange on {listen_on[0]}:{listen_on[1]} within "
+                raise TransportError(f"no peer completed an exchange on {bound[0]}:{bound[1]} within "
                                      f"{accept_timeout:g} s")
             server.settimeout(remaining)
             try:

@@ -72,7 +72,7 @@ from ._errors import (
 )
 from ._primitives import Backend, get_backend
 from ._state import Input, Role, State, lookup
-from ._suites import QKD_POLICIES, QKD_POLICY_CODES, SUITES, Suite
+from ._suites import QKD_POLICIES, QKD_POLICY_CODES, SUITES, Suite, auth_name
 from ._wire import (
     COOKIE_NONCE_SIZE,
     HEADER_SIZE,
@@ -516,6 +516,13 @@ class Connection:
         self.result = result
         return result
 
+    @property
+    def _channel(self) -> bool:
+        """Channel confirmation applies unless a responder fallback is possible (both policies preferred)."""
+        fallback_possible = self._policy != _OFF and self._peer_policy != _OFF and \
+            _REQUIRED not in (self._policy, self._peer_policy)
+        return self.config.channel_confirmation and not fallback_possible
+
     def _require_qkd_block(self, block: QKDBlock) -> None:
         """Responder: is the initiator's QKD declaration allowed by both policies?"""
         agreed = self._policy != _OFF and self._peer_policy != _OFF
@@ -646,7 +653,7 @@ class Initiator(Connection):
         frame = encode(InitFinish(sealed))
         self.transcript.absorb(frame)
         events: list[Event] = [SendMessage(frame)]
-        if self.config.channel_confirmation:
+        if self._channel:
             self._provisional = self._result(self._session, block, self._local_reason)
             events.append(NeedChannelConfirmation(self._provisional))
             return State.WAIT_CHANNEL, events
@@ -756,6 +763,7 @@ class Responder(Connection):
                                  "source here (--qkd) or relax the initiator's policy")
         auth = self.config.authenticator
         auth.check_kind(msg.auth_kind)
+        self._peer_kind = msg.auth_kind
         prefix = signed[:len(signed) - 1 - len(b"".join(msg.psk_ids))]
         choice, self._psk = auth.select(prefix, msg.psk_ids)
         kem = self._backend.kem(self.suite.kem)
@@ -788,6 +796,9 @@ class Responder(Connection):
         self._peer = self.config.authenticator.verify_peer(Role.RESPONDER, self._psk, Purpose.INITIATOR,
                                                            payload.identity, self.transcript.hash(payload.core),
                                                            payload.auth_tag)
+        if self._peer.auth != auth_name(self._peer_kind):
+            raise AuthenticationError(f"the initiator announced {auth_name(self._peer_kind)} but its key is "
+                                      f"{self._peer.auth}")
         self.authenticated = True
         self._peer_identity = payload.identity
         self._if_core = payload.core
@@ -818,7 +829,7 @@ class Responder(Connection):
         self._check_mac(expected, self._confirm_i, "the initiator's final key confirmation")
         self.transcript.absorb(self._if_frame)
         events: list[Event] = []
-        if not self.config.channel_confirmation:
+        if not self._channel:
             core = push_resp_finish_core(QKDStatus.OFF, QKDReason.NONE)
             tagged = core + vec16(b"")
             confirm = self._mac(session, _labels.SECRET_RESP_FINISHED, self.transcript.hash(tagged))

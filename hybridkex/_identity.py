@@ -40,6 +40,7 @@ def _public_object(alg: str, raw: bytes) -> Any:
 
 
 @functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=1024)
 def fingerprint(alg: str, public_key: bytes) -> str:
     """``SHA256:<base64>`` of the SubjectPublicKeyInfo DER of an ML-DSA public key."""
     der = _public_object(alg, public_key).public_bytes(serialization.Encoding.DER,

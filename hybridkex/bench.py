@@ -13,11 +13,14 @@ called directly through the same backend on inputs of the same sizes:
 * ML-KEM: the initiator's key pair from its seed, the responder's encapsulation, the
   initiator's decapsulation;
 * ML-DSA: both signatures over a transcript hash and both verifications;
-* CatKDF: the handshake and the session secret, on each side (four calls), over inputs as
-  long as the real messages.
+* CatKDF: the handshake and the session secret, on each side (four calls), over inputs and a
+  context as long as the real ones;
+* ChaCha20-Poly1305: the sealed parts of RespHello, InitFinish and RespFinish, each sealed by
+  its sender and opened by its receiver, with plaintexts as long as the real ones.
 
-Everything else -- framing, parsing, transcript hashes, key confirmation MACs, fingerprints,
-events, state checks -- is protocol overhead.  Time is CPU time (:func:`time.process_time`),
+Everything else -- framing, parsing, mac1, the replay check, transcript hashes, the AEAD and
+confirmation keys expanded from the secrets, key confirmation MACs, fingerprints, events,
+state checks -- is protocol overhead.  Time is CPU time (:func:`time.process_time`),
 after a warm-up, in batches that rotate between handshakes and the floor so that drift
 (frequency scaling, a noisy neighbour) hits both; the figures are medians over the batches.
 The goal is a ratio handshake/floor of at most 1.15.
@@ -25,8 +28,8 @@ The goal is a ratio handshake/floor of at most 1.15.
 ML-DSA signing is randomized and rejection-sampled, so single signatures vary a lot in
 cost and the direct ratio is noisy.  A second figure measures the overhead on its own:
 handshakes replayed over a backend that serves the primitives' results recorded from a real
-handshake (with fixed randomness both sides repeat it byte for byte), minus the CatKDF calls
-that still run; ``ratio_replayed`` is (floor + that overhead) / floor.
+handshake (with fixed randomness and a fixed clock both sides repeat it byte for byte), minus
+the CatKDF and AEAD calls that still run; ``ratio_replayed`` is (floor + that overhead) / floor.
 
 The last line printed is one JSON object with every figure (``ratio``, ``handshake_us``,
 ``floor_us``, ``backend``, message sizes ...), for scripts.
@@ -43,6 +46,7 @@ import os
 import platform
 import pstats
 import statistics
+import struct
 import sys
 import time
 import uuid
@@ -50,10 +54,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
 from . import _labels
 from ._auth import PSKAuthenticator, SignatureAuthenticator
-from ._catkdf import catkdf
-from ._errors import BackendUnavailable
+from ._catkdf import catkdf_unchecked
+from ._dos import DoSGuard
+from ._errors import BackendUnavailable, QKDUnavailable
 from ._handshake import (
     Event,
     HandshakeComplete,
@@ -67,16 +74,19 @@ from ._handshake import (
 from ._identity import Identity, generate_identity
 from ._primitives import KEM, KEM_NAMES, SIG_NAMES, Backend, KeyAgreement, SignatureScheme, get_backend
 from ._suites import SUITES, Suite, suites_for_kem
-from ._wire import HEADER_SIZE
+from ._wire import QKDBlock, QKDStatus, RespHello, decode, push_qkd_block, resp_hello_public
 from .qkd._source import QKD_KEY_BYTES, QKDKey
 
-__all__ = ["main", "measure", "make_setup", "message_sizes", "run_handshake", "Floor", "Measurement", "ReplayBackend"]
+__all__ = ["main", "measure", "make_setup", "message_sizes", "cookie_reply_size", "run_handshake", "Floor",
+           "Measurement", "ReplayBackend", "REPLAY_RNGS", "REPLAY_WALL"]
 
 #: The overhead the protocol may add on top of its primitives (1.15 = 15 %).
 GOAL_RATIO = 1.15
 DEFAULT_ITERATIONS = 100
 DEFAULT_BATCHES = 15
 _SIG_CONTEXTS = (_labels.SIG_CONTEXT_RESPONDER, _labels.SIG_CONTEXT_INITIATOR)
+_AEAD_TAG = 16
+_ZERO_NONCE = bytes(12)
 
 
 # --------------------------------------------------------------------------- the handshake
@@ -98,9 +108,28 @@ def _completed(events: Sequence[Event]) -> HandshakeResult:
 
 def run_handshake(i_config: HandshakeConfig, r_config: HandshakeConfig, qkd_key: QKDKey | None = None,
                   rngs: tuple[Callable[[int], bytes], Callable[[int], bytes]] = (os.urandom, os.urandom),
+                  wall: Callable[[], float] = time.time, *, responder_qkd_fails: bool = False,
                   ) -> tuple[HandshakeResult, HandshakeResult]:
-    """One whole handshake, both sides in this process; ``qkd_key`` is what both QKD sources deliver."""
-    ini, res = Initiator(i_config, rng=rngs[0]), Responder(r_config, rng=rngs[1])
+    """One whole handshake, both sides in this process; ``qkd_key`` is what both QKD sources deliver.
+
+    ``wall`` is both sides' clock (the InitHello timestamp): a replay needs a fixed one.  With
+    ``responder_qkd_fails`` the responder's source fails and both sides fall back (five messages;
+    the policies must allow it)."""
+    return _drive(*_connections(i_config, r_config, rngs, wall), qkd_key, responder_qkd_fails)
+
+
+def _connections(i_config: HandshakeConfig, r_config: HandshakeConfig,
+                 rngs: tuple[Callable[[int], bytes], Callable[[int], bytes]],
+                 wall: Callable[[], float]) -> tuple[Initiator, Responder]:
+    # The responder checks every InitHello with a guard, as 'hybridkex exchange' does (mac1, replay
+    # cache, rate limit); a fresh one per handshake, so replays of one handshake are not refused.
+    guard = DoSGuard(wall=wall, rng=rngs[1])
+    return (Initiator(i_config, rng=rngs[0], wall=wall),
+            Responder(r_config, rng=rngs[1], wall=wall, guard=guard, source=b"127.0.0.1"))
+
+
+def _drive(ini: Initiator, res: Responder, qkd_key: QKDKey | None,
+           responder_qkd_fails: bool = False) -> tuple[HandshakeResult, HandshakeResult]:
     resp_hello = _sent(res.receive(_sent(ini.initiate())))
     events = ini.receive(resp_hello)
     if isinstance(events[0], NeedQKDKeys):
@@ -110,6 +139,11 @@ def run_handshake(i_config: HandshakeConfig, r_config: HandshakeConfig, qkd_key:
     events = res.receive(_sent(events))
     if isinstance(events[0], NeedQKDKeys):
         assert qkd_key is not None
+        if responder_qkd_fails:
+            # RespFinish says "no QKD key here"; the initiator answers with InitConfirm.
+            events = ini.receive(_sent(res.qkd_failed(QKDUnavailable("benchmark: the responder's source failed"))))
+            i_result = _completed(events)
+            return i_result, _completed(res.receive(_sent(events)))
         events = res.qkd_keys([qkd_key])
     r_result = _completed(events)
     i_result = _completed(ini.receive(_sent(events)))
@@ -223,6 +257,12 @@ def _fixed_rng(fill: int) -> Callable[[int], bytes]:
 
 #: Fixed randomness for replayed handshakes (distinct per side, so the two X25519 shares differ).
 REPLAY_RNGS = (_fixed_rng(1), _fixed_rng(2))
+#: A fixed clock for replayed handshakes: the InitHello timestamp is in the transcript that is signed.
+_REPLAY_TIME = float(int(time.time()))
+
+
+def REPLAY_WALL() -> float:  # noqa: N802 - a constant clock, named like REPLAY_RNGS
+    return _REPLAY_TIME
 
 
 # --------------------------------------------------------------------------- the floor
@@ -230,12 +270,20 @@ REPLAY_RNGS = (_fixed_rng(1), _fixed_rng(2))
 
 @dataclass(frozen=True)
 class _Sizes:
-    """Lengths of the byte strings CatKDF hashes, taken from a real handshake."""
+    """Lengths of what CatKDF hashes and what the AEAD seals, taken from a real handshake."""
 
     init_hello: int
-    resp_hello_core: int
-    resp_hello: int
-    init_finish: int
+    resp_hello_public: int
+    """RespHello before its sealed part: MB of the handshake secret."""
+    resp_hello_plain: int
+    init_finish_plain: int
+    resp_finish_plain: int
+    init_finish_tagged: int
+    """InitFinish's payload without its confirmation: what MA adds for the session secret."""
+
+
+def _vec16(data: bytes) -> bytes:
+    return struct.pack(">H", len(data)) + data
 
 
 class Floor:
@@ -253,44 +301,63 @@ class Floor:
         self.r_signer, self.r_public = r_scheme.from_seed(responder.seed)
         self.kem_seed = os.urandom(self.kem.sizes.decapsulation_key_seed)
         self.x_seeds = (os.urandom(self.ka.private_key_size), os.urandom(self.ka.private_key_size))
-        # What is signed is a transcript hash; CatKDF hashes whole messages.
+        # What is signed is a transcript hash; CatKDF hashes whole messages; the AEAD's AAD is a transcript hash.
         self.th_resp = hashlib.new(suite.hash, b"resp").digest()
         self.th_init = hashlib.new(suite.hash, b"init").digest()
-        self.ma_hs, self.mb_hs = os.urandom(sizes.init_hello), os.urandom(sizes.resp_hello_core)
-        self.ma_session = os.urandom(sizes.init_hello + sizes.init_finish)
-        self.mb_session = os.urandom(sizes.resp_hello)
+        self.ma_hs, self.mb_hs = os.urandom(sizes.init_hello), os.urandom(sizes.resp_hello_public)
+        self.ma_session = os.urandom(sizes.init_hello + sizes.init_finish_tagged)
+        self.mb_session = os.urandom(sizes.resp_hello_public + sizes.resp_hello_plain)
+        # The session context names both identities and the QKD block (one key_ID when QKD is used).
+        ids = _labels.CATKDF_CONTEXT_SESSION + _vec16(self.i_public) + _vec16(self.r_public)
+        self.context_off = ids + push_qkd_block(QKDBlock(QKDStatus.OFF))
+        self.context_qkd = ids + push_qkd_block(QKDBlock(QKDStatus.USED, key_bits=QKD_KEY_BYTES * 8,
+                                                         key_ids=(uuid.UUID(int=1),)))
+        self.plaintexts = tuple(os.urandom(n) for n in (sizes.resp_hello_plain, sizes.init_finish_plain,
+                                                        sizes.resp_finish_plain))
 
-    def _catkdf(self, psk: bytes, k1: bytes, k2: bytes, ma: bytes, mb: bytes, stage: str) -> bytes:
-        context = _labels.CATKDF_CONTEXT_HANDSHAKE if stage == "handshake" else _labels.CATKDF_CONTEXT_SESSION
-        label = _labels.CATKDF_LABEL_HANDSHAKE if stage == "handshake" else _labels.CATKDF_LABEL_SESSION
-        return catkdf(hash=self.suite.hash, kdf=self.suite.kdf, psk=psk, k1=k1, k2=k2, ma=ma, mb=mb,
-                      context=context, label=label, length=self.suite.hash_len)
+    def _catkdf(self, psk: bytes, k1: bytes, k2: bytes, ma: bytes, mb: bytes, context: bytes | None) -> bytes:
+        """The handshake secret (``context`` None) or the session secret, as the protocol calls CatKDF."""
+        label = _labels.CATKDF_LABEL_HANDSHAKE if context is None else _labels.CATKDF_LABEL_SESSION
+        suite = self.suite
+        return catkdf_unchecked(suite.hash, suite.kdf, psk, k1, k2, ma, mb,
+                                _labels.CATKDF_CONTEXT_HANDSHAKE if context is None else context, label,
+                                suite.hash_len)
+
+    @staticmethod
+    def _seal_open(key: bytes, aad: bytes, plaintext: bytes) -> None:
+        sealed = ChaCha20Poly1305(key).encrypt(_ZERO_NONCE, plaintext, aad)
+        ChaCha20Poly1305(key).decrypt(_ZERO_NONCE, sealed, aad)
 
     def run(self, qkd_key: QKDKey | None) -> None:
         """One handshake's worth of primitives, in protocol order, each output feeding the next step."""
         kem, ka = self.kem, self.ka
         psk = qkd_key.key if qkd_key is not None else b""
+        context = self.context_off if qkd_key is None else self.context_qkd
+        rh_plain, if_plain, rf_plain = self.plaintexts
         # initiator: key shares
         kem_private, encapsulation_key = kem.generate(self.kem_seed)
         xi_private, xi_public = ka.generate(self.x_seeds[0])
-        # responder: key share, both secrets, signature, handshake secret
+        # responder: key share, both secrets, handshake secret, signature, sealed identity
         xr_private, xr_public = ka.generate(self.x_seeds[1])
         k1 = ka.exchange(xr_private, xi_public)
         k2, ciphertext = kem.encapsulate(encapsulation_key)
+        hs = self._catkdf(b"", k1, k2, self.ma_hs, self.mb_hs, None)
         r_tag = self.r_sign(self.r_signer, self.th_resp, _SIG_CONTEXTS[0])
-        self._catkdf(b"", k1, k2, self.ma_hs, self.mb_hs, "handshake")
-        # initiator: check the responder, both secrets, handshake secret, signature
-        if not self.r_verify(self.r_public, self.th_resp, r_tag, _SIG_CONTEXTS[0]):
-            raise RuntimeError("floor: responder signature did not verify")
+        # initiator: both secrets, handshake secret, open, check the responder, sign, session secret, seal
         k1 = ka.exchange(xi_private, xr_public)
         k2 = kem.decapsulate(kem_private, ciphertext)
-        self._catkdf(b"", k1, k2, self.ma_hs, self.mb_hs, "handshake")
+        hs = self._catkdf(b"", k1, k2, self.ma_hs, self.mb_hs, None)
+        self._seal_open(hs[:32], self.th_resp, rh_plain)
+        if not self.r_verify(self.r_public, self.th_resp, r_tag, _SIG_CONTEXTS[0]):
+            raise RuntimeError("floor: responder signature did not verify")
         i_tag = self.i_sign(self.i_signer, self.th_init, _SIG_CONTEXTS[1])
-        # responder: check the initiator, session secret; then the initiator's session secret
+        self._catkdf(psk, k1, k2, self.ma_session, self.mb_session, context)
+        # responder: open, check the initiator, session secret, seal RespFinish; the initiator opens it
+        self._seal_open(hs[:32], self.th_init, if_plain)
         if not self.i_verify(self.i_public, self.th_init, i_tag, _SIG_CONTEXTS[1]):
             raise RuntimeError("floor: initiator signature did not verify")
-        self._catkdf(psk, k1, k2, self.ma_session, self.mb_session, "session")
-        self._catkdf(psk, k1, k2, self.ma_session, self.mb_session, "session")
+        self._catkdf(psk, k1, k2, self.ma_session, self.mb_session, context)
+        self._seal_open(hs[:32], self.th_init, rf_plain)
 
     def operations(self) -> dict[str, tuple[int, Callable[[], object]]]:
         """Each primitive alone, with how many times one handshake calls it (for the breakdown)."""
@@ -299,6 +366,7 @@ class Floor:
         _, ciphertext = self.kem.encapsulate(encapsulation_key)
         tag = self.r_sign(self.r_signer, self.th_resp, _SIG_CONTEXTS[0])
         secret = bytes(32)
+        rh_plain, if_plain, rf_plain = self.plaintexts
         return {
             "x25519 keygen": (2, lambda: self.ka.generate(self.x_seeds[1])),
             "x25519 exchange": (2, lambda: self.ka.exchange(x_private, x_public)),
@@ -307,9 +375,12 @@ class Floor:
             f"{self.kem.name} decaps": (1, lambda: self.kem.decapsulate(kem_private, ciphertext)),
             "ml-dsa sign": (2, lambda: self.r_sign(self.r_signer, self.th_resp, _SIG_CONTEXTS[0])),
             "ml-dsa verify": (2, lambda: self.r_verify(self.r_public, self.th_resp, tag, _SIG_CONTEXTS[0])),
-            "catkdf handshake": (2, lambda: self._catkdf(b"", secret, secret, self.ma_hs, self.mb_hs, "handshake")),
+            "catkdf handshake": (2, lambda: self._catkdf(b"", secret, secret, self.ma_hs, self.mb_hs, None)),
             "catkdf session": (2, lambda: self._catkdf(secret, secret, secret, self.ma_session, self.mb_session,
-                                                       "session")),
+                                                       self.context_off)),
+            "chacha20-poly1305": (1, lambda: (self._seal_open(secret, self.th_resp, rh_plain),
+                                              self._seal_open(secret, self.th_init, if_plain),
+                                              self._seal_open(secret, self.th_init, rf_plain))),
         }
 
 
@@ -348,22 +419,32 @@ def make_setup(backend: Backend, kem: str, sig: str) -> Setup:
     replay_backend = ReplayBackend(backend)
     replay = _signature_pair(replay_backend, alice, bob, suites)
     qkd_key = QKDKey(uuid.UUID(int=1), bytes(range(QKD_KEY_BYTES)))
-    recorded = (run_handshake(*replay["off"], None, REPLAY_RNGS), run_handshake(*replay["required"], qkd_key,
-                                                                                  REPLAY_RNGS))
+    recorded = (run_handshake(*replay["off"], None, REPLAY_RNGS, REPLAY_WALL),
+                run_handshake(*replay["required"], qkd_key, REPLAY_RNGS, REPLAY_WALL))
     replay_backend.tape.recording = False
-    replayed = (run_handshake(*replay["off"], None, REPLAY_RNGS), run_handshake(*replay["required"], qkd_key,
-                                                                                  REPLAY_RNGS))
+    replayed = (run_handshake(*replay["off"], None, REPLAY_RNGS, REPLAY_WALL),
+                run_handshake(*replay["required"], qkd_key, REPLAY_RNGS, REPLAY_WALL))
     for (before, _), (after, _) in zip(recorded, replayed, strict=True):
         if before.transcript_hash != after.transcript_hash or before.key() != after.key():
             raise RuntimeError("replay: the replayed handshake differs from the recorded one")
-    result, _ = run_handshake(*real["off"])
-    ih, rh, if_, _rf = result.message_sizes
-    # RespHello's core is what its signature and confirmation are computed over: no header, no tag, no MAC.
-    tag_and_confirm = 2 + backend.signature(sig).sizes.signature + 1 + result.suite.hash_len
-    sizes = _Sizes(init_hello=ih, resp_hello_core=rh - HEADER_SIZE - tag_and_confirm, resp_hello=rh,
-                   init_finish=if_)
+    ini, res = _connections(*real["off"], (os.urandom, os.urandom), time.time)
+    result, _ = _drive(ini, res, None)
+    sizes = _frame_sizes(ini.transcript.frames, result.suite)
     return Setup(backend, result.suite, real["off"], real["required"], replay["off"], replay["required"], qkd_key,
                  Floor(backend, result.suite, alice, bob, sizes))
+
+
+def _frame_sizes(frames: Sequence[bytes], suite: Suite) -> _Sizes:
+    """What the floor's CatKDF and AEAD calls must process, measured on a real handshake's frames."""
+    ih, rh, if_, rf = frames
+    hello = decode(rh)
+    assert isinstance(hello, RespHello)
+    sealed = [len(hello.sealed), len(decode(if_).sealed), len(decode(rf).sealed)]  # type: ignore[union-attr]
+    rh_plain, if_plain, rf_plain = (n - _AEAD_TAG for n in sealed)
+    # InitFinish's plaintext ends with vec8(confirmation), which MA does not hold.
+    return _Sizes(init_hello=len(ih), resp_hello_public=len(resp_hello_public(hello)), resp_hello_plain=rh_plain,
+                  init_finish_plain=if_plain, resp_finish_plain=rf_plain,
+                  init_finish_tagged=if_plain - 1 - suite.hash_len)
 
 
 def _time_handshakes(configs: Pair, keys: Sequence[QKDKey | None]) -> float:
@@ -378,7 +459,7 @@ def _time_replays(configs: Pair, keys: Sequence[QKDKey | None]) -> float:
     i_config, r_config = configs
     start = time.process_time()
     for key in keys:
-        run_handshake(i_config, r_config, key, REPLAY_RNGS)
+        run_handshake(i_config, r_config, key, REPLAY_RNGS, REPLAY_WALL)
     return (time.process_time() - start) / len(keys) * 1e6
 
 
@@ -419,12 +500,13 @@ class Measurement:
         return [h / f for h, f in zip(self.samples["handshake" + suffix], self.samples["floor" + suffix], strict=True)]
 
     @property
-    def catkdf_us(self) -> float:
-        return sum(us for op, us in self.breakdown_us.items() if op.startswith("catkdf"))
+    def unreplayed_us(self) -> float:
+        """The floor's primitives a replay still runs for real: CatKDF and ChaCha20-Poly1305."""
+        return sum(us for op, us in self.breakdown_us.items() if op.startswith(("catkdf", "chacha20")))
 
     def overhead_replayed(self, qkd: bool = False) -> float:
-        """The protocol's own work: a replayed handshake minus the CatKDF calls it still makes for real."""
-        return self.median("replay_qkd" if qkd else "replay") - self.catkdf_us
+        """The protocol's own work: a replayed handshake minus the CatKDF and AEAD calls it still makes for real."""
+        return self.median("replay_qkd" if qkd else "replay") - self.unreplayed_us
 
     def ratio_replayed(self, qkd: bool = False) -> float:
         """(floor + overhead measured by replay) over floor: the ratio without the signing noise."""
@@ -467,38 +549,64 @@ def measure(setup: Setup, iterations: int, batches: int, *,
 # --------------------------------------------------------------------------- message sizes
 
 
+#: QKD cases of the size table: none, a QKD key used, and the responder's source failing (policy
+#: ``preferred``: RespFinish is signed and the initiator adds InitConfirm, five messages).
+_SIZE_CASES = ("off", "used", "fallback")
+
+
 def message_sizes(backend: Backend) -> list[dict[str, Any]]:
-    """The four message sizes for every suite and authentication mode, without and with a QKD key."""
+    """The message sizes for every suite and authentication mode, without QKD, with a QKD key, and on a
+    responder-side QKD fallback (``init_confirm`` is 0 where there is no fifth message)."""
     identities = {sig: (generate_identity(sig), generate_identity(sig)) for sig in SIG_NAMES}
     psk = os.urandom(32)
     rows: list[dict[str, Any]] = []
     for suite in SUITES.values():
         for auth in (*SIG_NAMES, "psk"):
             if auth == "psk":
-                i_auth: PSKAuthenticator | SignatureAuthenticator = PSKAuthenticator([psk])
-                r_auth: PSKAuthenticator | SignatureAuthenticator = PSKAuthenticator([psk])
+                i_auth: PSKAuthenticator | SignatureAuthenticator = PSKAuthenticator([psk], name="alice",
+                                                                                     peer_name="bob")
+                r_auth: PSKAuthenticator | SignatureAuthenticator = PSKAuthenticator([psk], name="bob",
+                                                                                     peer_name="alice")
             else:
                 alice, bob = identities[auth]
                 i_auth = SignatureAuthenticator(alice, [bob.public], backend)
                 r_auth = SignatureAuthenticator(bob, [alice.public], backend)
-            for qkd in (False, True):
-                policy = "required" if qkd else "off"
-                key = QKDKey(uuid.uuid4(), os.urandom(QKD_KEY_BYTES)) if qkd else None
+            for case in _SIZE_CASES:
+                policy = {"off": "off", "used": "required", "fallback": "preferred"}[case]
+                key = QKDKey(uuid.uuid4(), os.urandom(QKD_KEY_BYTES)) if case != "off" else None
                 result, _ = run_handshake(HandshakeConfig(i_auth, (suite.code,), policy, backend=backend),
-                                          HandshakeConfig(r_auth, (suite.code,), policy, backend=backend), key)
-                ih, rh, if_, rf = result.message_sizes
-                rows.append({"suite": suite.name, "auth": auth, "qkd": qkd, "init_hello": ih, "resp_hello": rh,
-                             "init_finish": if_, "resp_finish": rf, "total": ih + rh + if_ + rf})
+                                          HandshakeConfig(r_auth, (suite.code,), policy, backend=backend), key,
+                                          responder_qkd_fails=case == "fallback")
+                ih, rh, if_, rf, *rest = result.message_sizes
+                ic = rest[0] if rest else 0
+                rows.append({"suite": suite.name, "auth": auth, "qkd": case, "init_hello": ih, "resp_hello": rh,
+                             "init_finish": if_, "resp_finish": rf, "init_confirm": ic,
+                             "total": ih + rh + if_ + rf + ic})
     return rows
 
 
-def _print_sizes(rows: list[dict[str, Any]]) -> None:
-    print("message sizes in bytes, frame headers included (QKD adds one 16-byte key_ID to InitFinish):")
-    print(f"  {'suite':<32} {'auth':<10} {'qkd':<4} {'InitHello':>9} {'RespHello':>9} {'InitFinish':>10} "
-          f"{'RespFinish':>10} {'total':>6}")
+def cookie_reply_size(backend: Backend) -> int:
+    """The CookieReply a responder under load sends instead of a RespHello (the initiator then
+    repeats its InitHello, same size, with mac2 set)."""
+    psk = os.urandom(32)
+    guard = DoSGuard()
+    guard.forced_load = True
+    ini = Initiator(HandshakeConfig(PSKAuthenticator([psk], name="alice", peer_name="bob"), backend=backend))
+    res = Responder(HandshakeConfig(PSKAuthenticator([psk], name="bob", peer_name="alice"), backend=backend),
+                    guard=guard, source=b"127.0.0.1")
+    return len(_sent(res.receive(_sent(ini.initiate()))))
+
+
+def _print_sizes(rows: list[dict[str, Any]], cookie: int) -> None:
+    print("message sizes in bytes, frame headers included (QKD adds one 16-byte key_ID to InitFinish; 'fallback':")
+    print("the responder's QKD source failed under policy preferred, so RespFinish is signed and InitConfirm follows):")
+    print(f"  {'suite':<32} {'auth':<10} {'qkd':<8} {'InitHello':>9} {'RespHello':>9} {'InitFinish':>10} "
+          f"{'RespFinish':>10} {'InitConfirm':>11} {'total':>6}")
     for r in rows:
-        print(f"  {r['suite']:<32} {r['auth']:<10} {'on' if r['qkd'] else 'off':<4} {r['init_hello']:>9} "
-              f"{r['resp_hello']:>9} {r['init_finish']:>10} {r['resp_finish']:>10} {r['total']:>6}")
+        confirm = str(r["init_confirm"]) if r["init_confirm"] else "-"
+        print(f"  {r['suite']:<32} {r['auth']:<10} {r['qkd']:<8} {r['init_hello']:>9} "
+              f"{r['resp_hello']:>9} {r['init_finish']:>10} {r['resp_finish']:>10} {confirm:>11} {r['total']:>6}")
+    print(f"  under load the responder first answers with a {cookie}-byte CookieReply instead of a RespHello")
 
 
 # --------------------------------------------------------------------------- profiling
@@ -510,7 +618,7 @@ def profile(setup: Setup, iterations: int, top: int = 25) -> None:
     profiler = cProfile.Profile(time.process_time)
     profiler.enable()
     for _ in range(iterations):
-        run_handshake(*setup.replay_configs, None, REPLAY_RNGS)
+        run_handshake(*setup.replay_configs, None, REPLAY_RNGS, REPLAY_WALL)
     profiler.disable()
     stats = pstats.Stats(profiler)
     raw: dict[tuple[str, int, str], tuple[int, int, float, float, Any]] = stats.stats  # type: ignore[attr-defined]
@@ -588,7 +696,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.profile:
         profile(setup, max(iterations, 50))
     sizes = message_sizes(backend)
-    _print_sizes(sizes)
+    cookie = cookie_reply_size(backend)
+    _print_sizes(sizes, cookie)
     summary: dict[str, Any] = {
         "ratio": round(m.ratio(), 4),
         "handshake_us": round(m.median("handshake"), 1),
@@ -610,6 +719,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ratio_replayed_qkd": round(m.ratio_replayed(True), 4),
         "floor_breakdown_us": {op: round(us, 1) for op, us in m.breakdown_us.items()},
         "sizes": sizes,
+        "cookie_reply": cookie,
         "python": platform.python_version(),
     }
     print(json.dumps(summary, separators=(",", ":")))

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from hybridkex import get_backend
-from hybridkex.bench import REPLAY_RNGS, ReplayBackend, make_setup, run_handshake
+from hybridkex import LocalProtocolError, get_backend
+from hybridkex.bench import REPLAY_RNGS, REPLAY_WALL, ReplayBackend, make_setup, run_handshake
 
 
 def test_quick_run_ends_with_a_json_summary() -> None:
@@ -21,11 +21,20 @@ def test_quick_run_ends_with_a_json_summary() -> None:
         assert isinstance(summary[key], (int, float)) and summary[key] > 0, (key, summary[key])
     assert summary["backend"] == "cryptography"
     assert summary["kem"] == "ml-kem-768" and summary["sig"] == "ml-dsa-65" and summary["iterations"] > 0
+    assert set(summary["floor_breakdown_us"]) >= {"x25519 exchange", "ml-kem-768 encaps", "ml-dsa sign",
+                                                  "ml-dsa verify", "catkdf session", "chacha20-poly1305"}
     sizes = summary["sizes"]
     assert {row["auth"] for row in sizes} == {"ml-dsa-44", "ml-dsa-65", "ml-dsa-87", "psk"}
+    assert {row["qkd"] for row in sizes} == {"off", "used", "fallback"}
     for row in sizes:
         parts = (row["init_hello"], row["resp_hello"], row["init_finish"], row["resp_finish"])
-        assert all(n > 0 for n in parts) and row["total"] == sum(parts)
+        assert all(n > 0 for n in parts) and row["total"] == sum(parts) + row["init_confirm"]
+        # Four messages, and a fifth (InitConfirm) only when the responder fell back without QKD.
+        assert (row["init_confirm"] > 0) == (row["qkd"] == "fallback")
+        if row["qkd"] == "used":
+            off = next(r for r in sizes if (r["suite"], r["auth"], r["qkd"]) == (row["suite"], row["auth"], "off"))
+            assert row["init_finish"] == off["init_finish"] + 16  # one key_ID
+    assert 0 < summary["cookie_reply"] < 100
 
 
 def test_missing_backend_is_a_clear_error() -> None:
@@ -39,6 +48,19 @@ def test_replayed_handshake_is_the_recorded_one(kem: str) -> None:
     # The overhead figure relies on a replaying backend reproducing the handshake byte for byte.
     setup = make_setup(get_backend("cryptography"), kem, "ml-dsa-44")
     assert isinstance(setup.replay_configs[0].backend, ReplayBackend)
-    first, _ = run_handshake(*setup.replay_configs, None, REPLAY_RNGS)
-    again, peer = run_handshake(*setup.replay_configs, None, REPLAY_RNGS)
+    first, _ = run_handshake(*setup.replay_configs, None, REPLAY_RNGS, REPLAY_WALL)
+    again, peer = run_handshake(*setup.replay_configs, None, REPLAY_RNGS, REPLAY_WALL)
     assert first.transcript_hash == again.transcript_hash and again.key() == peer.key()
+    qkd_first, _ = run_handshake(*setup.replay_qkd_configs, setup.replay_qkd_key, REPLAY_RNGS, REPLAY_WALL)
+    qkd_again, qkd_peer = run_handshake(*setup.replay_qkd_configs, setup.replay_qkd_key, REPLAY_RNGS, REPLAY_WALL)
+    assert qkd_first.transcript_hash == qkd_again.transcript_hash and qkd_again.key() == qkd_peer.key()
+    assert qkd_again.qkd.used and qkd_again.key() != again.key()
+
+
+def test_replay_refuses_inputs_it_did_not_record() -> None:
+    # Otherwise a replay could silently compute primitives and the overhead figure would be wrong.
+    setup = make_setup(get_backend("cryptography"), "ml-kem-768", "ml-dsa-44")
+    with pytest.raises(LocalProtocolError) as info:
+        # Another clock: another InitHello timestamp, so other transcripts to sign.
+        run_handshake(*setup.replay_configs, None, REPLAY_RNGS, lambda: REPLAY_WALL() + 1)
+    assert isinstance(info.value.__cause__, RuntimeError) and "replay" in str(info.value.__cause__)

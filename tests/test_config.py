@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from hybridkex import ConfigError, ExchangeSettings, load_psk_file
+from hybridkex import ConfigError, ExchangeSettings, QKDSourceMissing, load_psk_file
+
+#: PSK mode binds both parties' names; each side's peer name is the other's name.
+NAMES = dict(name="alice", peer_name="bob")
 
 
 def secret(tmp_path: Path, name: str, data: bytes) -> Path:
@@ -34,9 +37,13 @@ def test_short_psk_refused(tmp_path: Path) -> None:
     (dict(), "no authentication configured"),
     (dict(identity=Path("id.key")), "no peer pinned"),
     (dict(identity=Path("id.key"), peers=(Path("p"),), psk_file=Path("psk")), "choose one authentication mode"),
-    (dict(psk_file=Path("psk"), qkd_policy="required"), "needs a QKD source"),
-    (dict(psk_file=Path("psk"), qkd="quantum-teleport"), "unknown QKD source"),
-    (dict(psk_file=Path("psk"), timeout=0), "--timeout"),
+    (dict(psk_file=Path("psk"), qkd_policy="required", **NAMES), "needs a QKD source"),
+    (dict(psk_file=Path("psk"), qkd="quantum-teleport", **NAMES), "unknown QKD source"),
+    (dict(psk_file=Path("psk"), timeout=0, **NAMES), "--timeout"),
+    (dict(psk_file=Path("psk")), "needs --name"),
+    (dict(psk_file=Path("psk"), name="alice"), "--peer-name"),
+    (dict(psk_ratchet=Path("r"), peer_name="bob"), "needs --name"),
+    (dict(psk_file=Path("psk"), name="alice", peer_name="alice"), "own --name"),
 ])
 def test_validation(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -52,6 +59,31 @@ def test_default_policy_follows_source() -> None:
 def test_sources_say_what_is_missing(tmp_path: Path) -> None:
     psk = secret(tmp_path, "p", base64.b64encode(os.urandom(32)))
     with pytest.raises(ConfigError, match="--qkd-link"):
-        ExchangeSettings(psk_file=psk, qkd="sim").open_qkd_source()
+        ExchangeSettings(psk_file=psk, qkd="sim", **NAMES).open_qkd_source()  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="--kme-url"):
-        ExchangeSettings(psk_file=psk, qkd="etsi014").open_qkd_source()
+        ExchangeSettings(psk_file=psk, qkd="etsi014", **NAMES).open_qkd_source()  # type: ignore[arg-type]
+
+
+def test_unopenable_source_fails_under_required_and_falls_back_under_preferred(tmp_path: Path) -> None:
+    psk = secret(tmp_path, "p", base64.b64encode(os.urandom(32)))
+    missing = tmp_path / "no-such-link.json"
+    base = dict(psk_file=psk, qkd="sim", qkd_link=missing, qkd_journal=tmp_path / "journal", **NAMES)
+    with pytest.raises(ConfigError):
+        ExchangeSettings(**base).open_qkd_source()  # type: ignore[arg-type]
+    source = ExchangeSettings(qkd_policy="preferred", **base).open_qkd_source()  # type: ignore[arg-type]
+    assert source is not None
+    try:
+        with pytest.raises(QKDSourceMissing, match="cannot be opened"):
+            source.get_new_keys(1)
+        with pytest.raises(QKDSourceMissing, match="cannot be opened"):
+            source.get_keys_by_id([])
+    finally:
+        source.close()
+
+
+def test_missing_ratchet_state_is_an_error_not_a_bootstrap(tmp_path: Path) -> None:
+    psk = secret(tmp_path, "p", base64.b64encode(os.urandom(32)))
+    settings = ExchangeSettings(psk_file=psk, psk_ratchet=tmp_path / "r.ratchet", **NAMES)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="ratchet-init"):
+        settings.handshake_config()
+    assert not (tmp_path / "r.ratchet").exists()

@@ -592,3 +592,20 @@ def test_every_error_is_a_hybridkex_error() -> None:
         assert isinstance(o.responder, HybridKexError)
         assert isinstance(o.responder, RemoteProtocolError)
 
+
+
+# -- channel confirmation (TLS Finished confirms the session) ------------------------------------------------
+
+@pytest.mark.parametrize("policies, channel", [(("required", "required"), True), (("off", "off"), True),
+                                               (("required", "preferred"), True), (("preferred", "preferred"), False)])
+def test_channel_confirmation_only_where_no_fallback_can_happen(policies: tuple[str, str], channel: bool) -> None:
+    """With channel confirmation the responder sends no RespFinish and the initiator hands its session
+    to the channel right after InitFinish, unless both sides prefer QKD (then a fallback is possible
+    and the exchange confirms itself first)."""
+    o = run(*psk_pair(), i_policy=policies[0], r_policy=policies[1],
+            i_extra={"channel_confirmation": True}, r_extra={"channel_confirmation": True})
+    i, r = ok(o)
+    assert i.key() == r.key() and i.transcript_hash == r.transcript_hash
+    names = [decode(f).__class__.__name__ for f in o.frames]
+    assert names == (["InitHello", "RespHello", "InitFinish"] if channel else
+                     ["InitHello", "RespHello", "InitFinish", "RespFinish"])

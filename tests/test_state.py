@@ -56,7 +56,9 @@ REACHABLE = [
 
 
 def _configs(channel: bool) -> tuple[HandshakeConfig, HandshakeConfig]:
-    common = {"backend": BACKEND, "qkd_policy": "preferred", "channel_confirmation": channel}
+    # Channel confirmation applies only where no responder fallback is possible: QKD required there.
+    common = {"backend": BACKEND, "qkd_policy": "required" if channel else "preferred",
+              "channel_confirmation": channel}
     return (HandshakeConfig(PSKAuthenticator([PSK], name="alice", peer_name="bob"), **common),  # type: ignore[arg-type]
             HandshakeConfig(PSKAuthenticator([PSK], name="bob", peer_name="alice"), **common))  # type: ignore[arg-type]
 

@@ -21,6 +21,7 @@ from hybridkex import (
     RemoteProtocolError,
     Responder,
     TransportError,
+    UnverifiedMessage,
     get_backend,
     run_handshake,
     run_handshake_async,
@@ -28,11 +29,19 @@ from hybridkex import (
 from hybridkex._transport import connect, listen, parse_address
 
 PSK = os.urandom(32)
+#: A frame header of this version for an InitHello (magic, version 2, type 1).
+HX_V2_INIT_HELLO = b"HX\x02\x01"
 BACKEND = get_backend("cryptography")
 
 
-def config(timeout: float = 10.0) -> HandshakeConfig:
-    return HandshakeConfig(PSKAuthenticator([PSK]), backend=BACKEND, timeout=timeout)
+def config(timeout: float = 10.0, *, role: str = "responder") -> HandshakeConfig:
+    """PSK mode binds both names: the initiator is alice, the responder bob."""
+    name, peer = ("alice", "bob") if role == "initiator" else ("bob", "alice")
+    return HandshakeConfig(PSKAuthenticator([PSK], name=name, peer_name=peer), backend=BACKEND, timeout=timeout)
+
+
+def iconfig(timeout: float = 10.0) -> HandshakeConfig:
+    return config(timeout, role="initiator")
 
 
 @contextlib.contextmanager
@@ -53,7 +62,7 @@ def test_handshake_over_tcp() -> None:
         box: dict[str, object] = {}
         t = threading.Thread(target=lambda: box.setdefault("r", run_handshake(b, Responder(config()))))
         t.start()
-        i = run_handshake(a, Initiator(config()))
+        i = run_handshake(a, Initiator(iconfig()))
         t.join(10)
         r = box["r"]
         assert i.key() == r.key()  # type: ignore[attr-defined]
@@ -75,12 +84,12 @@ def test_garbage_is_not_a_peer() -> None:
 
 
 def test_oversized_frame_rejected_from_header() -> None:
-    err = _responder_error(b"HX\x01\x01" + struct.pack(">I", 50_000_000), close=False)
+    err = _responder_error(HX_V2_INIT_HELLO + struct.pack(">I", 50_000_000), close=False)
     assert isinstance(err, RemoteProtocolError) and "oversized" in str(err)
 
 
 def test_truncated_frame_then_close() -> None:
-    err = _responder_error(b"HX\x01\x01" + struct.pack(">I", 100) + b"x" * 10)
+    err = _responder_error(HX_V2_INIT_HELLO + struct.pack(">I", 100) + b"x" * 10)
     assert isinstance(err, TransportError) and "after 10 of 100 bytes" in str(err)
 
 
@@ -98,8 +107,30 @@ def test_initiator_sees_responder_vanish() -> None:
         t = threading.Thread(target=read_then_close)
         t.start()
         with pytest.raises(TransportError, match="closed the connection"):
-            run_handshake(a, Initiator(config()))
+            run_handshake(a, Initiator(iconfig()))
         t.join(5)
+
+
+def test_initiator_with_wrong_names_gets_no_reply() -> None:
+    # mac1 is keyed by the responder's name: an InitHello for another responder is dropped unanswered.
+    with pair() as (a, b):
+        box: dict[str, BaseException] = {}
+
+        def respond() -> None:
+            try:
+                run_handshake(b, Responder(config(5.0)))
+            except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+                box["r"] = exc
+            b.shutdown(socket.SHUT_RDWR)
+
+        t = threading.Thread(target=respond)
+        t.start()
+        stranger = HandshakeConfig(PSKAuthenticator([PSK], name="alice", peer_name="carol"), backend=BACKEND,
+                                   timeout=5.0)
+        with pytest.raises(TransportError, match="closed the connection"):
+            run_handshake(a, Initiator(stranger))
+        t.join(10)
+    assert isinstance(box["r"], UnverifiedMessage)
 
 
 def test_wrong_version_named() -> None:
@@ -135,7 +166,7 @@ def test_asyncio_adapter() -> None:
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        result = await run_handshake_async(reader, writer, Initiator(config()))
+        result = await run_handshake_async(reader, writer, Initiator(iconfig()))
         writer.close()
         other = await asyncio.wait_for(done, 10)
         server.close()
@@ -154,7 +185,7 @@ def test_asyncio_timeout() -> None:
         port = server.sockets[0].getsockname()[1]
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         with pytest.raises(HandshakeTimeout):
-            await run_handshake_async(reader, writer, Initiator(config()), timeout=0.3)
+            await run_handshake_async(reader, writer, Initiator(iconfig()), timeout=0.3)
         writer.close()
         server.close()
 

@@ -28,12 +28,14 @@ from .._errors import (
     HandshakeTimeout,
     HybridKexError,
     NegotiationError,
+    PeerAlertError,
     QKDError,
     TransportError,
 )
 from .._primitives import KEM_NAMES
 from .._suites import QKD_POLICIES
 from .._transport import parse_address
+from .._wire import AlertCode
 
 __all__ = ["address", "exchange_options", "settings_from_options", "fail", "exit_code_for", "handle_errors",
            "EXCHANGE_KEYS"]
@@ -109,8 +111,18 @@ def address(text: str) -> tuple[str, int]:
         raise ConfigError(f"{exc}; e.g. 127.0.0.1:7443") from None
 
 
+#: A peer's alert names the class of its failure: the same exit code as if it had failed here.  A
+#: responder no longer exits by itself for an initiator it does not know, so the initiator's code says it.
+_ALERT_EXIT: dict[int, int] = {AlertCode.AUTH_FAILED: 3, AlertCode.UNKNOWN_PEER: 3, AlertCode.NO_COMMON_SUITE: 3,
+               AlertCode.CONTEXT_MISMATCH: 3, AlertCode.QKD_POLICY: 4, AlertCode.QKD_UNAVAILABLE: 4,
+               AlertCode.QKD_REPLAY: 4, AlertCode.TIMEOUT: 5}
+
+
 def exit_code_for(exc: BaseException) -> int:
-    """Exit codes: 2 configuration, 3 authentication, 4 QKD, 5 network/timeout, 1 anything else."""
+    """Exit codes: 2 configuration, 3 authentication, 4 QKD, 5 network/timeout, 1 anything else.
+    A peer's alert counts by its code (an "unknown peer" alert is 3)."""
+    if isinstance(exc, PeerAlertError):
+        return _ALERT_EXIT.get(exc.code, 1)  # IntEnum keys match the plain int code
     if isinstance(exc, ConfigError):
         return 2
     if isinstance(exc, (AuthenticationError, NegotiationError)):

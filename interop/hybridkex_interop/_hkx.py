@@ -22,10 +22,10 @@ from ._fixtures import identity, link_file, psk_file
 from ._kmeproc import exchange_qkd_args, serve_kmes
 from ._model import Cell, Section
 from ._pairwise import pairwise
-from ._procs import LISTENING_RE, Finished, expect_success, hkx, spawn
+from ._procs import LISTENING_RE, Finished, expect_success, hkx, run, spawn
 
 __all__ = ["SECTIONS", "cells", "SCENARIOS", "run_exchange_pair", "ExchangeRun", "auth_args", "qkd_sides",
-           "BACKENDS", "require_backends", "missing_backend", "check_agreed", "check_ratchet"]
+           "BACKENDS", "require_backends", "missing_backend", "check_agreed", "check_ratchet", "PSK_NAMES"]
 
 SECTION = "hkx"
 BACKENDS = ("cryptography", "liboqs")
@@ -107,15 +107,26 @@ def require_backends(ctx: CellContext, *names: str) -> None:
             ctx.skip(reason)
 
 
+#: PSK mode binds both parties' names: the initiator is alice, the responder bob, each naming the other.
+PSK_NAMES = {"initiator": ("alice", "bob"), "responder": ("bob", "alice")}
+
+
 def auth_args(ctx: CellContext, auth: str, role: str) -> list[str]:
-    """Authentication flags of one side.  ML-DSA: each side its own identity and the other's pinned."""
+    """Authentication flags of one side.  ML-DSA: each side its own identity and the other's pinned (an
+    initiator pins exactly its responder).  PSK: the shared key and both names.  PSK ratchet: the state
+    is created on first use with ``hybridkex psk ratchet-init``, as an operator does once per side."""
     if auth.startswith("ml-dsa"):
         me, peer = ("a", "b") if role == "initiator" else ("b", "a")
         return ["--identity", str(identity(ctx, auth, me) / "id.key"),
                 "--peer", str(identity(ctx, auth, peer) / "id.pub")]
-    args = ["--psk-file", str(psk_file(ctx))]
+    name, peer_name = PSK_NAMES[role]
+    args = ["--psk-file", str(psk_file(ctx)), "--name", name, "--peer-name", peer_name]
     if auth == "psk-ratchet":
-        args += ["--psk-ratchet", str(ctx.work / f"{role}.ratchet")]
+        state = ctx.work / f"{role}.ratchet"
+        if not state.exists():
+            expect_success(ctx, run(ctx, f"psk ratchet-init ({role})",
+                                    hkx("psk", "ratchet-init", state, "--psk-file", psk_file(ctx)), timeout=30))
+        args += ["--psk-ratchet", str(state)]
     return args
 
 
@@ -203,17 +214,20 @@ def check_agreed(ctx: CellContext, run: ExchangeRun, *, kem: str | None = None, 
 
 
 def check_ratchet(ctx: CellContext, qkd: str, rounds: int) -> None:
-    """After ``rounds`` exchanges with ``--psk-ratchet``, both state files hold the same keys at that
-    epoch, QKD-fed when QKD was on."""
+    """After ``rounds`` exchanges with ``--psk-ratchet``, both state files hold the same current and
+    previous keys at that epoch, QKD-fed when QKD was on."""
     states = []
     for role in ("initiator", "responder"):
         path = ctx.work / f"{role}.ratchet"
-        ctx.check(path.is_file(), f"the {role} wrote no ratchet state: --psk-ratchet was not advanced")
+        ctx.check(path.is_file(), f"the {role} has no ratchet state (created by 'hybridkex psk ratchet-init')")
         states.append(json.loads(path.read_text()))
     si, sr = states
-    ctx.check(si["keys"] == sr["keys"], "the two ratchet states hold different keys")
+    ctx.check(si["current"]["key"] == sr["current"]["key"], "the two ratchet states hold different current keys")
+    ctx.check((si["previous"] or {}).get("key") == (sr["previous"] or {}).get("key"),
+              "the two ratchet states hold different previous keys")
     ctx.check(si["epoch"] == sr["epoch"] == rounds, f"ratchet epochs {si['epoch']}/{sr['epoch']}, expected {rounds}")
-    ctx.check(si["qkd_fed"] == (qkd != "off"), f"ratchet qkd_fed is {si['qkd_fed']} with QKD {qkd}")
+    ctx.check(si["current"]["qkd_fed"] == (qkd != "off"),
+              f"ratchet current key qkd_fed is {si['current']['qkd_fed']} with QKD {qkd}")
 
 
 # -- scenarios --------------------------------------------------------------------------------------

@@ -119,7 +119,8 @@ def _run_one(cell: Cell, options: RunOptions, running: _Running) -> CellResult:
     argv = [sys.executable, "-m", "hybridkex_interop._run_cell", cell.id, "--work", str(work),
             "--cache", str(options.cache_dir), "--fixtures", str(options.report_dir / "fixtures"),
             "--result", str(result_file), "--timeout", str(cell.timeout)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # Every hybridkex process of the cell keeps its QKD key_ID journal in the cell's own directory.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYBRIDKEX_STATE_DIR": str(work / "state")}
     started = time.monotonic()
     timed_out = False
     with open(log, "wb") as out:

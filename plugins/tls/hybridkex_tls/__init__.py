@@ -7,9 +7,12 @@ traffic keys depend on the QKD key, ML-KEM and X25519 at once::
     from hybridkex_tls import HybridTLSContext
 
     ctx = HybridTLSContext.client(identity="id.key", peers=["server.pub"], qkd="sim", qkd_link="link.json")
-    with socket.create_connection((host, port)) as raw, ctx.wrap_socket(raw) as tls:
+    with socket.create_connection((host, port)) as raw, ctx.wrap_socket(raw, server_hostname=host) as tls:
         tls.sendall(b"hello")
         data = tls.recv(4096)
+
+Later connections to the same server resume the TLS session (no new hybrid exchange, no
+QKD key) within the context's ``session_lifetime`` and ``max_resumptions``.
 """
 
 from __future__ import annotations
@@ -18,13 +21,33 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ._context import DEFAULT_PSK_IDENTITY, HybridTLSContext, load_external_psk
-from ._errors import TLSConnectionClosed, TLSError, TLSHandshakeError, TLSPSKError, TLSUnavailable
+from ._errors import (
+    TLSConnectionClosed,
+    TLSError,
+    TLSHandshakeError,
+    TLSPSKError,
+    TLSResumptionRefused,
+    TLSSetupError,
+    TLSSetupTimeout,
+    TLSUnavailable,
+    TLSWrongService,
+)
 from ._importer import ExternalPSK, imported_identity, imported_psk
 from ._server import HybridTLSServer
 
 if TYPE_CHECKING:
     from ._context import DEFAULT_PSK_IDENTITY, HybridTLSContext, load_external_psk
-    from ._errors import TLSConnectionClosed, TLSError, TLSHandshakeError, TLSPSKError, TLSUnavailable
+    from ._errors import (
+        TLSConnectionClosed,
+        TLSError,
+        TLSHandshakeError,
+        TLSPSKError,
+        TLSResumptionRefused,
+        TLSSetupError,
+        TLSSetupTimeout,
+        TLSUnavailable,
+        TLSWrongService,
+    )
     from ._importer import ExternalPSK, imported_identity, imported_psk
     from ._server import HybridTLSServer
     from ._streams import TLSStreamReader, TLSStreamWriter, open_connection, start_server, wrap_streams
@@ -36,7 +59,8 @@ __all__ = [
     "HybridTLSContext", "HybridTLSSocket", "HybridTLSServer",
     "open_connection", "start_server", "wrap_streams", "TLSStreamReader", "TLSStreamWriter",
     "ExternalPSK", "imported_identity", "imported_psk", "load_external_psk", "DEFAULT_PSK_IDENTITY",
-    "TLSError", "TLSHandshakeError", "TLSPSKError", "TLSConnectionClosed", "TLSUnavailable",
+    "TLSError", "TLSSetupError", "TLSSetupTimeout", "TLSHandshakeError", "TLSPSKError", "TLSConnectionClosed",
+    "TLSResumptionRefused", "TLSWrongService", "TLSUnavailable",
 ]
 
 # Imported on first use, so that loading the CLI plugin (hybridkex_tls.cli) does not import
@@ -48,7 +72,8 @@ _LAZY = {
     "TLSStreamReader": "._streams", "TLSStreamWriter": "._streams",
     "ExternalPSK": "._importer", "imported_identity": "._importer", "imported_psk": "._importer",
     "TLSError": "._errors", "TLSHandshakeError": "._errors", "TLSPSKError": "._errors",
-    "TLSConnectionClosed": "._errors", "TLSUnavailable": "._errors",
+    "TLSConnectionClosed": "._errors", "TLSUnavailable": "._errors", "TLSSetupError": "._errors",
+    "TLSSetupTimeout": "._errors", "TLSResumptionRefused": "._errors", "TLSWrongService": "._errors",
 }
 
 

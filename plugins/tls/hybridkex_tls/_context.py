@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import os
 import socket
 import stat
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -41,8 +42,10 @@ from ._importer import (
     TLS_CIPHERSUITES,
     ExternalPSK,
     imported_psk,
+    importer_context,
 )
-from ._openssl import ContextHandle, new_context
+from ._openssl import SSL, ContextHandle, new_context
+from ._resumption import ClientSessionCache, ServerSessionTable
 
 if TYPE_CHECKING:
     from ._tlssocket import HybridTLSSocket
@@ -109,11 +112,26 @@ class HybridTLSContext:
 
     def __init__(self, role: Role, *, settings: ExchangeSettings | None = None,
                  static_psk: ExternalPSK | None = None, groups: str | None = None, timeout: float | None = None,
-                 qkd_source: QKDKeySource | None = None) -> None:
+                 qkd_source: QKDKeySource | None = None, session_lifetime: float = 3600.0,
+                 max_resumptions: int = 100, pre_auth_timeout: float = 5.0, idle_timeout: float | None = None,
+                 host_peers: Mapping[str, Any] | None = None,
+                 sni_settings: Mapping[str, ExchangeSettings | Mapping[str, Any]] | None = None) -> None:
         """Prefer :meth:`client` and :meth:`server`.  Exactly one of ``settings`` and ``static_psk``."""
         if (settings is None) == (static_psk is None):
             raise ConfigError("choose one mode: hybrid exchange settings, or a static external PSK "
-                              "(--external-psk FILE --psk-identity ID)")
+                              "(the external_psk and psk_identity parameters)")
+        if session_lifetime < 0:
+            raise ConfigError("session_lifetime must be 0 (no resumption) or a positive number of seconds")
+        if max_resumptions < 0:
+            raise ConfigError("max_resumptions must be 0 (no resumption) or more")
+        if pre_auth_timeout <= 0:
+            raise ConfigError("pre_auth_timeout must be a positive number of seconds")
+        if idle_timeout is not None and idle_timeout <= 0:
+            raise ConfigError("idle_timeout must be None (no limit) or a positive number of seconds")
+        if host_peers and role != "client":
+            raise ConfigError("host_peers applies to a client context; a server uses sni_settings")
+        if sni_settings and role != "server":
+            raise ConfigError("sni_settings applies to a server context; a client uses host_peers")
         if settings is not None and timeout is not None:
             settings = dataclasses.replace(settings, timeout=float(timeout))  # bounds the hybrid exchange too
         self.role: Role = role
@@ -123,8 +141,8 @@ class HybridTLSContext:
         self._config: HandshakeConfig | None = None
         if settings is not None:
             if groups not in (None, HYBRID_GROUPS):
-                raise ConfigError(f"the hybrid mode always uses the group {HYBRID_GROUPS}; --groups only applies "
-                                  "to --external-psk")
+                raise ConfigError(f"the hybrid mode always uses the group {HYBRID_GROUPS}; the groups parameter "
+                                  "only applies with external_psk")
             groups = HYBRID_GROUPS
             # Load keys and check the QKD source now, so a bad path fails before any connection.
             self._config = self._build_config()
@@ -140,7 +158,35 @@ class HybridTLSContext:
         self.timeout = float(timeout if timeout is not None else settings.timeout if settings else 30.0)
         if self.timeout <= 0:
             raise ConfigError("the handshake timeout must be positive")
-        self._handle: ContextHandle = new_context(role, groups=groups, ciphersuites=TLS_CIPHERSUITES)
+        resumable = settings is not None and session_lifetime > 0 and max_resumptions > 0
+        self.session_lifetime = float(session_lifetime) if resumable else 0.0
+        """Seconds after a full hybrid exchange during which its TLS session may be resumed (0: never)."""
+        self.max_resumptions = int(max_resumptions) if resumable else 0
+        """How many connections may resume one full connection's chain of sessions."""
+        self.pre_auth_timeout = min(float(pre_auth_timeout), self.timeout)
+        """Server: seconds a client has to authenticate (hybrid exchange, or resumption) before it is dropped."""
+        self.idle_timeout = idle_timeout
+        """Seconds an established connection may wait on the network before reads and writes raise TimeoutError."""
+        self.client_sessions = ClientSessionCache(self.session_lifetime, self.max_resumptions) \
+            if resumable and role == "client" else None
+        self.server_sessions = ServerSessionTable(self.session_lifetime, self.max_resumptions) \
+            if resumable and role == "server" else None
+        self.alpn_protocols: tuple[str, ...] = ()
+        self._host_configs: dict[str, HandshakeConfig] = {}
+        self._host_peers = {str(k).lower(): v for k, v in (host_peers or {}).items()}
+        self._sni_settings: dict[str, ExchangeSettings] = {}
+        for name, value in (sni_settings or {}).items():
+            self._sni_settings[str(name).lower()] = value if isinstance(value, ExchangeSettings) \
+                else _settings(None, dict(value))
+        if self.settings is not None:
+            # Load every per-host configuration now, so a bad path fails before any connection.
+            for name in self._host_peers:
+                self.config_for(name)
+            for name in self._sni_settings:
+                self.config_for(name)
+        self._handle: ContextHandle = new_context(role, groups=groups, ciphersuites=TLS_CIPHERSUITES,
+                                                  ticket_lifetime=int(math.ceil(self.session_lifetime))
+                                                  if role == "server" else 0)
 
     # -- factories -------------------------------------------------------------------------
     @classmethod
@@ -163,6 +209,10 @@ class HybridTLSContext:
         """
         return cls._build("client", settings, external_psk, psk_identity, groups, timeout, qkd_source, peers, options)
 
+    # Options of the context itself (not of the hybrid exchange), for client() and server().
+    _OWN_OPTIONS = ("session_lifetime", "max_resumptions", "pre_auth_timeout", "idle_timeout", "host_peers",
+                    "sni_settings")
+
     @classmethod
     def server(cls, settings: ExchangeSettings | None = None, *, external_psk: bytes | None = None,
                psk_identity: str | bytes = DEFAULT_PSK_IDENTITY, groups: str | None = None,
@@ -176,20 +226,23 @@ class HybridTLSContext:
     def _build(cls, role: Role, settings: ExchangeSettings | None, external_psk: bytes | None,
                psk_identity: str | bytes, groups: str | None, timeout: float | None,
                qkd_source: QKDKeySource | None, peers: Any, options: dict[str, Any]) -> HybridTLSContext:
+        own = {name: options.pop(name) for name in cls._OWN_OPTIONS if name in options}
         if peers is not None:
             options["peers"] = peers
         if external_psk is not None:
             if settings is not None or options or qkd_source is not None:
-                raise ConfigError("--external-psk runs TLS with a static key and no hybrid exchange; drop the "
-                                  "exchange options (--identity, --peer, --psk-file, --qkd ...) or drop --external-psk")
+                raise ConfigError("external_psk runs TLS with a static key and no hybrid exchange; drop the "
+                                  "exchange options (settings, identity, peers, psk_file, qkd, qkd_source ...) or "
+                                  "drop external_psk")
             identity = psk_identity.encode("utf-8") if isinstance(psk_identity, str) else bytes(psk_identity)
             if not isinstance(external_psk, (bytes, bytearray)) or not 16 <= len(external_psk) <= 512:
                 raise ConfigError("the external PSK must be 16 to 512 raw bytes")
             if not 1 <= len(identity) <= 1024:
                 raise ConfigError("the PSK identity must be 1 to 1024 bytes")
-            return cls(role, static_psk=ExternalPSK(identity, bytes(external_psk)), groups=groups, timeout=timeout)
+            return cls(role, static_psk=ExternalPSK(identity, bytes(external_psk)), groups=groups, timeout=timeout,
+                       **own)
         return cls(role, settings=_settings(settings, options), groups=groups, timeout=timeout,
-                   qkd_source=qkd_source)
+                   qkd_source=qkd_source, **own)
 
     # -- properties ------------------------------------------------------------------------
     @property
@@ -203,21 +256,72 @@ class HybridTLSContext:
         return HYBRID_GROUPS if self.hybrid else None
 
     # -- per connection --------------------------------------------------------------------
-    def wrap_socket(self, sock: socket.socket, *, suppress_ragged_eofs: bool = True) -> HybridTLSSocket:
-        """Run the hybrid exchange and the TLS handshake on a connected TCP socket (blocking).
+    def wrap_socket(self, sock: socket.socket, server_side: bool | None = None, do_handshake_on_connect: bool = True,
+                    suppress_ragged_eofs: bool = True, server_hostname: str | None = None) -> HybridTLSSocket:
+        """Set up TLS keyed by the hybrid exchange on a connected TCP socket, as :meth:`ssl.SSLContext.wrap_socket`.
 
-        The whole setup must finish within :attr:`timeout` seconds.  The returned
-        :class:`HybridTLSSocket` owns ``sock``; on any failure ``sock`` is closed and a
-        :class:`hybridkex.HybridKexError` (subclass) says what failed.
+        ``server_side`` (default: the context's role) must match the role the context was built
+        for.  ``server_hostname`` (client) is sent as SNI, picks the expected peers given in
+        ``host_peers`` and names the server in the session cache.  With
+        ``do_handshake_on_connect=False`` the setup runs at :meth:`HybridTLSSocket.do_handshake`
+        or at the first read or write.  A client resumes a cached session when it has one (no
+        hybrid exchange); otherwise the whole setup must finish within :attr:`timeout` seconds.
+        The returned socket owns ``sock``; on any failure ``sock`` is closed and an
+        :class:`OSError` that is also a :class:`hybridkex.HybridKexError` says what failed.
         """
-        from ._tlssocket import establish
+        from ._tlssocket import HybridTLSSocket
 
-        return establish(self, sock, suppress_ragged_eofs=suppress_ragged_eofs)
+        if server_side is not None and bool(server_side) != (self.role == "server"):
+            raise ValueError(f"server_side={server_side!r} does not match this {self.role} context; build it with "
+                             f"HybridTLSContext.{'server' if server_side else 'client'}(...)")
+        if server_hostname is not None and self.role == "server":
+            raise ValueError("server_hostname is only for client-side sockets")
+        tls = HybridTLSSocket(sock, self, server_hostname=server_hostname, suppress_ragged_eofs=suppress_ragged_eofs)
+        if do_handshake_on_connect:
+            tls.do_handshake()
+        return tls
 
-    def new_engine(self, psk: ExternalPSK, *, suppress_ragged_eofs: bool = True) -> TLSEngine:
-        """A TLS engine for one connection keyed by ``psk`` (for drivers of other I/O models)."""
+    def set_alpn_protocols(self, protocols: Sequence[str]) -> None:
+        """The ALPN protocols (RFC 7301) to offer (client) or accept, in order of preference (server)."""
+        names = tuple(protocols)
+        for name in names:
+            if not isinstance(name, str) or not 1 <= len(name.encode("ascii", "replace")) <= 255:
+                raise ValueError("each ALPN protocol must be a str of 1 to 255 ASCII characters")
+        self.alpn_protocols = names
+        if self.role == "server":
+            wanted = [n.encode("ascii") for n in names]
+
+            def select(_conn: SSL.Connection, offered: list[bytes]) -> Any:
+                for name in wanted:
+                    if name in offered:
+                        return name
+                return SSL.NO_OVERLAPPING_PROTOCOLS
+
+            self._handle.context.set_alpn_select_callback(select)
+
+    def config_for(self, name: str | None) -> HandshakeConfig:
+        """The hybrid exchange's configuration for a server name (client: ``host_peers``; server: ``sni_settings``)."""
+        key = (name or "").lower()
+        if key and key in self._host_peers:
+            assert self.settings is not None
+            if key not in self._host_configs:
+                peers = self._host_peers[key]
+                paths = (Path(peers),) if isinstance(peers, (str, os.PathLike)) else tuple(Path(p) for p in peers)
+                self._host_configs[key] = dataclasses.replace(self.settings, peers=paths) \
+                    .handshake_config(context=EXCHANGE_CONTEXT)
+            return self._host_configs[key]
+        if key and key in self._sni_settings:
+            if key not in self._host_configs:
+                self._host_configs[key] = self._sni_settings[key].handshake_config(context=EXCHANGE_CONTEXT)
+            return self._host_configs[key]
+        return self.handshake_config
+
+    def new_engine(self, psk: ExternalPSK | None, *, suppress_ragged_eofs: bool = True, session: bytes | None = None,
+                   server_hostname: str | None = None, on_hello: Any = None) -> TLSEngine:
+        """A TLS engine for one connection keyed by ``psk`` or resuming ``session`` (for drivers of other I/O)."""
         return TLSEngine(self._handle, psk, expected_group=self.expected_group,
-                         suppress_ragged_eofs=suppress_ragged_eofs)
+                         suppress_ragged_eofs=suppress_ragged_eofs, session=session, server_hostname=server_hostname,
+                         alpn_protocols=self.alpn_protocols if self.role == "client" else (), on_hello=on_hello)
 
     @property
     def static_psk(self) -> ExternalPSK | None:
@@ -270,22 +374,32 @@ class HybridTLSContext:
         source = self.settings.open_qkd_source()
         return source, source is not None
 
-    def exchange(self, sock: socket.socket) -> HandshakeResult:
-        """Run the hybrid exchange on ``sock`` (blocking).
+    def exchange(self, sock: socket.socket, config: HandshakeConfig | None = None,
+                 timeout: float | None = None) -> HandshakeResult:
+        """Run the hybrid exchange on ``sock`` (blocking), within ``timeout`` s (default: the config's).
 
         The result holds the session secret: take the PSK with :func:`psk_from_result`, call
         :meth:`after_success` once TLS is up, and drop it.
         """
+        config = config or self.handshake_config
+        if timeout is not None:
+            config = dataclasses.replace(config, timeout=timeout)
         source, owned = self.open_qkd_source()
         try:
             return _exchange_over_socket(sock, "initiator" if self.role == "client" else "responder",
-                                         self.handshake_config, qkd_source=source)
+                                         config, qkd_source=source)
         finally:
             if owned and source is not None:
                 source.close()
 
 
 def psk_from_result(result: HandshakeResult) -> tuple[ExternalPSK, dict[str, object]]:
-    """The TLS external PSK for a finished hybrid exchange (RFC 9258 import) and its summary."""
+    """The TLS external PSK for a finished hybrid exchange (RFC 9258 import) and its summary.
+
+    The importer's context binds the hybrid transcript hash and both identities (TLS client first).
+    """
     epsk = result.export(EPSK_EXPORT_LABEL, PSK_LENGTH)
-    return imported_psk(epsk, result.transcript_hash), result.summary()
+    local, peer = result.local_fingerprint, result.peer.fingerprint
+    client, server = (local, peer) if result.role == "initiator" else (peer, local)
+    context = importer_context(result.transcript_hash, client, server)
+    return imported_psk(epsk, result.transcript_hash, context), result.summary()

@@ -10,26 +10,32 @@ over the expected group -- and refuses the connection otherwise.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable, Sequence
 from typing import Literal
 
-from ._errors import TLSConnectionClosed, TLSError, TLSHandshakeError, TLSPSKError
+from ._errors import TLSConnectionClosed, TLSError, TLSHandshakeError, TLSPSKError, TLSResumptionRefused
 from ._importer import ExternalPSK
 from ._openssl import (
     SSL,
     ContextHandle,
     PSKBinding,
+    RecordIO,
     negotiated_group,
     new_connection,
     release_connection,
+    session_der,
+    session_key_id,
+    session_pointer,
     session_reused,
+    set_session_der,
 )
 
 __all__ = ["TLSEngine", "TLSFacts"]
 
-#: Bytes taken out of the outgoing memory BIO per call (below malloc's mmap threshold: no syscalls per call).
-_BIO_CHUNK = 1 << 16
 #: Application data handed to SSL_write per call (a few TLS records).
 _WRITE_CHUNK = 1 << 16
+#: Largest plaintext read() returns at once (one TLS record holds at most 16 KiB).
+_READ_CHUNK = 1 << 16
 
 # OpenSSL reason strings -> what they mean for a PSK-only TLS 1.3 handshake, and what to do.
 _PSK_MISMATCH = ("the two sides hold different TLS PSKs (the binder did not verify); with --external-psk give both "
@@ -88,22 +94,43 @@ def _reason(exc: SSL.Error) -> str:
 class TLSFacts:
     """What a finished handshake negotiated (secret-free)."""
 
-    def __init__(self, version: str, cipher: str, cipher_bits: int, group: str | None, psk_used: bool) -> None:
+    def __init__(self, version: str, cipher: str, cipher_bits: int, group: str | None, psk_used: bool,
+                 resumed: bool = False, alpn: str | None = None, server_name: str | None = None) -> None:
         self.version = version
         self.cipher = cipher
         self.cipher_bits = cipher_bits
         self.group = group
         self.psk_used = psk_used
+        self.resumed = resumed
+        """The handshake resumed a TLS session (no hybrid exchange) instead of using the external PSK."""
+        self.alpn = alpn
+        self.server_name = server_name
 
 
 class TLSEngine:
     """One TLS 1.3 connection (client or server) keyed by an external PSK, without I/O."""
 
-    def __init__(self, handle: ContextHandle, psk: ExternalPSK, *, expected_group: str | None = None,
-                 suppress_ragged_eofs: bool = True) -> None:
+    def __init__(self, handle: ContextHandle, psk: ExternalPSK | None, *, expected_group: str | None = None,
+                 suppress_ragged_eofs: bool = True, session: bytes | None = None, server_hostname: str | None = None,
+                 alpn_protocols: Sequence[str] = (),
+                 on_hello: Callable[[bool, bytes, str | None], bool] | None = None) -> None:
+        """``psk``: the external PSK (None: resumption only).  Client: ``session`` (DER) to resume,
+        ``server_hostname`` for SNI, ``alpn_protocols`` to offer.  Server: ``on_hello`` checks each
+        ClientHello (see :class:`~hybridkex_tls._openssl.PSKBinding`)."""
         self.role: Literal["client", "server"] = handle.role
-        self._binding = PSKBinding(psk)
+        self._binding = PSKBinding(psk, on_hello=on_hello)
         self._conn = new_connection(handle, self._binding)
+        self._io = RecordIO(self._conn)
+        self._scratch: bytearray | None = None
+        self._resuming = False
+        if self.role == "client":
+            if server_hostname:
+                self._conn.set_tlsext_host_name(server_hostname.encode("idna"))
+            if alpn_protocols:
+                self._conn.set_alpn_protos([p.encode("ascii") for p in alpn_protocols])
+            if session is not None:
+                self._resuming = set_session_der(self._conn, session)
+        self._session_pointer = 0
         self._expected_group = expected_group
         self._suppress_ragged_eofs = suppress_ragged_eofs
         self.handshake_done = False
@@ -115,9 +142,9 @@ class TLSEngine:
         self._release_binding = weakref.finalize(self, release_connection, self._conn)
 
     # -- bytes in and out ----------------------------------------------------------------
-    def receive_bytes(self, data: bytes) -> None:
+    def receive_bytes(self, data: bytes | bytearray | memoryview) -> None:
         """Feed bytes read from the network."""
-        self._conn.bio_write(data)
+        self._io.feed(data)
 
     def receive_eof(self) -> None:
         """The network connection delivered EOF."""
@@ -125,16 +152,7 @@ class TLSEngine:
 
     def data_to_send(self) -> bytes:
         """All bytes the engine wants on the network now (possibly empty)."""
-        chunks = []
-        while True:
-            try:
-                chunk = self._conn.bio_read(_BIO_CHUNK)
-            except SSL.WantReadError:
-                break
-            chunks.append(chunk)
-            if len(chunk) < _BIO_CHUNK:  # a memory BIO hands out all it holds, up to the size asked
-                break
-        return b"".join(chunks)
+        return self._io.drain()
 
     # -- handshake -----------------------------------------------------------------------
     def do_handshake(self) -> bool:
@@ -161,6 +179,14 @@ class TLSEngine:
     def _handshake_error(self, reason: str) -> TLSHandshakeError:
         if reason == "unexpected eof while reading":
             return TLSConnectionClosed(_CLOSED_DURING_HANDSHAKE)
+        if self.role == "server" and self._binding.hello_refused:
+            return TLSPSKError("refused the client's TLS handshake: it resumed no session this server knows (or one "
+                               "past its lifetime or resumption limit), and a plain TLS handshake is not accepted "
+                               "here; hybridkex-tls clients run a full hybrid exchange then")
+        if self.role == "client" and self._resuming:
+            return TLSResumptionRefused("the server did not resume the cached TLS session (expired, restarted or "
+                                        "at its resumption limit); the session is dropped, connect again for a "
+                                        "full hybrid exchange")
         if self.role == "server" and self._binding.unknown_identity:
             return TLSPSKError("the client offered a TLS PSK identity this server does not expect; it derived a "
                                "different hybrid key or is configured with another --psk-identity")
@@ -171,9 +197,14 @@ class TLSEngine:
         return cls(f"TLS handshake failed: {explained}")
 
     def _check_handshake(self) -> None:
-        used = session_reused(self._conn) and (self._binding.offered if self.role == "client"
-                                                else self._binding.accepted)
-        if not used:
+        reused = session_reused(self._conn)
+        external = self._binding.offered if self.role == "client" else self._binding.accepted
+        resumed = reused and not external
+        if resumed and self.role == "client" and not self._resuming:
+            raise TLSPSKError("the server resumed a session this client did not offer; refusing the connection")
+        if resumed and self.role == "server" and self._binding.on_hello is None:
+            raise TLSPSKError("the client resumed a session this connection does not accept; refusing it")
+        if not reused:
             raise TLSPSKError("the TLS handshake finished without the external PSK; refusing the connection "
                               "because only the PSK authenticates it")
         group = negotiated_group(self._conn)
@@ -181,8 +212,36 @@ class TLSEngine:
             raise TLSHandshakeError(f"the TLS key exchange used {group or 'no group'} instead of "
                                     f"{self._expected_group}; refusing the connection")
         cipher = self._conn.get_cipher_name() or ""
+        alpn = self._conn.get_alpn_proto_negotiated()
+        name = self._conn.get_servername()
         self.facts = TLSFacts(self._conn.get_protocol_version_name(), cipher, self._conn.get_cipher_bits() or 0,
-                              group, True)
+                              group, True, resumed, alpn.decode("ascii", "replace") if alpn else None,
+                              name.decode("ascii", "replace") if name else None)
+        self._session_pointer = session_pointer(self._conn)
+
+    # -- resumption ------------------------------------------------------------------------
+    def new_session(self) -> bytes | None:
+        """Client: the session of a ticket that arrived since the last call (DER), or None.
+
+        TLS 1.3 tickets come after the handshake (RFC 8446 §4.6.1); OpenSSL replaces the
+        connection's session with each one, which is how a new ticket shows.
+        """
+        if self.role != "client" or not self.handshake_done:
+            return None
+        pointer = session_pointer(self._conn)
+        if pointer == self._session_pointer:
+            return None
+        self._session_pointer = pointer
+        return session_der(self._conn)
+
+    def session_key_id(self) -> bytes:
+        """Server, after the handshake: the name of the session the last ticket sent resumes."""
+        return session_key_id(self._conn)
+
+    @property
+    def hello_refused(self) -> bool:
+        """Server: the ClientHello check refused the handshake."""
+        return self._binding.hello_refused
 
     def _release(self) -> None:
         self._release_binding()
@@ -199,38 +258,26 @@ class TLSEngine:
         if not view:
             return 0
         try:
-            return int(self._conn.send(view))
+            return self._io.write(view)
         except SSL.Error as exc:
             raise TLSError(f"TLS error while sending: {_reason(exc)}") from None
 
     def read(self, size: int) -> bytes | None:
         """Decrypted bytes (up to ``size``); ``b""`` at the end of the stream; None when input is needed."""
-        if self.peer_closed:
-            return b""
-        try:
-            return bytes(self._conn.recv(size))
-        except SSL.WantReadError:
+        scratch = self._scratch
+        if scratch is None:
+            scratch = self._scratch = bytearray(_READ_CHUNK)
+        count = self.read_into(scratch, min(size, len(scratch)))
+        if count is None:
             return None
-        except SSL.ZeroReturnError:
-            self.peer_closed = True
-            return b""
-        except SSL.SysCallError:
-            return self._ragged_eof()
-        except SSL.Error as exc:
-            reason = _reason(exc)
-            if reason == "unexpected eof while reading":
-                return self._ragged_eof()
-            raise TLSError(f"TLS error while receiving: {_explain(reason)[1]}; the connection cannot be used "
-                           "any more") from None
+        return bytes(scratch[:count])
 
     def read_into(self, buffer: bytearray | memoryview, size: int) -> int | None:
         """Like :meth:`read`, into ``buffer``: the count, 0 at the end of the stream, None when input is needed."""
         if self.peer_closed:
             return 0
         try:
-            return int(self._conn.recv_into(buffer, size))
-        except SSL.WantReadError:
-            return None
+            return self._io.read_into(buffer, size)
         except SSL.ZeroReturnError:
             self.peer_closed = True
             return 0

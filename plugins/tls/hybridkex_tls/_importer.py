@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 __all__ = [
     "EXCHANGE_CONTEXT", "EPSK_EXPORT_LABEL", "IMPORTER_CONTEXT", "TARGET_PROTOCOL_TLS13", "TARGET_KDF_HKDF_SHA256",
     "PSK_LENGTH", "TLS_CIPHERSUITES", "HYBRID_GROUPS", "ExternalPSK", "imported_identity", "imported_psk",
-    "hkdf_extract", "hkdf_expand_label",
+    "hkdf_extract", "hkdf_expand_label", "importer_context",
 ]
 
 #: Context of the hybrid exchange that runs before TLS (bound into its key by CatKDF).
@@ -98,6 +98,23 @@ def imported_identity(external_identity: bytes, context: bytes = IMPORTER_CONTEX
     return (struct.pack(">H", len(external_identity)) + external_identity
             + struct.pack(">H", len(context)) + context
             + struct.pack(">HH", target_protocol, target_kdf))
+
+
+def importer_context(transcript_hash: bytes, client_identity: str, server_identity: str) -> bytes:
+    """RFC 9258 §3.1 ImportedIdentity.context for one hybrid exchange.
+
+    RFC 9258 §4.1 says the context must carry the deriving protocol's channel binding and
+    recommends the roles and identities: this is :data:`IMPORTER_CONTEXT`, the hybrid
+    transcript hash, then the TLS client's and the TLS server's hybridkex identities (key
+    fingerprints or ``psk:<id>``), each with a 16-bit length.
+    """
+    parts = [transcript_hash, client_identity.encode("utf-8"), server_identity.encode("utf-8")]
+    out = IMPORTER_CONTEXT
+    for part in parts:
+        if len(part) > 0xFFFF:
+            raise ValueError("an importer context field is longer than 65535 bytes")
+        out += struct.pack(">H", len(part)) + part
+    return out
 
 
 def imported_psk(epsk: bytes, external_identity: bytes, context: bytes = IMPORTER_CONTEXT) -> ExternalPSK:

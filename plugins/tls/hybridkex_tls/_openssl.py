@@ -22,6 +22,7 @@ objects live as long as the context that uses them.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import threading
 from dataclasses import dataclass, field
@@ -32,7 +33,8 @@ from ._importer import ExternalPSK
 
 __all__ = [
     "SSL", "OPENSSL_VERSION", "PYOPENSSL_VERSION", "PSKBinding", "ContextHandle", "new_context", "new_connection",
-    "release_connection", "session_reused", "negotiated_group", "set_groups", "REQUIREMENTS",
+    "release_connection", "session_reused", "negotiated_group", "set_groups", "REQUIREMENTS", "session_der",
+    "set_session_der", "session_key_id", "session_pointer", "RecordIO",
 ]
 
 REQUIREMENTS = ("pyOpenSSL >= 26.4 on cryptography >= 48, whose wheel bundles OpenSSL >= 3.5 "
@@ -43,6 +45,8 @@ _NEEDED = (
     "Cryptography_SSL_SESSION_new", "SSL_SESSION_set1_master_key", "SSL_SESSION_set_cipher",
     "SSL_SESSION_set_protocol_version", "SSL_CIPHER_find", "SSL_CTX_set1_curves_list", "SSL_session_reused",
     "SSL_get0_group_name", "SSL_get_session", "ERR_get_error", "TLS1_3_VERSION",
+    "SSL_set_session", "SSL_SESSION_get_master_key", "i2d_SSL_SESSION", "d2i_SSL_SESSION",
+    "SSL_CTX_set_tlsext_servername_callback", "SSL_get_servername",
 )
 
 try:
@@ -89,6 +93,11 @@ class PSKBinding:
     """Server: the client offered our identity and the PSK session was handed to OpenSSL."""
     unknown_identity: bool = False
     """Server: the client offered a PSK identity other than ours."""
+    on_hello: Any = None
+    """Server: ``on_hello(resumed, session_key_id, server_name) -> bool`` runs once the ClientHello is parsed
+    (after OpenSSL decided whether it resumes a session); False refuses the handshake with an alert."""
+    hello_refused: bool = False
+    """Server: ``on_hello`` refused the handshake."""
     _identity_buffer: Any = field(default=None, repr=False)
 
 
@@ -169,6 +178,139 @@ def _find_session(ssl: Any, identity: Any, identity_len: int, session_out: Any) 
     return 1
 
 
+_ALERT_HANDSHAKE_FAILURE = 40
+
+
+def _on_client_hello(ssl: Any, alert: Any, _arg: Any) -> int:
+    """Server: the servername callback, which OpenSSL runs for every ClientHello after the PSK extension was
+    parsed (RFC 8446 §4.2.11), whether or not it carries SNI; it lets the plugin check a resumed session."""
+    binding = _lookup(ssl)
+    if binding is None or binding.on_hello is None:
+        return int(_lib.SSL_TLSEXT_ERR_OK)
+    resumed = bool(_lib.SSL_session_reused(ssl))
+    key_id = _key_id(_lib.SSL_get_session(ssl)) if resumed else b""
+    name_ptr = _lib.SSL_get_servername(ssl, _lib.TLSEXT_NAMETYPE_host_name)
+    name = None if name_ptr == _ffi.NULL else _ffi.string(name_ptr).decode("ascii", "replace")
+    try:
+        ok = bool(binding.on_hello(resumed, key_id, name))
+    except Exception:  # a callback must not raise into OpenSSL
+        ok = False
+    if ok:
+        return int(_lib.SSL_TLSEXT_ERR_OK)
+    binding.hello_refused = True
+    alert[0] = _ALERT_HANDSHAKE_FAILURE
+    return int(_lib.SSL_TLSEXT_ERR_ALERT_FATAL)
+
+
+def _key_id(session: Any) -> bytes:
+    """SHA-256 of a session's resumption PSK: a name for the session that reveals nothing of the key."""
+    if session == _ffi.NULL:
+        return b""
+    size = _lib.SSL_SESSION_get_master_key(session, _ffi.NULL, 0)
+    buffer = _ffi.new("unsigned char[]", max(1, size))
+    try:
+        got = _lib.SSL_SESSION_get_master_key(session, buffer, size)
+        return hashlib.sha256(bytes(_ffi.buffer(buffer, got))).digest() if got else b""
+    finally:
+        _ffi.memmove(buffer, bytes(size), size)
+
+
+def session_key_id(conn: SSL.Connection) -> bytes:
+    """Name (hash of the resumption PSK) of the connection's current session: after the server's handshake
+    it names the session its last ticket resumes, and :func:`_on_client_hello` sees the same name."""
+    return _key_id(_lib.SSL_get_session(conn._ssl))
+
+
+def session_pointer(conn: SSL.Connection) -> int:
+    """Address of the connection's current SSL_SESSION; a TLS 1.3 client gets a new one with every ticket."""
+    return int(_ffi.cast("uintptr_t", _lib.SSL_get_session(conn._ssl)))
+
+
+def session_der(conn: SSL.Connection) -> bytes | None:
+    """The connection's current session, DER-encoded (a fresh copy resumes even after this connection is freed
+    without close_notify, which marks the original not resumable)."""
+    session = _lib.SSL_get_session(conn._ssl)
+    if session == _ffi.NULL:
+        return None
+    size = _lib.i2d_SSL_SESSION(session, _ffi.NULL)
+    if size <= 0:
+        return None
+    buffer = _ffi.new("unsigned char[]", size)
+    pointer = _ffi.new("unsigned char **", buffer)
+    if _lib.i2d_SSL_SESSION(session, pointer) != size:
+        return None
+    return bytes(_ffi.buffer(buffer, size))
+
+
+def set_session_der(conn: SSL.Connection, der: bytes) -> bool:
+    """Offer the DER-encoded session for resumption in the next ClientHello; False if OpenSSL refuses it."""
+    buffer = _ffi.new("unsigned char[]", der)
+    pointer = _ffi.new("unsigned char **", buffer)
+    session = _lib.d2i_SSL_SESSION(_ffi.NULL, pointer, len(der))
+    if session == _ffi.NULL:
+        _drain_error_queue()
+        return False
+    try:
+        return bool(_lib.SSL_set_session(conn._ssl, session) == 1)
+    finally:
+        _lib.SSL_SESSION_free(session)  # SSL_set_session took its own reference
+
+
+class RecordIO:
+    """Fast paths for one memory-BIO connection: SSL_read/SSL_write and the BIOs, called directly.
+
+    pyOpenSSL raises an exception for every "want more input" and allocates a buffer per
+    call; on a bulk transfer that costs more than the cryptography.  These calls return
+    None instead of raising for want-read, and read into the caller's buffer.
+    """
+
+    __slots__ = ("_conn", "_ssl", "_into", "_from", "_out", "_out_size")
+
+    def __init__(self, conn: SSL.Connection, out_size: int = 1 << 15) -> None:
+        self._conn = conn
+        self._ssl = conn._ssl
+        self._into = conn._into_ssl
+        self._from = conn._from_ssl
+        self._out_size = out_size
+        self._out = _ffi.new("char[]", out_size)  # drain() loops when more is waiting
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Ciphertext from the network into OpenSSL (a memory BIO takes everything)."""
+        if len(data) and _lib.BIO_write(self._into, _ffi.from_buffer(data), len(data)) <= 0:
+            self._conn._raise_ssl_error(self._ssl, -1)  # pragma: no cover - memory BIOs do not refuse
+
+    def drain(self) -> bytes:
+        """All ciphertext OpenSSL has for the network (possibly empty)."""
+        chunks = []
+        while True:
+            n = _lib.BIO_read(self._from, self._out, self._out_size)
+            if n <= 0:
+                break
+            chunks.append(_ffi.buffer(self._out, n)[:])
+            if n < self._out_size:
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def read_into(self, buffer: bytearray | memoryview, size: int) -> int | None:
+        """SSL_read into ``buffer``: the count, or None when OpenSSL needs more input; other outcomes raise
+        pyOpenSSL's exceptions (ZeroReturnError at close_notify, SysCallError, Error)."""
+        result = _lib.SSL_read(self._ssl, _ffi.from_buffer(buffer, require_writable=True), size)
+        if result > 0:
+            return int(result)
+        if _lib.SSL_get_error(self._ssl, result) == _lib.SSL_ERROR_WANT_READ:
+            return None
+        self._conn._raise_ssl_error(self._ssl, result)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """SSL_write of ``data`` into the outgoing memory BIO; returns the count taken."""
+        result = _lib.SSL_write(self._ssl, _ffi.from_buffer(data), len(data))
+        if result > 0:
+            return int(result)
+        self._conn._raise_ssl_error(self._ssl, result)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
 def _reject_certificate(*_args: object) -> bool:
     # Authentication is the hybrid exchange's (or the static PSK's) job; a server that answers with
     # a certificate instead of the PSK is refused rather than trusted.
@@ -183,8 +325,12 @@ def set_groups(ctx: SSL.Context, groups: str) -> None:
                              f"group(s) {groups}; hybridkex-tls needs {REQUIREMENTS}")
 
 
-def new_context(role: Role, *, groups: str | None, ciphersuites: str) -> ContextHandle:
-    """A TLS 1.3-only context for external-PSK handshakes (psk_dhe_ke), with PSK callbacks installed."""
+def new_context(role: Role, *, groups: str | None, ciphersuites: str, ticket_lifetime: int = 0) -> ContextHandle:
+    """A TLS 1.3-only context for external-PSK handshakes (psk_dhe_ke), with PSK callbacks installed.
+
+    ``ticket_lifetime`` > 0: the server issues TLS 1.3 session tickets valid that many seconds
+    (the client takes them with :func:`SSL.Connection.get_session`); 0: no tickets.
+    """
     ctx = SSL.Context(SSL.TLS_CLIENT_METHOD if role == "client" else SSL.TLS_SERVER_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
     ctx.set_max_proto_version(SSL.TLS1_3_VERSION)
@@ -194,9 +340,12 @@ def new_context(role: Role, *, groups: str | None, ciphersuites: str) -> Context
         raise TLSUnavailable(f"{OPENSSL_VERSION} accepts none of the TLS 1.3 cipher suites {ciphersuites}") from None
     if groups is not None:
         set_groups(ctx, groups)
-    # No session cache and no tickets to resume from: every connection runs a new hybrid exchange.
+    # No OpenSSL session cache: the plugin keeps the sessions it may resume (and their hybrid facts) itself.
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
-    ctx.set_options(SSL.OP_NO_TICKET)
+    if ticket_lifetime > 0:
+        ctx.set_timeout(ticket_lifetime)
+    else:
+        ctx.set_options(SSL.OP_NO_TICKET)
     callbacks: tuple[Any, ...]
     if role == "client":
         ctx.set_verify(SSL.VERIFY_PEER, _reject_certificate)
@@ -208,7 +357,10 @@ def new_context(role: Role, *, groups: str | None, ciphersuites: str) -> Context
         find_type = _ffi.typeof(_lib.SSL_CTX_set_psk_find_session_callback).args[1]
         find_cb = _ffi.callback(find_type, _find_session, error=0)
         _lib.SSL_CTX_set_psk_find_session_callback(ctx._context, find_cb)
-        callbacks = (find_cb,)
+        hello_cb = _ffi.callback("int(SSL *, int *, void *)", _on_client_hello,
+                                 error=int(_lib.SSL_TLSEXT_ERR_ALERT_FATAL))
+        _lib.SSL_CTX_set_tlsext_servername_callback(ctx._context, hello_cb)
+        callbacks = (find_cb, hello_cb)
     return ContextHandle(ctx, role, groups, callbacks)
 
 

@@ -15,12 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from hybridkex import (
-    HandshakeResult,
-    HandshakeTimeout,
     HybridKexError,
     Initiator,
     Responder,
@@ -30,6 +29,20 @@ from hybridkex import (
 
 from ._context import HybridTLSContext, psk_from_result
 from ._engine import TLSEngine
+from ._errors import TLSResumptionRefused, TLSSetupTimeout, TLSWrongService, as_oserror
+from ._resumption import ChainFacts, ClientSessionCache
+from ._setup import (
+    HTTP_400,
+    PREAMBLE_HEADER,
+    bound_config,
+    classify,
+    full_hook,
+    parse_preamble_header,
+    preamble,
+    resume_hook,
+    server_name_key,
+    unknown_client_error,
+)
 from ._tlssocket import connection_info
 
 __all__ = ["open_connection", "start_server", "wrap_streams", "TLSStreamReader", "TLSStreamWriter"]
@@ -52,6 +65,13 @@ class TLSStreamReader:
         self._eof = False
         self._limit = limit
         self._busy = False
+        self._tickets: tuple[ClientSessionCache, str, ChainFacts] | None = None
+        self._tickets_wanted = 0
+
+    def keep_tickets(self, cache: ClientSessionCache, key: str, chain: ChainFacts) -> None:
+        """Client: put the newest session ticket the server sends into ``cache`` under ``key``."""
+        self._tickets = (cache, key, chain)
+        self._tickets_wanted = 2
 
     async def _fill(self) -> bool:
         """Decrypt at least one more byte into the buffer; False at the end of the stream."""
@@ -63,6 +83,11 @@ class TLSStreamReader:
         try:
             while True:
                 data = self._engine.read(_READ_CHUNK)
+                if self._tickets_wanted > 0 and self._tickets is not None:
+                    session = self._engine.new_session()
+                    if session is not None:
+                        self._tickets_wanted -= 1
+                        self._tickets[0].put(self._tickets[1], id(self), session, self._tickets[2])
                 out = self._engine.data_to_send()
                 if out and not self._raw_writer.is_closing():
                     self._raw_writer.write(out)
@@ -155,11 +180,12 @@ class TLSStreamReader:
 class TLSStreamWriter:
     """Encrypting writer with the methods of :class:`asyncio.StreamWriter`."""
 
-    def __init__(self, engine: TLSEngine, raw_writer: asyncio.StreamWriter, summary: dict[str, object] | None) \
-            -> None:
+    def __init__(self, engine: TLSEngine, raw_writer: asyncio.StreamWriter, summary: dict[str, object] | None,
+                 chain: ChainFacts | None = None) -> None:
         self._engine = engine
         self._raw = raw_writer
         self._summary = summary
+        self._chain = chain
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Encrypt ``data`` and queue it; ``await drain()`` to wait for the network."""
@@ -210,7 +236,7 @@ class TLSStreamWriter:
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         """``tls_version``, ``cipher``, ``group``, ``external_psk``, ``peer``, ``qkd_key_ids``, ``hybridkex``
         (the hybrid summary), ``info`` (all of them); anything else from the TCP transport (``peername``...)."""
-        info = connection_info(self._engine, self._summary)
+        info = connection_info(self._engine, self._summary, self._chain)
         if name == "info":
             return info
         if name == "hybridkex":
@@ -246,55 +272,180 @@ async def _tls_handshake(engine: TLSEngine, reader: asyncio.StreamReader, writer
         raise TransportError(f"the connection failed during the TLS handshake: {exc.strerror or exc}") from None
 
 
-async def wrap_streams(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, context: HybridTLSContext, *,
-                       limit: int = _DEFAULT_LIMIT, suppress_ragged_eofs: bool = True) \
-        -> tuple[TLSStreamReader, TLSStreamWriter]:
-    """Run the hybrid exchange and TLS over connected streams (role from the context); closes them on failure."""
-    engine: TLSEngine | None = None
-    try:
-        async with asyncio.timeout(context.timeout), context.async_setup_lock() or contextlib.nullcontext():
-            summary: dict[str, object] | None = None
-            result: HandshakeResult | None = None
-            if context.static_psk is not None:
-                psk = context.static_psk
-            else:
-                config = context.handshake_config
-                conn = Initiator(config) if context.role == "client" else Responder(config)
-                source, owned = context.open_qkd_source()
-                try:
-                    result = await run_handshake_async(reader, writer, conn, source, timeout=context.timeout)
-                finally:
-                    if owned and source is not None:
-                        source.close()
-                psk, summary = psk_from_result(result)
-            engine = context.new_engine(psk, suppress_ragged_eofs=suppress_ragged_eofs)
-            await _tls_handshake(engine, reader, writer)
-            if result is not None:
-                context.after_success(result)  # the TLS Finished messages proved both sides hold the key
-                del result
-    except BaseException as exc:
-        if engine is not None:
+async def _read_first(reader: asyncio.StreamReader) -> bytes:
+    """Server: the client's first bytes, enough to classify them (a byte at a time from the stream's buffer)."""
+    first = b""
+    while classify(first) == "more" and len(first) < 8:
+        chunk = await reader.read(1)
+        if not chunk:
+            raise TransportError("the client closed the connection before sending anything")
+        first += chunk
+    return first
+
+
+async def _client_setup(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, context: HybridTLSContext,
+                        server_hostname: str | None, suppress_ragged_eofs: bool) \
+        -> tuple[TLSEngine, dict[str, object], ChainFacts, str]:
+    name = server_hostname
+    if name:
+        key = server_name_key(name)
+    else:
+        peer = writer.get_extra_info("peername")
+        key = f"{peer[0]}:{peer[1]}"
+    cache = context.client_sessions
+    entry = cache.take(key) if cache is not None else None
+    if entry is not None and cache is not None:
+        session, chain = entry
+        engine = context.new_engine(None, suppress_ragged_eofs=suppress_ragged_eofs, session=session,
+                                    server_hostname=name)
+        try:
+            async with asyncio.timeout(context.pre_auth_timeout):
+                await _tls_handshake(engine, reader, writer)
+        except TLSResumptionRefused:
+            cache.drop(key)
+            raise
+        except BaseException:
             engine.close()
+            raise
+        return engine, chain.summary, chain.next(), key
+    config = bound_config(context.config_for(name), name)
+    async with context.async_setup_lock() or contextlib.nullcontext():
+        writer.write(preamble(name))
+        conn = Initiator(config) if context.role == "client" else Responder(config)
+        source, owned = context.open_qkd_source()
+        try:
+            result = await run_handshake_async(reader, writer, conn, source, timeout=context.timeout)
+        finally:
+            if owned and source is not None:
+                source.close()
+        psk, summary = psk_from_result(result)
+        done = time.monotonic()
+        engine = context.new_engine(psk, suppress_ragged_eofs=suppress_ragged_eofs, server_hostname=name)
+        try:
+            await _tls_handshake(engine, reader, writer)
+        except BaseException:
+            engine.close()
+            raise
+        context.after_success(result)  # the TLS Finished messages proved both sides hold the key
+        del result
+    return engine, summary, ChainFacts(summary, done, 0, server_name_key(name) or None), key
+
+
+async def _server_setup(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, context: HybridTLSContext,
+                        suppress_ragged_eofs: bool) -> tuple[TLSEngine, dict[str, object], ChainFacts]:
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(context.pre_auth_timeout):
+            first = await _read_first(reader)
+    except TimeoutError:
+        raise TLSSetupTimeout(f"timed out waiting for the client's first message (pre-authentication timeout "
+                              f"{context.pre_auth_timeout:g} s); it is stuck, too slow, or holding a slot") from None
+    kind = classify(first)
+    if kind == "http":
+        writer.write(HTTP_400)
+        with contextlib.suppress(OSError):
+            await writer.drain()
+        raise TLSWrongService("a plain HTTP client connected; it was answered with HTTP 400")
+    if kind == "tls":
+        found: list[ChainFacts] = []
+        engine = context.new_engine(None, suppress_ragged_eofs=suppress_ragged_eofs,
+                                    on_hello=resume_hook(context.server_sessions, found))
+        engine.receive_bytes(first)
+        try:
+            async with asyncio.timeout(max(0.001, started + context.pre_auth_timeout - time.monotonic())):
+                await _tls_handshake(engine, reader, writer)
+        except BaseException:
+            engine.close()
+            raise
+        summary, chain = found[0].summary, found[0].next()
+    elif kind == "full":
+        async with asyncio.timeout(max(0.001, started + context.pre_auth_timeout - time.monotonic())):
+            header = first[:PREAMBLE_HEADER] + await reader.readexactly(max(0, PREAMBLE_HEADER - len(first)))
+            size = parse_preamble_header(header)
+            extra = first[PREAMBLE_HEADER:]
+            raw_name = extra + await reader.readexactly(size - len(extra)) if size > len(extra) else extra[:size]
+        name = raw_name.decode("ascii", "replace") or None
+        config = bound_config(context.config_for(name), name)
+        async with context.async_setup_lock() or contextlib.nullcontext():
+            conn = Responder(config)
+            source, owned = context.open_qkd_source()
+            try:
+                result = await run_handshake_async(reader, writer, conn, source, timeout=max(
+                    0.001, started + context.pre_auth_timeout - time.monotonic()))
+            finally:
+                if owned and source is not None:
+                    source.close()
+            psk, summary = psk_from_result(result)
+            done = time.monotonic()
+            engine = context.new_engine(psk, suppress_ragged_eofs=suppress_ragged_eofs, on_hello=full_hook(psk, name))
+            try:
+                await _tls_handshake(engine, reader, writer)
+            except BaseException:
+                engine.close()
+                raise
+            context.after_success(result)
+            del result
+        chain = ChainFacts(summary, done, 0, server_name_key(name) or None)
+    else:
+        raise unknown_client_error(first)
+    if context.server_sessions is not None:
+        context.server_sessions.put(engine.session_key_id(), chain)
+    return engine, summary, chain
+
+
+async def wrap_streams(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, context: HybridTLSContext, *,
+                       limit: int = _DEFAULT_LIMIT, suppress_ragged_eofs: bool = True,
+                       server_hostname: str | None = None) -> tuple[TLSStreamReader, TLSStreamWriter]:
+    """Set up TLS keyed by the hybrid exchange (or resume a session) over connected streams (role from the
+    context); closes them on failure.  Errors are :class:`OSError` subclasses that are also
+    :class:`hybridkex.HybridKexError` (timeouts :class:`TimeoutError`)."""
+    chain: ChainFacts | None = None
+    key: str | None = None
+    try:
+        async with asyncio.timeout(context.timeout):
+            if context.static_psk is not None:
+                summary: dict[str, object] | None = None
+                engine = context.new_engine(context.static_psk, suppress_ragged_eofs=suppress_ragged_eofs)
+                try:
+                    await _tls_handshake(engine, reader, writer)
+                except BaseException:
+                    engine.close()
+                    raise
+            elif context.role == "client":
+                engine, summary, chain, key = await _client_setup(reader, writer, context, server_hostname,
+                                                                  suppress_ragged_eofs)
+            else:
+                engine, summary, chain = await _server_setup(reader, writer, context, suppress_ragged_eofs)
+    except BaseException as exc:
         writer.close()
-        if isinstance(exc, TimeoutError):
-            raise HandshakeTimeout(f"the hybrid exchange and TLS handshake did not finish within "
-                                   f"{context.timeout:g} s; the peer is down, stuck or too slow") from None
+        if isinstance(exc, TimeoutError) and not isinstance(exc, HybridKexError):
+            raise TLSSetupTimeout(f"the hybrid exchange and TLS handshake did not finish within "
+                                  f"{context.timeout:g} s; the peer is down, stuck or too slow") from None
+        converted = as_oserror(exc)
+        if converted is not exc:
+            raise converted from None
         raise
-    return (TLSStreamReader(engine, reader, writer, limit), TLSStreamWriter(engine, writer, summary))
+    tickets = context.client_sessions if context.role == "client" and chain is not None and key is not None \
+        and context.client_sessions is not None and context.client_sessions.usable(chain, time.monotonic()) \
+        else None
+    tls_reader = TLSStreamReader(engine, reader, writer, limit)
+    if tickets is not None and key is not None and chain is not None:
+        tls_reader.keep_tickets(tickets, key, chain)
+    return tls_reader, TLSStreamWriter(engine, writer, summary, chain)
 
 
 async def open_connection(host: str, port: int, context: HybridTLSContext, *, limit: int = _DEFAULT_LIMIT,
-                          **kwargs: Any) -> tuple[TLSStreamReader, TLSStreamWriter]:
+                          server_hostname: str | None = None, **kwargs: Any) -> tuple[TLSStreamReader, TLSStreamWriter]:
     """Connect, run the hybrid exchange and TLS; like :func:`asyncio.open_connection` (extra kwargs go to it)."""
     if context.role != "client":
         raise ValueError("open_connection needs a client context (HybridTLSContext.client(...))")
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, **kwargs), context.timeout)
     except TimeoutError:
-        raise TransportError(f"connecting to {host}:{port} timed out after {context.timeout:g} s") from None
+        raise TLSSetupTimeout(f"connecting to {host}:{port} timed out after {context.timeout:g} s") from None
     except OSError as exc:
-        raise TransportError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
-    return await wrap_streams(reader, writer, context, limit=limit)
+        raise as_oserror(TransportError(f"cannot connect to {host}:{port}: {exc.strerror or exc}")) from None
+    return await wrap_streams(reader, writer, context, limit=limit, server_hostname=server_hostname)
 
 
 ClientConnected = Callable[[TLSStreamReader, TLSStreamWriter], Awaitable[None] | None]

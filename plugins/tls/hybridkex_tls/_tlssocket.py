@@ -17,20 +17,79 @@ import threading
 import time
 from collections import deque
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, cast
+from typing import IO, TYPE_CHECKING, Any, NoReturn, cast
 
-from hybridkex import HandshakeResult, HandshakeTimeout, HybridKexError, TransportError
+from hybridkex import HybridKexError, PeerAlertError, RemoteProtocolError, TransportError, recv_exact
+from hybridkex._wire import HEADER_SIZE, MAGIC, Alert, decode, parse_header
 
 from ._context import psk_from_result
 from ._engine import TLSEngine
+from ._errors import TLSResumptionRefused, TLSSetupTimeout, TLSWrongService, as_oserror
+from ._resumption import ChainFacts
+from ._setup import (
+    HTTP_400,
+    PREAMBLE_HEADER,
+    SILENT_CLOSE,
+    bound_config,
+    classify,
+    full_hook,
+    parse_preamble_header,
+    preamble,
+    resume_hook,
+    server_name_key,
+    unknown_client_error,
+    wrong_service,
+)
 
 if TYPE_CHECKING:
     from ._context import HybridTLSContext
 
-__all__ = ["HybridTLSSocket", "establish", "connection_info"]
+__all__ = ["HybridTLSSocket", "RecordReader", "connection_info"]
 
-_RECV_CHUNK = 1 << 16
 _CLOSE_NOTIFY_TIMEOUT = 1.0
+_RECORD_HEADER = 5
+
+
+class RecordReader:
+    """Reads TLS records off a socket one at a time, as stdlib ``ssl`` does (no read-ahead).
+
+    Each read asks for the rest of the current record plus the next record's 5-byte header,
+    so bytes of later records stay in the kernel: ``select()`` and selectors still report
+    the socket readable while records wait, one readiness event per record.
+    """
+
+    __slots__ = ("_header", "_body_left")
+
+    def __init__(self) -> None:
+        self._header = bytearray()
+        self._body_left = 0
+
+    def want(self) -> int:
+        """How many bytes to ask the socket for."""
+        if self._body_left:
+            return self._body_left + _RECORD_HEADER
+        return _RECORD_HEADER - len(self._header)
+
+    def consumed(self, data: bytes | memoryview) -> None:
+        """Account for ``data`` read from the socket."""
+        n = len(data)
+        body_left = self._body_left
+        if body_left and n == body_left + _RECORD_HEADER:  # the usual read: a record's rest and the next header
+            self._body_left = int.from_bytes(data[n - 2:n], "big")
+            return
+        i = 0
+        while i < n:
+            if self._body_left:
+                take = min(self._body_left, n - i)
+                self._body_left -= take
+                i += take
+                continue
+            take = min(_RECORD_HEADER - len(self._header), n - i)
+            self._header += data[i:i + take]
+            i += take
+            if len(self._header) == _RECORD_HEADER:
+                self._body_left = int.from_bytes(self._header[3:5], "big")
+                self._header.clear()
 
 
 def _send_before(sock: socket.socket, data: bytes, deadline: float) -> None:
@@ -41,8 +100,31 @@ def _send_before(sock: socket.socket, data: bytes, deadline: float) -> None:
     sock.sendall(data)
 
 
-def _tls_handshake(sock: socket.socket, engine: TLSEngine, deadline: float, timeout: float) -> None:
-    """Drive the TLS handshake over ``sock`` until done or ``deadline``."""
+def _hybrid_answer(sock: socket.socket, data: bytes, deadline: float) -> NoReturn:
+    """Client: the server answered our InitFinish + ClientHello flight with a hybridkex frame instead of
+    TLS (a TLS record never starts with "H"): its Alert says why the exchange failed."""
+    while len(data) < HEADER_SIZE:
+        data += recv_exact(sock, HEADER_SIZE - len(data), deadline, "alert header")
+    _, length = parse_header(data[:HEADER_SIZE])
+    if len(data) < HEADER_SIZE + length:
+        data += recv_exact(sock, HEADER_SIZE + length - len(data), deadline, "alert")
+    message = decode(data[:HEADER_SIZE + length])
+    if isinstance(message, Alert):
+        raise PeerAlertError(f"peer aborted the handshake: {message.text}", int(message.code))
+    raise RemoteProtocolError(f"the server sent a hybridkex {type(message).__name__} where TLS was due")
+
+
+def _tls_handshake(sock: socket.socket, engine: TLSEngine, records: RecordReader, deadline: float,
+                   timeout: float) -> None:
+    """Drive the TLS handshake over ``sock`` until done or ``deadline``.
+
+    The client reads whatever has arrived (nothing can follow the server's Finished before
+    the client's own Finished is sent); the server reads a record at a time, since the
+    client's first application records may arrive with its Finished and must stay visible
+    to select().
+    """
+    greedy = engine.role == "client"
+    first = True
     try:
         while True:
             try:
@@ -65,53 +147,78 @@ def _tls_handshake(sock: socket.socket, engine: TLSEngine, deadline: float, time
             if remaining <= 0:
                 raise TimeoutError
             sock.settimeout(remaining)
-            data = sock.recv(_RECV_CHUNK)
+            data = sock.recv(1 << 16 if greedy else records.want())
+            if greedy and first and data[:1] == MAGIC[:1]:
+                _hybrid_answer(sock, data, deadline)
+            first = False
             if data:
+                records.consumed(data)
                 engine.receive_bytes(data)
             else:
                 engine.receive_eof()
     except TimeoutError:
-        raise HandshakeTimeout(f"the TLS handshake did not finish within {timeout:g} s of the connection's start; "
-                               "the peer is down, stuck or too slow") from None
+        raise TLSSetupTimeout(f"the TLS handshake did not finish within {timeout:g} s; the peer is down, stuck or "
+                              "too slow") from None
     except OSError as exc:
         if isinstance(exc, HybridKexError):
             raise
-        raise TransportError(f"the connection failed during the TLS handshake: {exc.strerror or exc}") from None
+        raise as_oserror(TransportError(f"the connection failed during the TLS handshake: {exc.strerror or exc}")) \
+            from None
 
 
-def establish(context: HybridTLSContext, sock: socket.socket, *, suppress_ragged_eofs: bool = True) \
-        -> HybridTLSSocket:
-    """Hybrid exchange (or static PSK), then the TLS handshake, on a connected socket; closes it on failure."""
-    deadline = time.monotonic() + context.timeout
-    previous_timeout = sock.gettimeout()
-    engine: TLSEngine | None = None
-    try:
-        if sock.type == socket.SOCK_STREAM and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with context.setup_lock or contextlib.nullcontext():
-            summary: dict[str, object] | None = None
-            result: HandshakeResult | None = None
-            if context.static_psk is not None:
-                psk = context.static_psk
-            else:
-                result = context.exchange(sock)
-                psk, summary = psk_from_result(result)
-            engine = context.new_engine(psk, suppress_ragged_eofs=suppress_ragged_eofs)
-            _tls_handshake(sock, engine, deadline, context.timeout)
-            if result is not None:
-                # The TLS Finished messages proved that both sides hold the hybrid key.
-                context.after_success(result)
-                del result
-        sock.settimeout(previous_timeout or None)  # a non-blocking socket becomes blocking: see setblocking()
-    except BaseException:
-        if engine is not None:
-            engine.close()
-        sock.close()
-        raise
-    return HybridTLSSocket(sock, engine, summary)
+class _Recorder:
+    """The socket as the core's exchange sees it, keeping the first bytes the peer sent (to name a wrong service)."""
+
+    def __init__(self, sock: socket.socket, preamble: bytes) -> None:
+        self._sock = sock
+        self._preamble = preamble
+        self.first = b""
+        self.reset = False
+
+    def sendall(self, data: bytes, flags: int = 0) -> None:
+        # The preamble goes out with the first hybrid message, in one segment.
+        data, self._preamble = self._preamble + data, b""
+        self._sock.sendall(data, flags)
+
+    def peek_reply(self) -> None:
+        """After a failure: the bytes the peer had sent, if nothing was read yet (e.g. a TLS alert before a reset)."""
+        if self.first:
+            return
+        with contextlib.suppress(OSError):
+            self._sock.settimeout(0.2)
+            self.first = self._sock.recv(16, socket.MSG_PEEK)
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        try:
+            data = self._sock.recv(size, flags)
+        except ConnectionResetError:
+            self.reset = not self.first
+            raise
+        if len(self.first) < 16:
+            self.first += data[:16 - len(self.first)]
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
 
 
-def connection_info(engine: TLSEngine, summary: dict[str, object] | None) -> dict[str, object]:
+def _peek(sock: socket.socket, deadline: float) -> bytes:
+    """The client's first bytes, left in the socket, enough to classify them (waits for more while ambiguous)."""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        sock.settimeout(remaining)
+        first = sock.recv(8, socket.MSG_PEEK)
+        if not first:
+            raise as_oserror(TransportError("the client closed the connection before sending anything"))
+        if classify(first) != "more":
+            return first
+        time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))  # a prefix so far: look again shortly
+
+
+def connection_info(engine: TLSEngine, summary: dict[str, object] | None,
+                    chain: ChainFacts | None = None) -> dict[str, object]:
     """Secret-free facts about an established connection (the ``--json`` line)."""
     facts = engine.facts
     assert facts is not None
@@ -119,7 +226,10 @@ def connection_info(engine: TLSEngine, summary: dict[str, object] | None) -> dic
         "tls_version": facts.version,
         "cipher": facts.cipher,
         "group": facts.group,
-        "external_psk": facts.psk_used,
+        "external_psk": facts.psk_used and not facts.resumed,
+        "resumed": facts.resumed,
+        "alpn": facts.alpn,
+        "server_name": facts.server_name,
         "mode": "hybrid" if summary is not None else "static-psk",
     }
     if summary is not None:
@@ -131,6 +241,9 @@ def connection_info(engine: TLSEngine, summary: dict[str, object] | None) -> dic
             "qkd_key_ids": summary["qkd_key_ids"],
             "transcript_hash": summary["transcript_hash"],
         })
+    if chain is not None:
+        info["resumptions"] = chain.resumptions
+        info["qkd_key_age"] = round(chain.age(time.monotonic()), 3)
     return info
 
 
@@ -140,10 +253,20 @@ class HybridTLSSocket:
     Create it with :meth:`HybridTLSContext.wrap_socket`.
     """
 
-    def __init__(self, sock: socket.socket, engine: TLSEngine, summary: dict[str, object] | None) -> None:
+    def __init__(self, sock: socket.socket, context: HybridTLSContext, *, server_hostname: str | None = None,
+                 suppress_ragged_eofs: bool = True) -> None:
         self._sock = sock
-        self._engine = engine
-        self._summary = summary
+        self._context = context
+        self._server_hostname = server_hostname
+        self._suppress_ragged_eofs = suppress_ragged_eofs
+        self._engine_or_none: TLSEngine | None = None
+        self._summary: dict[str, object] | None = None
+        self._chain: ChainFacts | None = None
+        self._cache_key: str | None = None
+        self._tickets_wanted = 0
+        self._records = RecordReader()
+        self._inbox_buffer: memoryview | None = None
+        self._setup_lock = threading.Lock()
         self._ssl_lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._outgoing: deque[bytes] = deque()
@@ -151,6 +274,173 @@ class HybridTLSSocket:
         """close() was called (the TCP socket closes once no makefile() object is left)."""
         self._released = False
         self._io_refs = 0
+
+    @property
+    def _engine(self) -> TLSEngine:
+        engine = self._engine_or_none
+        if engine is None:
+            self.do_handshake()
+            engine = self._engine_or_none
+            assert engine is not None
+        return engine
+
+    # -- setup ---------------------------------------------------------------------------------
+    def do_handshake(self) -> None:
+        """Run the setup (hybrid exchange or resumption, then TLS) now; a no-op once done.
+
+        On failure the TCP socket is closed and an :class:`OSError` that is also a
+        :class:`hybridkex.HybridKexError` is raised (:class:`TimeoutError` for timeouts).
+        """
+        with self._setup_lock:
+            if self._engine_or_none is not None:
+                return
+            self._check_open()
+            context = self._context
+            sock = self._sock
+            start = time.monotonic()
+            previous_timeout = sock.gettimeout()
+            try:
+                if sock.type == socket.SOCK_STREAM and sock.family in (socket.AF_INET, socket.AF_INET6):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if context.static_psk is not None:
+                    engine = context.new_engine(context.static_psk, suppress_ragged_eofs=self._suppress_ragged_eofs)
+                    self._handshake(engine, start + context.timeout)
+                elif context.role == "client":
+                    self._client_setup(start)
+                else:
+                    self._server_setup(start)
+                idle = context.idle_timeout
+                sock.settimeout(idle if idle is not None else previous_timeout or None)
+            except BaseException as exc:
+                if self._engine_or_none is not None:
+                    self._engine_or_none.close()
+                    self._engine_or_none = None
+                self._released = True
+                sock.close()
+                if isinstance(exc, TimeoutError) and not isinstance(exc, HybridKexError):
+                    raise TLSSetupTimeout(f"the connection's setup did not finish within {context.timeout:g} s; "
+                                          "the peer is down, stuck or too slow") from None
+                converted = as_oserror(exc)
+                if converted is not exc:
+                    raise converted from None
+                raise
+
+    def _handshake(self, engine: TLSEngine, deadline: float) -> None:
+        try:
+            _tls_handshake(self._sock, engine, self._records, deadline, self._context.timeout)
+        except BaseException:
+            engine.close()
+            raise
+        self._engine_or_none = engine
+
+    def _client_setup(self, start: float) -> None:
+        context = self._context
+        name = self._server_hostname
+        cache = context.client_sessions
+        if name:
+            key = server_name_key(name)
+        else:
+            peer = self._sock.getpeername()
+            key = f"{peer[0]}:{peer[1]}"
+        self._cache_key = key
+        entry = cache.take(key) if cache is not None else None
+        if entry is not None and cache is not None:
+            session, chain = entry
+            engine = context.new_engine(None, suppress_ragged_eofs=self._suppress_ragged_eofs, session=session,
+                                        server_hostname=name)
+            try:
+                self._handshake(engine, start + context.pre_auth_timeout)
+            except TLSResumptionRefused:
+                cache.drop(key)
+                raise
+            self._summary = chain.summary
+            self._chain = chain.next()
+        else:
+            config = bound_config(context.config_for(name), name)
+            deadline = start + context.timeout
+            with context.setup_lock or contextlib.nullcontext():
+                recorder = _Recorder(self._sock, preamble(name))
+                try:
+                    result = context.exchange(cast(socket.socket, recorder), config,
+                                              timeout=max(0.001, deadline - time.monotonic()))
+                except HybridKexError as exc:
+                    recorder.peek_reply()
+                    better = wrong_service(recorder.first, exc, recorder.reset)
+                    if better is not None:
+                        raise better from None
+                    if isinstance(exc, TransportError) and not recorder.first and not recorder.reset:
+                        raise as_oserror(TransportError(SILENT_CLOSE)) from None
+                    raise
+                psk, summary = psk_from_result(result)
+                done = time.monotonic()
+                engine = context.new_engine(psk, suppress_ragged_eofs=self._suppress_ragged_eofs,
+                                            server_hostname=name)
+                self._handshake(engine, deadline)
+                # The TLS Finished messages proved that both sides hold the hybrid key.
+                context.after_success(result)
+                del result
+            self._summary = summary
+            self._chain = ChainFacts(summary, done, 0, server_name_key(name) or None)
+        if cache is not None and cache.usable(self._chain, time.monotonic()):
+            self._tickets_wanted = 2  # OpenSSL sends two tickets after a handshake; the newest is kept
+
+    def _server_setup(self, start: float) -> None:
+        context = self._context
+        sock = self._sock
+        pre_auth = start + context.pre_auth_timeout
+        try:
+            first = _peek(sock, pre_auth)
+        except TimeoutError:
+            raise TLSSetupTimeout(f"timed out waiting for the client's first message (pre-authentication timeout "
+                                  f"{context.pre_auth_timeout:g} s); it is stuck, too slow, or holding a slot") \
+                from None
+        kind = classify(first)
+        if kind == "http":
+            with contextlib.suppress(OSError):
+                _send_before(sock, HTTP_400, time.monotonic() + _CLOSE_NOTIFY_TIMEOUT)
+                sock.shutdown(socket.SHUT_WR)
+            raise TLSWrongService("a plain HTTP client connected; it was answered with HTTP 400")
+        if kind == "tls":
+            found: list[ChainFacts] = []
+            engine = context.new_engine(None, suppress_ragged_eofs=self._suppress_ragged_eofs,
+                                        on_hello=resume_hook(context.server_sessions, found))
+            self._handshake(engine, pre_auth)
+            self._summary = found[0].summary
+            self._chain = found[0].next()
+        elif kind == "full":
+            header = recv_exact(sock, PREAMBLE_HEADER, pre_auth, "hybridkex-tls preamble")
+            size = parse_preamble_header(header)
+            raw_name = recv_exact(sock, size, pre_auth, "server name") if size else b""
+            name = raw_name.decode("ascii", "replace") or None
+            config = bound_config(context.config_for(name), name)
+            with context.setup_lock or contextlib.nullcontext():
+                result = context.exchange(sock, config, timeout=max(0.001, pre_auth - time.monotonic()))
+                psk, summary = psk_from_result(result)
+                done = time.monotonic()
+                engine = context.new_engine(psk, suppress_ragged_eofs=self._suppress_ragged_eofs,
+                                            on_hello=full_hook(psk, name))
+                self._handshake(engine, start + context.timeout)
+                context.after_success(result)
+                del result
+            self._summary = summary
+            self._chain = ChainFacts(summary, done, 0, server_name_key(name) or None)
+        else:
+            raise unknown_client_error(first)
+        table = context.server_sessions
+        if table is not None:
+            table.put(self._engine.session_key_id(), self._chain)
+
+    def _harvest_ticket(self) -> None:
+        """Client: keep the newest session ticket for the next connection (call with the SSL lock held)."""
+        engine = self._engine_or_none
+        cache = self._context.client_sessions
+        if engine is None or cache is None or self._cache_key is None or self._chain is None:
+            self._tickets_wanted = 0
+            return
+        session = engine.new_session()
+        if session is not None:
+            self._tickets_wanted -= 1
+            cache.put(self._cache_key, id(self), session, self._chain)
 
     # -- network plumbing --------------------------------------------------------------------
     def _collect_output(self) -> None:
@@ -183,9 +473,15 @@ class HybridTLSSocket:
                 self._send_lock.release()
 
     def _fill(self) -> None:
-        data = self._sock.recv(_RECV_CHUNK)
+        records = self._records
+        view = self._inbox_buffer
+        if view is None:  # a TLS record is at most 2^14 + 256 bytes, plus the next header
+            view = self._inbox_buffer = memoryview(bytearray(_RECORD_HEADER + (1 << 15)))
+        count = self._sock.recv_into(view, min(records.want(), len(view)))
         with self._ssl_lock:
-            if data:
+            if count:
+                data = view[:count]
+                records.consumed(data)
                 self._engine.receive_bytes(data)
             else:
                 self._engine.receive_eof()
@@ -233,9 +529,12 @@ class HybridTLSSocket:
             if bufsize < 0:
                 raise ValueError("negative buffersize in recv")
             return b""
+        engine = self._engine
         while True:
             with self._ssl_lock:
-                data = self._engine.read(bufsize)
+                data = engine.read(bufsize)
+                if self._tickets_wanted > 0:
+                    self._harvest_ticket()
                 self._collect_output()
             self._flush_later()
             if data is not None:
@@ -253,19 +552,28 @@ class HybridTLSSocket:
         size = nbytes or len(view)
         if size == 0:
             return 0
+        engine, lock, outgoing = self._engine, self._ssl_lock, self._outgoing
         while True:
-            with self._ssl_lock:
-                count = self._engine.read_into(view, size)
-                self._collect_output()
-            self._flush_later()
+            with lock:
+                count = engine.read_into(view, size)
+                if self._tickets_wanted > 0:
+                    self._harvest_ticket()
+                out = engine.data_to_send()
+                if out:
+                    outgoing.append(out)
+            if outgoing:
+                self._flush_later()
             if count is not None:
                 return count
             self._fill()
 
     def pending(self) -> int:
         """Decrypted bytes that can be read without touching the network."""
+        engine = self._engine_or_none
+        if engine is None:
+            return 0
         with self._ssl_lock:
-            return self._engine.pending()
+            return engine.pending()
 
     # -- closing -------------------------------------------------------------------------------
     def shutdown(self, how: int) -> None:
@@ -299,8 +607,14 @@ class HybridTLSSocket:
         if self._released:
             return
         self._released = True
+        engine = self._engine_or_none
+        if engine is None:
+            self._sock.close()
+            return
         try:
-            if not self._engine.close_notify_sent and self._send_lock.acquire(timeout=_CLOSE_NOTIFY_TIMEOUT):
+            if self._tickets_wanted > 0:
+                self._drain_tickets()
+            if not engine.close_notify_sent and self._send_lock.acquire(timeout=_CLOSE_NOTIFY_TIMEOUT):
                 try:
                     timeout = self._sock.gettimeout()
                     self._sock.settimeout(_CLOSE_NOTIFY_TIMEOUT if timeout is None else
@@ -314,8 +628,37 @@ class HybridTLSSocket:
         except OSError:
             pass  # the peer is gone: nothing to tell it
         finally:
-            self._engine.close()
+            engine.close()
             self._sock.close()
+
+    def _drain_tickets(self) -> None:
+        """Client closing before reading anything: take a ticket already received, without waiting for one."""
+        engine = self._engine
+        previous = self._sock.gettimeout()
+        self._sock.settimeout(0.0)  # with a timeout set, Python would wait for readability first
+        try:
+            for _ in range(4):
+                if not self._take_ticket_now(engine):
+                    return
+        finally:
+            with contextlib.suppress(OSError):
+                self._sock.settimeout(previous)
+
+    def _take_ticket_now(self, engine: TLSEngine) -> bool:
+        """One non-blocking read towards a ticket; False when there is nothing (more) to do."""
+        try:
+            data = self._sock.recv(self._records.want())
+        except OSError:
+            return False
+        if not data:
+            return False
+        with self._ssl_lock:
+            self._records.consumed(data)
+            engine.receive_bytes(data)
+            with contextlib.suppress(HybridKexError):
+                engine.read(1 << 14)
+            self._harvest_ticket()
+        return self._tickets_wanted > 0
 
     def _decref_socketios(self) -> None:
         # Called by socket.SocketIO.close() for each makefile() object.
@@ -362,6 +705,14 @@ class HybridTLSSocket:
         """The TCP socket's descriptor (for selectors; never read or write it directly)."""
         return self._sock.fileno()
 
+    def setsockopt(self, *args: Any) -> None:
+        """Set an option of the TCP socket (e.g. TCP_NODELAY)."""
+        self._sock.setsockopt(*args)
+
+    def getsockopt(self, *args: Any) -> Any:
+        """Read an option of the TCP socket."""
+        return self._sock.getsockopt(*args)
+
     def getpeername(self) -> Any:
         """The peer's TCP address."""
         return self._sock.getpeername()
@@ -404,42 +755,82 @@ class HybridTLSSocket:
         return self._closed
 
     # -- what was negotiated -----------------------------------------------------------------------
+    @property
+    def _facts(self) -> Any:
+        engine = self._engine_or_none
+        return engine.facts if engine is not None else None
+
+    @property
+    def context(self) -> HybridTLSContext:
+        """The context this socket was wrapped with."""
+        return self._context
+
+    @property
+    def server_side(self) -> bool:
+        """True on the server's side of the connection."""
+        return self._context.role == "server"
+
+    @property
+    def server_hostname(self) -> str | None:
+        """The server name given to :meth:`HybridTLSContext.wrap_socket` (client)."""
+        return self._server_hostname
+
     def version(self) -> str | None:
-        """The TLS version, ``"TLSv1.3"``."""
-        return self._engine.facts.version if self._engine.facts else None
+        """The TLS version, ``"TLSv1.3"`` (None before the handshake)."""
+        facts = self._facts
+        return str(facts.version) if facts else None
 
     def cipher(self) -> tuple[str, str, int] | None:
         """(cipher suite, protocol version, secret bits), as :meth:`ssl.SSLSocket.cipher`."""
-        facts = self._engine.facts
+        facts = self._facts
         return (facts.cipher, facts.version, facts.cipher_bits) if facts else None
 
     def group(self) -> str | None:
         """The TLS key-exchange group, ``"X25519MLKEM768"`` in hybrid mode."""
-        return self._engine.facts.group if self._engine.facts else None
+        facts = self._facts
+        return str(facts.group) if facts and facts.group else None
+
+    def selected_alpn_protocol(self) -> str | None:
+        """The ALPN protocol the server chose (RFC 7301), or None, as :meth:`ssl.SSLSocket.selected_alpn_protocol`."""
+        facts = self._facts
+        return str(facts.alpn) if facts and facts.alpn else None
+
+    def session_reused(self) -> bool:
+        """True when this connection resumed a TLS session (no hybrid exchange, no signature, no QKD key)."""
+        facts = self._facts
+        return bool(facts and facts.resumed)
 
     def psk_used(self) -> bool:
-        """Whether the handshake used the external PSK (always True: a connection without it is refused)."""
-        return bool(self._engine.facts and self._engine.facts.psk_used)
+        """Whether the handshake used the hybrid exchange's external PSK (False when it resumed a session)."""
+        facts = self._facts
+        return bool(facts and facts.psk_used and not facts.resumed)
 
     def peer_identity(self) -> str | None:
-        """The peer's hybridkex identity: its key fingerprint (ML-DSA) or ``psk:<id>``; None in static mode."""
+        """The peer's hybridkex identity: its key fingerprint (ML-DSA) or ``psk:<id>``; None in static mode.
+
+        For a resumed connection, the identity authenticated by the chain's full connection."""
         return str(self._summary["peer"]) if self._summary else None
 
     def qkd_key_ids(self) -> tuple[str, ...]:
-        """The QKD key_IDs mixed into this connection's PSK (empty without QKD)."""
+        """The QKD key_IDs behind this connection's keys (for a resumed one: its chain's; empty without QKD)."""
         if not self._summary:
             return ()
         ids = self._summary.get("qkd_key_ids") or []
         return tuple(str(k) for k in ids)  # type: ignore[attr-defined]
+
+    def qkd_key_age(self) -> float | None:
+        """Seconds since the hybrid exchange (and QKD key) behind this connection; None in static mode."""
+        return self._chain.age(time.monotonic()) if self._chain is not None else None
 
     def hybrid_summary(self) -> dict[str, object] | None:
         """The hybrid exchange's secret-free summary (:meth:`hybridkex.HandshakeResult.summary`)."""
         return dict(self._summary) if self._summary else None
 
     def info(self) -> dict[str, object]:
-        """Secret-free facts: TLS version, cipher, group, PSK use, hybrid suite, peer, QKD key_IDs."""
-        return connection_info(self._engine, self._summary)
+        """Secret-free facts: TLS version, cipher, group, resumed or not, ALPN, hybrid suite, peer, QKD key_IDs
+        and the age of the QKD key behind the connection."""
+        return connection_info(self._engine, self._summary, self._chain)
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{self.version()} {self.group()}"
+        state = "closed" if self._closed else f"{self.version()} {self.group()}" if self._facts else "not connected"
         return f"<HybridTLSSocket {state} peer={self.peer_identity()}>"

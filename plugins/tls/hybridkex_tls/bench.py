@@ -245,8 +245,9 @@ def run(connections: int = 100, rounds: int = 15, warmup: int = 10, *, extra: bo
         if extra:
             variants["hybrid_no_qkd"] = _hybrid(HybridTLSContext.server(identity=server_key, peers=[client_pub]),
                                                 HybridTLSContext.client(identity=client_key, peers=[server_pub]))
-            variants["hybrid_psk_auth"] = _hybrid(HybridTLSContext.server(psk_file=psk, qkd_source=kme.slave),
-                                                  HybridTLSContext.client(psk_file=psk, qkd_source=kme.master))
+            variants["hybrid_psk_auth"] = _hybrid(
+                HybridTLSContext.server(psk_file=psk, name="server", peer_name="client", qkd_source=kme.slave),
+                HybridTLSContext.client(psk_file=psk, name="client", peer_name="server", qkd_source=kme.master))
         # Check what is measured: QKD used, the PSK and X25519MLKEM768 in the hybrid; ML-DSA-65 mTLS in the baseline.
         with socket.create_server(("127.0.0.1", 0)) as probe:
             server_ctx = HybridTLSContext.server(identity=server_key, peers=[client_pub], qkd_source=kme.slave)

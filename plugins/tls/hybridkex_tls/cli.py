@@ -40,10 +40,11 @@ def _static_options(f: Any) -> Any:
     return f
 
 
-def _context(role: str, kwargs: dict[str, Any]) -> Any:
+def _context(role: str, kwargs: dict[str, Any], own: dict[str, Any] | None = None) -> Any:
     """Build the HybridTLSContext from the command's options (pops them from kwargs)."""
     from ._context import HybridTLSContext, load_external_psk
 
+    own = own or {}
     external_psk: Path | None = kwargs.pop("external_psk")
     psk_identity: str = kwargs.pop("psk_identity")
     groups: str | None = kwargs.pop("groups")
@@ -56,13 +57,13 @@ def _context(role: str, kwargs: dict[str, Any]) -> Any:
             raise ConfigError("--external-psk runs TLS with a static key and no hybrid exchange; drop --identity, "
                               "--peer, --psk-file and --qkd, or drop --external-psk")
         return factory(external_psk=load_external_psk(external_psk), psk_identity=psk_identity, groups=groups,
-                       timeout=timeout)
+                       timeout=timeout, **own)
     if groups is not None:
         raise ConfigError("--groups only applies with --external-psk; the hybrid mode always uses X25519MLKEM768")
     if settings.identity is None and settings.psk_file is None:
         raise ConfigError("no authentication configured: give --identity DIR/id.key and --peer PEER.pub, or "
                           "--psk-file FILE for the hybrid exchange, or --external-psk FILE for a static TLS PSK")
-    return factory(settings)
+    return factory(settings, **own)
 
 
 def _describe(info: dict[str, object]) -> str:
@@ -70,7 +71,12 @@ def _describe(info: dict[str, object]) -> str:
     if info["mode"] == "hybrid":
         ids = info.get("qkd_key_ids") or []
         qkd = f"QKD key_ID {', '.join(str(i) for i in ids)}" if ids else f"QKD {info['qkd']}"  # type: ignore[attr-defined]
-        line += f" from the hybrid exchange ({info['hybrid_suite']}, {qkd}); peer {info['peer']} ({info['auth']})"
+        if info.get("resumed"):
+            line = (f"{info['tls_version']} {info['cipher']} over {info['group']}, resumed session "
+                    f"#{info.get('resumptions')} of a hybrid exchange {info.get('qkd_key_age')} s old ({qkd})")
+        else:
+            line += f" from the hybrid exchange ({info['hybrid_suite']}, {qkd})"
+        line += f"; peer {info['peer']} ({info['auth']})"
     else:
         line += " (static)"
     return line
@@ -90,16 +96,30 @@ def tls() -> None:
 @click.option("--count", type=click.IntRange(min=0), default=0, show_default=True,
               help="Exit after this many connections (0: serve until interrupted).")
 @click.option("--max-connections", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Connections served at once; more wait in the backlog.")
+              help="Authenticated connections served at once; more wait for a slot.")
+@click.option("--max-pending-per-source", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Unauthenticated connections from one address; a new one closes the oldest.")
+@click.option("--session-lifetime", type=click.FloatRange(min=0), default=3600.0, show_default=True,
+              metavar="SECONDS", help="How long after a hybrid exchange clients may resume its TLS session "
+                                      "(no new QKD key); 0 turns resumption off.")
+@click.option("--max-resumptions", type=click.IntRange(min=0), default=100, show_default=True,
+              help="How many connections may resume one hybrid exchange's chain of sessions.")
+@click.option("--pre-auth-timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              metavar="SECONDS", help="Time a client has to authenticate before it is dropped.")
+@click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="Close an established connection silent this long [default: no limit].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line per connection (never a key).")
 @handle_errors
-def serve(listen_on: str, echo: bool, count: int, max_connections: int, as_json: bool, **kwargs: Any) -> None:
-    """Accept TLS clients: hybrid exchange, then TLS 1.3 keyed by it. Prints or echoes what they send."""
+def serve(listen_on: str, echo: bool, count: int, max_connections: int, max_pending_per_source: int,
+          session_lifetime: float, max_resumptions: int, pre_auth_timeout: float, idle_timeout: float | None,
+          as_json: bool, **kwargs: Any) -> None:
+    """Accept TLS clients: hybrid exchange (or resumption), then TLS 1.3. Prints or echoes what they send."""
     from ._server import HybridTLSServer
     from ._tlssocket import HybridTLSSocket
 
     address = parse_host_port(listen_on)
-    context = _context("server", kwargs)
+    context = _context("server", kwargs, {"session_lifetime": session_lifetime, "max_resumptions": max_resumptions,
+                                          "pre_auth_timeout": pre_auth_timeout, "idle_timeout": idle_timeout})
     finished = threading.Semaphore(0)
     output_lock = threading.Lock()
 
@@ -148,7 +168,9 @@ def serve(listen_on: str, echo: bool, count: int, max_connections: int, as_json:
         on_error(peer, exc)
         finished.release()
 
-    server = HybridTLSServer(context, address, handled, max_connections=max_connections, on_error=failed)
+    server = HybridTLSServer(context, address, handled, max_connections=max_connections, on_error=failed,
+                             max_pending_per_source=max_pending_per_source,
+                             max_pending=max(256, max_pending_per_source))
     with server:
         host, port = server.server_address
         mode = "hybrid exchange + TLS 1.3" if context.hybrid else "TLS 1.3 with a static external PSK"

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from hybridkex import AuthenticationError, HandshakeTimeout, HybridKexError, PeerAlertError
+from hybridkex import HandshakeTimeout, HybridKexError
 
 from hybridkex_tls import (
     HybridTLSContext,
@@ -102,7 +102,7 @@ def test_asyncio_failures_are_reported_and_the_server_goes_on(keys: Any, server_
         server = await start_server(echo, "127.0.0.1", 0, server_ctx, on_error=lambda peer, exc: errors.append(exc))
         async with server:
             port = server.sockets[0].getsockname()[1]
-            with pytest.raises(AuthenticationError):
+            with pytest.raises(OSError):  # v2: the server drops an InitHello keyed for another responder
                 await open_connection("127.0.0.1", port, stranger)
             for _ in range(50):
                 if errors:
@@ -115,7 +115,7 @@ def test_asyncio_failures_are_reported_and_the_server_goes_on(keys: Any, server_
             writer.close()
 
     asyncio.run(asyncio.wait_for(main(), 30))
-    assert len(errors) == 1 and isinstance(errors[0], PeerAlertError)
+    assert len(errors) == 1 and "mac1" in str(errors[0])
 
 
 def test_asyncio_handshake_timeout(keys: Any) -> None:

@@ -1,0 +1,136 @@
+"""TLS 1.3 resumption without a new hybrid exchange: the client's session cache and the server's table.
+
+A full connection runs the hybrid exchange and keys TLS with its output (external PSK).
+The TLS session that follows yields tickets; resuming one (psk_dhe_ke, RFC 8446 §4.2.9,
+over X25519MLKEM768) keys the next connection with a resumption secret chained from the
+hybrid key plus a fresh ML-KEM/X25519 exchange -- no signature, no QKD key.  A *chain* is
+the full connection and the resumptions that follow from it; ``lifetime`` and
+``max_resumptions`` bound how long and how often one QKD key protects it.  Both sides
+enforce both bounds: the client stops offering, the server refuses (with an alert) what it
+does not know or what is past a bound.
+
+The server recognises a resumed session by the SHA-256 of its resumption PSK (see
+:func:`hybridkex_tls._openssl.session_key_id`), so each ticket resumes at most once and a
+chain's facts (peer identity, QKD key_IDs, age) carry over to every connection in it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+__all__ = ["ChainFacts", "ClientSessionCache", "ServerSessionTable"]
+
+
+@dataclass(frozen=True)
+class ChainFacts:
+    """What a chain of connections rests on (secret-free)."""
+
+    summary: dict[str, object] = field(compare=False)
+    """The full connection's hybrid summary (peer, suite, QKD key_IDs, transcript hash)."""
+    started: float
+    """``time.monotonic()`` when the full connection's hybrid exchange (and its QKD key) was done."""
+    resumptions: int = 0
+    """How many connections of the chain resumed so far (0 for the full connection)."""
+    server_name: str | None = None
+    """The SNI name the chain was set up for."""
+
+    def age(self, now: float) -> float:
+        """Seconds since the chain's hybrid exchange (the age of the QKD key behind it)."""
+        return max(0.0, now - self.started)
+
+    def next(self) -> ChainFacts:
+        return replace(self, resumptions=self.resumptions + 1)
+
+
+class _Bounded:
+    def __init__(self, lifetime: float, max_resumptions: int, max_entries: int,
+                 clock: Callable[[], float]) -> None:
+        self.lifetime = lifetime
+        self.max_resumptions = max_resumptions
+        self.max_entries = max_entries
+        self.clock = clock
+        self._lock = threading.Lock()
+
+    def usable(self, facts: ChainFacts, now: float) -> bool:
+        return facts.age(now) < self.lifetime and facts.resumptions < self.max_resumptions
+
+
+class ClientSessionCache(_Bounded):
+    """Per server (``host:port`` or SNI name), sessions to resume, as DER, with their chains' facts.
+
+    Each connection contributes the session of the newest ticket it received (the one the
+    server remembers), and each session is offered once: :meth:`take` removes it, so
+    concurrent connections never offer the same ticket, and one that finds none runs a
+    full hybrid exchange.
+    """
+
+    def __init__(self, lifetime: float, max_resumptions: int, *, max_entries: int = 1024,
+                 per_server: int = 64, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(lifetime, max_resumptions, max_entries, clock)
+        self.per_server = per_server
+        self._entries: OrderedDict[str, OrderedDict[int, tuple[bytes, ChainFacts]]] = OrderedDict()
+
+    def take(self, key: str) -> tuple[bytes, ChainFacts] | None:
+        """A session to offer to ``key`` (removed from the cache) and its chain's facts, or None."""
+        with self._lock:
+            slots = self._entries.get(key)
+            now = self.clock()
+            while slots:
+                _, (session, facts) = slots.popitem(last=True)
+                if self.usable(facts, now):
+                    return session, facts
+            self._entries.pop(key, None)
+            return None
+
+    def put(self, key: str, connection: int, session: bytes, facts: ChainFacts) -> None:
+        """Remember ``connection``'s newest ticket for ``key`` (replacing its older one)."""
+        with self._lock:
+            slots = self._entries.setdefault(key, OrderedDict())
+            slots[connection] = (session, facts)
+            slots.move_to_end(connection)
+            while len(slots) > self.per_server:
+                slots.popitem(last=False)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def drop(self, key: str) -> None:
+        """Forget every session for ``key`` (the server refused one: it restarted or changed its keys)."""
+        with self._lock:
+            self._entries.pop(key, None)
+
+    def __len__(self) -> int:
+        return sum(len(slots) for slots in self._entries.values())
+
+
+class ServerSessionTable(_Bounded):
+    """Sessions this server issued tickets for, by the hash of their resumption PSK; each resumes once."""
+
+    def __init__(self, lifetime: float, max_resumptions: int, *, max_entries: int = 100_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(lifetime, max_resumptions, max_entries, clock)
+        self._entries: OrderedDict[bytes, ChainFacts] = OrderedDict()
+
+    def put(self, key_id: bytes, facts: ChainFacts) -> None:
+        """Record the session the connection's last ticket resumes (if the chain may go on)."""
+        if not key_id or not self.usable(facts, self.clock()):
+            return
+        with self._lock:
+            self._entries[key_id] = facts
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def take(self, key_id: bytes) -> ChainFacts | None:
+        """The chain a resumed session belongs to, removed from the table; None if unknown or past a bound."""
+        with self._lock:
+            facts = self._entries.pop(key_id, None)
+        if facts is None or not self.usable(facts, self.clock()):
+            return None
+        return facts
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,187 @@
+"""Resumption: a second connection resumes TLS 1.3 with no hybrid exchange, no signature and no QKD key.
+
+Each claim is checked through OpenSSL (SSL_session_reused, the group, the PSK callbacks)
+and by counting what the core did (QKD keys drawn, ML-DSA signatures made).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+from hybridkex import QKDKey, QKDKeySource
+
+from hybridkex_tls import HybridTLSContext, HybridTLSSocket, TLSResumptionRefused
+from hybridkex_tls._openssl import negotiated_group, session_reused
+
+from .conftest import TIMEOUT
+
+
+class CountingKeys(QKDKeySource):
+    """Shared QKD keys for both sides, counting how many each side drew."""
+
+    def __init__(self, store: dict[uuid.UUID, bytes], counts: dict[str, int], side: str) -> None:
+        self.store, self.counts, self.side = store, counts, side
+
+    def get_new_keys(self, number: int = 1, size_bits: int = 256) -> list[QKDKey]:
+        self.counts[self.side] += number
+        out = []
+        for _ in range(number):
+            key_id = uuid.uuid4()
+            self.store[key_id] = bytes(uuid.uuid4().bytes * 2)[: size_bits // 8]
+            out.append(QKDKey(key_id, self.store[key_id]))
+        return out
+
+    def get_keys_by_id(self, key_ids: Sequence[uuid.UUID]) -> list[QKDKey]:
+        self.counts[self.side] += len(key_ids)
+        return [QKDKey(k, self.store.pop(k)) for k in key_ids]
+
+    def describe(self) -> str:
+        return "counting test source"
+
+
+@pytest.fixture
+def qkd_pair(keys: Any) -> tuple[HybridTLSContext, HybridTLSContext, dict[str, int]]:
+    store: dict[uuid.UUID, bytes] = {}
+    counts = {"client": 0, "server": 0}
+    server = HybridTLSContext.server(identity=keys.server_key, peers=[keys.client_pub], timeout=TIMEOUT,
+                                     qkd_source=CountingKeys(store, counts, "server"))
+    client = HybridTLSContext.client(identity=keys.client_key, peers=[keys.server_pub], timeout=TIMEOUT,
+                                     qkd_source=CountingKeys(store, counts, "client"))
+    return client, server, counts
+
+
+def talk(ctx: HybridTLSContext, address: tuple[str, int], **kwargs: Any) -> dict[str, Any]:
+    with socket.create_connection(address, timeout=TIMEOUT) as raw, ctx.wrap_socket(raw, **kwargs) as tls:
+        tls.sendall(b"ping")
+        assert tls.recv(100) == b"ping"
+        engine = tls._engine
+        return {"openssl_reused": session_reused(engine._conn), "group": negotiated_group(engine._conn),
+                "external_offered": engine._binding.offered, **tls.info()}
+
+
+def test_second_connection_resumes_without_hybrid_exchange(qkd_pair: Any, run_server: Callable[..., Any],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    client, server, counts = qkd_pair
+    running = run_server(server)
+    full = talk(client, running.address)
+    assert not full["resumed"] and full["external_offered"] and full["qkd"] == "used"
+    assert counts == {"client": 1, "server": 1}
+    exchanges: list[Any] = []
+    # Both sides' hybrid exchange (the only place that signs and draws QKD keys) must not run again.
+    monkeypatch.setattr(HybridTLSContext, "exchange", lambda *a, **k: exchanges.append(a) or pytest.fail("exchange"))
+    for n in (1, 2, 3):
+        resumed = talk(client, running.address)
+        assert resumed["openssl_reused"] and resumed["resumed"] and not resumed["external_offered"]
+        assert resumed["group"] == "X25519MLKEM768"  # psk_dhe_ke: a fresh ML-KEM + X25519 share in TLS
+        assert resumed["resumptions"] == n
+        assert resumed["peer"] == full["peer"] and resumed["qkd_key_ids"] == full["qkd_key_ids"]
+        assert 0 <= resumed["qkd_key_age"] < 60
+    assert counts == {"client": 1, "server": 1}, "a resumed connection drew a QKD key"
+    assert exchanges == []
+    # The server saw the same: one full connection, three resumed ones, with the chain's peer.
+    infos = [tls.info() for tls in running.connected]
+    assert [i["resumed"] for i in infos] == [False, True, True, True]
+    assert len({i["peer"] for i in infos}) == 1 and infos[0]["peer"] != full["peer"]
+
+
+def test_max_resumptions_bounds_a_chain(keys: Any, run_server: Callable[..., Any]) -> None:
+    server = HybridTLSContext.server(identity=keys.server_key, peers=[keys.client_pub], timeout=TIMEOUT,
+                                     max_resumptions=2)
+    client = HybridTLSContext.client(identity=keys.client_key, peers=[keys.server_pub], timeout=TIMEOUT,
+                                     max_resumptions=2)
+    running = run_server(server)
+    seen = [talk(client, running.address)["resumed"] for _ in range(5)]
+    assert seen == [False, True, True, False, True]
+
+
+def test_server_refuses_what_it_does_not_know_and_the_client_recovers(keys: Any, run_server: Callable[..., Any]) \
+        -> None:
+    client = HybridTLSContext.client(identity=keys.client_key, peers=[keys.server_pub], timeout=TIMEOUT)
+    first = run_server(HybridTLSContext.server(identity=keys.server_key, peers=[keys.client_pub], timeout=TIMEOUT))
+    talk(client, first.address)
+    # A restarted server (a new context: new ticket keys, empty table) at the same name.
+    second = run_server(HybridTLSContext.server(identity=keys.server_key, peers=[keys.client_pub], timeout=TIMEOUT))
+    with socket.create_connection(first.address) as raw:
+        raw.close()
+    cache_key = f"127.0.0.1:{second.address[1]}"
+    session = client.client_sessions.take(f"127.0.0.1:{first.address[1]}")  # type: ignore[union-attr]
+    assert session is not None
+    client.client_sessions.put(cache_key, 0, *session)  # type: ignore[union-attr]
+    with pytest.raises(TLSResumptionRefused, match="connect again") as info:
+        talk(client, second.address)
+    assert isinstance(info.value, OSError)
+    assert "resumed no session" in str(second.wait_error())
+    assert not talk(client, second.address)["resumed"]  # the entry was dropped: a full exchange
+    assert talk(client, second.address)["resumed"]
+
+
+def test_session_lifetime_zero_disables_resumption(keys: Any, run_server: Callable[..., Any]) -> None:
+    server = HybridTLSContext.server(identity=keys.server_key, peers=[keys.client_pub], timeout=TIMEOUT)
+    client = HybridTLSContext.client(identity=keys.client_key, peers=[keys.server_pub], timeout=TIMEOUT,
+                                     session_lifetime=0)
+    running = run_server(server)
+    assert [talk(client, running.address)["resumed"] for _ in range(3)] == [False, False, False]
+
+
+def test_expired_chain_runs_a_full_exchange(keys: Any, run_server: Callable[..., Any]) -> None:
+    server = HybridTLSContext.server(identity=keys.server_key, peers=[keys.client_pub], timeout=TIMEOUT)
+    client = HybridTLSContext.client(identity=keys.client_key, peers=[keys.server_pub], timeout=TIMEOUT)
+    running = run_server(server)
+    skew = [0.0]
+    for table in (client.client_sessions, server.server_sessions):
+        assert table is not None
+        table.clock = lambda: time.monotonic() + skew[0]
+    talk(client, running.address)
+    skew[0] += 3590
+    assert talk(client, running.address)["resumed"]
+    skew[0] += 11  # past the hour since the hybrid exchange, though the last ticket is newer
+    assert not talk(client, running.address)["resumed"]
+
+
+def test_a_ticket_resumes_once(keys: Any, run_server: Callable[..., Any]) -> None:
+    """Replaying a session to the server is refused: each resumption PSK is taken from the table."""
+    server = HybridTLSContext.server(identity=keys.server_key, peers=[keys.client_pub], timeout=TIMEOUT)
+    client = HybridTLSContext.client(identity=keys.client_key, peers=[keys.server_pub], timeout=TIMEOUT)
+    running = run_server(server)
+    talk(client, running.address)
+    cache = client.client_sessions
+    assert cache is not None
+    key = f"127.0.0.1:{running.address[1]}"
+    entry = cache.take(key)
+    assert entry is not None
+    cache.put(key, 1, *entry)
+    assert talk(client, running.address)["resumed"]
+    cache.drop(key)
+    cache.put(key, 1, *entry)  # the same session again
+    with pytest.raises(TLSResumptionRefused):
+        talk(client, running.address)
+
+
+def test_concurrent_clients_never_share_a_ticket(keys: Any, run_server: Callable[..., Any],
+                                                 echo: Callable[[HybridTLSSocket], None]) -> None:
+    server = HybridTLSContext.server(identity=keys.server_key, peers=[keys.client_pub], timeout=TIMEOUT)
+    client = HybridTLSContext.client(identity=keys.client_key, peers=[keys.server_pub], timeout=TIMEOUT)
+    running = run_server(server)
+    for _ in range(3):
+        talk(client, running.address)
+    errors: list[BaseException] = []
+
+    def one() -> None:
+        try:
+            for _ in range(3):
+                talk(client, running.address)
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and running.errors == []
