@@ -146,10 +146,55 @@ def test_key_repr_hides_the_key(pair: tuple[SimulatedLinkSource, SimulatedLinkSo
     assert "seed" not in repr(master)
 
 
-def test_injected_rng_makes_key_ids_reproducible(link: Path) -> None:
-    a = SimulatedLinkSource(link, rng=counter_rng()).get_new_keys(2)
-    b = SimulatedLinkSource(link, rng=counter_rng()).get_new_keys(2)
+def test_injected_rng_makes_key_ids_reproducible(link: Path, tmp_path: Path) -> None:
+    # Reproducible for a fresh journal: a block is never reserved twice at one end.
+    a = SimulatedLinkSource(link, rng=counter_rng(), consumed_path=tmp_path / "a").get_new_keys(2)
+    b = SimulatedLinkSource(link, rng=counter_rng(), consumed_path=tmp_path / "b").get_new_keys(2)
     assert a == b
+    c = SimulatedLinkSource(link, rng=counter_rng(), consumed_path=tmp_path / "a").get_new_keys(2)
+    assert {k.key_id for k in c}.isdisjoint(k.key_id for k in a)
+
+
+def consumed_lines(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines()[1:] if line.startswith("K ")]
+
+
+def test_one_block_serves_several_keys_with_disjoint_material(link: Path, tmp_path: Path) -> None:
+    master = SimulatedLinkSource(link, consumed_path=tmp_path / "master")
+    slave = SimulatedLinkSource(link, consumed_path=tmp_path / "slave")
+    keys = [master.get_new_keys()[0] for _ in range(20)]  # one at a time, as handshakes ask
+    reserved = [line for line in (tmp_path / "master").read_text().splitlines() if line.startswith("R ")]
+    assert len(reserved) < 10  # blocks of ~250 bytes serve several 32-byte keys
+    assert len({k.key for k in keys}) == 20
+    assert slave.get_keys_by_id([k.key_id for k in keys]) == keys
+    # The byte ranges the slave recorded never overlap.
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for line in consumed_lines(tmp_path / "slave"):
+        for item in line.split()[2].split(","):
+            block, span = item.split(":")
+            start, end = map(int, span.split("-"))
+            assert all(end <= s or e <= start for s, e in spans.get(block, [])), line
+            spans.setdefault(block, []).append((start, end))
+    # A new master process (no memory of the open block) never reuses a reserved block.
+    from hybridkex.qkd import _simlink
+    _simlink._ALLOCATORS.clear()
+    again = SimulatedLinkSource(link, consumed_path=tmp_path / "master").get_new_keys(4)
+    assert not {k.key for k in again} & {k.key for k in keys}
+
+
+def test_a_key_id_overlapping_consumed_material_is_refused(link: Path, tmp_path: Path) -> None:
+    master = SimulatedLinkSource(link, consumed_path=tmp_path / "master")
+    slave = SimulatedLinkSource(link, consumed_path=tmp_path / "slave")
+    (key,) = master.get_new_keys(1, 128)
+    slave.get_keys_by_id([key.key_id])
+    index, offset, size = slave._parse_key_id(key.key_id)
+    # A key_ID for the same block, starting inside the consumed bytes, made with the seed (a forger with
+    # the link file, or a second master that drew the same block): refused like a replay.
+    overlapping = slave._key_id(index, offset + 8, size)
+    with pytest.raises(QKDKeyReplay, match="already used by another key_ID"):
+        slave.get_keys_by_id([overlapping])
+    beyond = slave._key_id(index, offset + size, 8)
+    assert len(slave.get_keys_by_id([beyond])[0].key) == 8
 
 
 def test_replay_is_refused(pair: tuple[SimulatedLinkSource, SimulatedLinkSource]) -> None:
@@ -209,14 +254,14 @@ def test_torn_last_line_is_dropped(link: Path) -> None:
     assert fresh.get_keys_by_id([k2.key_id]) == [k2]
     with pytest.raises(QKDKeyReplay):
         SimulatedLinkSource(link).get_keys_by_id([k1.key_id])
-    assert consumed.read_text().splitlines()[1:] == [str(k1.key_id), str(k2.key_id)]
+    assert [line.split()[1] for line in consumed_lines(consumed)] == [str(k1.key_id), str(k2.key_id)]
 
 
 def test_consumed_path_can_be_chosen(link: Path, tmp_path: Path) -> None:
     (key,) = SimulatedLinkSource(link).get_new_keys()
     state = tmp_path / "state.json"
     SimulatedLinkSource(link, consumed_path=state).get_keys_by_id([key.key_id])
-    assert state.exists() and not Path(f"{link}.consumed").exists()
+    assert state.exists() and not consumed_lines(Path(f"{link}.consumed"))
     with pytest.raises(QKDKeyReplay):
         SimulatedLinkSource(link, consumed_path=state).get_keys_by_id([key.key_id])
 
@@ -224,8 +269,8 @@ def test_consumed_path_can_be_chosen(link: Path, tmp_path: Path) -> None:
 def test_damaged_consumed_file_is_a_config_error(pair: tuple[SimulatedLinkSource, SimulatedLinkSource],
                                                  link: Path) -> None:
     master, slave = pair
-    Path(f"{link}.consumed").write_text("garbage")
     (key,) = master.get_new_keys()
+    Path(f"{link}.consumed").write_text("garbage")
     with pytest.raises(ConfigError, match="damaged"):
         slave.get_keys_by_id([key.key_id])
 
@@ -237,12 +282,12 @@ def flip(key_id: uuid.UUID, bit: int) -> uuid.UUID:
 def test_forged_key_ids_are_refused(pair: tuple[SimulatedLinkSource, SimulatedLinkSource], link: Path) -> None:
     master, slave = pair
     (key,) = master.get_new_keys()
-    # UUID bit positions: tag 0..47, size 48..57, index 58..61, 64..75 and 80..127
+    # UUID bit positions: tag 0..47, size 48..57, offset 58..61, 64..67, index 68..75 and 80..127
     for forged in (uuid.uuid4(), flip(key.key_id, 0), flip(key.key_id, 50), flip(key.key_id, 100),
                    flip(key.key_id, 77)):  # bit 77 is in the version field
         with pytest.raises(QKDUnavailable, match="was not issued by this simulated link"):
             slave.get_keys_by_id([forged])
-    assert not Path(f"{link}.consumed").exists()
+    assert not consumed_lines(Path(f"{link}.consumed"))
     with pytest.raises(TypeError):
         slave.get_keys_by_id([str(key.key_id)])  # type: ignore[list-item]
     assert slave.get_keys_by_id([key.key_id]) == [key]

@@ -5,6 +5,12 @@ for N interfaces with one peer each (so both processes do N exchanges).  Every p
 due at start-up; the clock runs from the moment the initiating daemon says it is
 rotating until the responding daemon has installed all N keys (it installs last).
 
+The headline is CPU seconds per rotation at each end (wall time depends on what else the
+machine runs); next to it, measured in the same run, the floor: the CPU of one bare hybrid
+exchange (both ends, in-process over a socket pair, same KEM, authentication and QKD
+source), which no rotator can go below.  Each peer has its own PSK file: the rotator refuses
+two WireGuard peers that share one credential.
+
     python plugins/wireguard/bench/bench_rotate.py              # 1000 peers, QKD off and sim
     python plugins/wireguard/bench/bench_rotate.py --quick      # 200 peers
     python plugins/wireguard/bench/bench_rotate.py --peers 500 --qkd sim --workers 8
@@ -47,7 +53,8 @@ def write_config(path: Path, top: dict[str, Any], tables: dict[str, dict[str, An
         lines.append(f"[{name}]")
         lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
     for name, table in arrays:
-        lines.append(f"[[{name}]]")
+        # A sub-table of the last array item ([peer.exchange]) or a new array item ([[peer]]).
+        lines.append(f"[{name}]" if name.endswith(".exchange") else f"[[{name}]]")
         lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
     path.write_text("\n".join(lines) + "\n")
 
@@ -114,14 +121,57 @@ class Daemon:
         return self.proc.returncode
 
 
+def bare_exchange_floor(qkd: str, work: Path, count: int = 100) -> float:
+    """CPU seconds (both ends together) of one bare hybrid exchange, in-process over a socket pair."""
+    from hybridkex import DoSGuard, ExchangeSettings, exchange_over_socket
+    from hybridkex.qkd import init_link_file
+
+    psk = work / "floor.psk"
+    psk.write_bytes(base64.b64encode(os.urandom(32)) + b"\n")
+    psk.chmod(0o600)
+    extra: dict[str, Any] = {}
+    if qkd == "sim":
+        init_link_file(work / "floor-link.json")
+        extra = {"qkd": "sim", "qkd_link": work / "floor-link.json", "qkd_journal": work / "floor-journal"}
+    sides = {role: ExchangeSettings(psk_file=psk, name=role, peer_name=other, **extra)
+             for role, other in (("initiator", "responder"), ("responder", "initiator"))}
+    configs = {role: settings.handshake_config(context=b"bench") for role, settings in sides.items()}
+    # The same guard sizing as the rotator's responder (a burst of exchanges from one host is expected).
+    guard = DoSGuard(load_threshold=2 * count, source_rate=float(count), source_burst=2 * count)
+
+    def one(role: str, sock: socket.socket) -> None:
+        source = sides[role].open_qkd_source()
+        try:
+            exchange_over_socket(sock, role, configs[role], qkd_source=source,
+                                 guard=guard if role == "responder" else None)
+        finally:
+            if source is not None:
+                source.close()
+
+    started = time.process_time()
+    for _ in range(count):
+        a, b = socket.socketpair()
+        with a, b:
+            t = threading.Thread(target=one, args=("responder", b))
+            t.start()
+            one("initiator", a)
+            t.join()
+    return (time.process_time() - started) / count
+
+
 def run_case(n: int, qkd: str, workers: int, work: Path, timeout: float, roles: str) -> dict[str, Any]:
     case = work / f"qkd-{qkd}-{roles}"
     case.mkdir()
-    psk = case / "auth.psk"
-    psk.write_bytes(base64.b64encode(os.urandom(32)) + b"\n")
-    psk.chmod(0o600)
-    exchange: dict[str, dict[str, Any]] = {"a": {"psk_file": str(psk), "timeout": 60.0},
-                                           "b": {"psk_file": str(psk), "timeout": 60.0}}
+    exchange: dict[str, dict[str, Any]] = {"a": {"timeout": 60.0}, "b": {"timeout": 60.0}}
+
+    def own_psk(i: int) -> str:
+        path = case / "psk" / f"p{i}.psk"
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        path.write_bytes(base64.b64encode(os.urandom(32)) + b"\n")
+        path.chmod(0o600)
+        return str(path)
+
+    psks = [own_psk(i) for i in range(n)]
     if qkd == "sim":
         link = case / "link-a.json"
         subprocess.run([*CLI, "qkd-link", "init", str(link)], check=True, capture_output=True)
@@ -129,7 +179,9 @@ def run_case(n: int, qkd: str, workers: int, work: Path, timeout: float, roles: 
         (case / "link-b.json").chmod(0o600)
         for side in ("a", "b"):
             # One simulated link between the two hosts, carrying every tunnel (as one QKD link would).
-            exchange[side].update({"qkd": "sim", "qkd_link": str(case / f"link-{side}.json")})
+            # Each side its own key_ID journal, as on two hosts (not the user's default one).
+            exchange[side].update({"qkd": "sim", "qkd_link": str(case / f"link-{side}.json"),
+                                   "qkd_journal": str(case / f"journal-{side}")})
     port, port_i = free_port(), free_port()
     responder_key = base64.b64encode(os.urandom(32)).decode()
     initiator_keys = [base64.b64encode(os.urandom(32)).decode() for _ in range(n)]
@@ -143,16 +195,18 @@ def run_case(n: int, qkd: str, workers: int, work: Path, timeout: float, roles: 
                  {"rotation": rotation, "exchange": exchange["b"]},
                  [("interface", {"name": "wgR", "public_key": responder_key}),
                   ("interface.sink", {"type": "file", "path": str(case / "keys-r" / "{name}.psk")})]
-                 + [("peer", {"public_key": k, "name": f"p{i}", "role": "responder"} if roles == "one-way" else
-                     {"public_key": k, "name": f"p{i}", "endpoint": f"127.0.0.1:{port_i}"})
-                    for i, k in enumerate(initiator_keys)])
+                 + [item for i, k in enumerate(initiator_keys) for item in (
+                     ("peer", {"public_key": k, "name": f"p{i}", "role": "responder"} if roles == "one-way" else
+                      {"public_key": k, "name": f"p{i}", "endpoint": f"127.0.0.1:{port_i}"}),
+                     ("peer.exchange", {"psk_file": psks[i]}))])
     arrays: list[tuple[str, dict[str, Any]]] = []
     for i, k in enumerate(initiator_keys):
         arrays += [("interface", {"name": f"wgI{i}", "public_key": k}),
                    ("interface.sink", {"type": "file", "path": str(case / "keys-i" / "{name}.psk")})]
-    arrays += [("peer", {"interface": f"wgI{i}", "public_key": responder_key, "name": f"p{i}",
-                         "endpoint": f"127.0.0.1:{port}", **({"role": "initiator"} if roles == "one-way" else {})})
-               for i in range(n)]
+    for i in range(n):
+        arrays += [("peer", {"interface": f"wgI{i}", "public_key": responder_key, "name": f"p{i}",
+                             "endpoint": f"127.0.0.1:{port}", **({"role": "initiator"} if roles == "one-way" else {})}),
+                   ("peer.exchange", {"psk_file": psks[i]})]
     top: dict[str, Any] = {"workers": workers}
     if roles == "auto":
         top["listen"] = f"127.0.0.1:{port_i}"
@@ -165,7 +219,10 @@ def run_case(n: int, qkd: str, workers: int, work: Path, timeout: float, roles: 
             raise SystemExit(f"the responding daemon did not start; see {case / 'responder.log'}")
         initiator = Daemon(case / "initiator.toml", case / "initiator.log")
         give_up = time.monotonic() + timeout
+        cpu_start: tuple[float, float] | None = None
         while responder.psk_set < n or initiator.psk_set < n:
+            if cpu_start is None and initiator.rotating_at is not None:
+                cpu_start = (cpu_seconds(initiator.proc.pid), cpu_seconds(responder.proc.pid))
             if time.monotonic() > give_up or responder.proc.poll() is not None or initiator.proc.poll() is not None:
                 raise SystemExit(f"only {min(responder.psk_set, initiator.psk_set)}/{n} rotations finished; see the "
                                  f"logs in {case}")
@@ -173,6 +230,8 @@ def run_case(n: int, qkd: str, workers: int, work: Path, timeout: float, roles: 
         assert initiator.rotating_at is not None
         seconds = max(responder.last_line_at, initiator.last_line_at) - initiator.rotating_at
         cpu_i, cpu_r = cpu_seconds(initiator.proc.pid), cpu_seconds(responder.proc.pid)
+        if cpu_start is not None:  # only the rotating, not the start-up (imports, 1000 configurations)
+            cpu_i, cpu_r = cpu_i - cpu_start[0], cpu_r - cpu_start[1]
     finally:
         if initiator is not None:
             initiator.stop()
@@ -182,7 +241,11 @@ def run_case(n: int, qkd: str, workers: int, work: Path, timeout: float, roles: 
     errors = sum(1 for log in (case / "initiator.log", case / "responder.log")
                  for line in log.read_text().splitlines() if ": ERROR: " in line)
     rate = n / seconds
+    floor = bare_exchange_floor(qkd, case)
     return {"qkd": qkd, "roles": roles, "peers": n, "seconds": round(seconds, 3),
+            "cpu_ms_per_rotation_initiator": round(cpu_i / n * 1000, 2),
+            "cpu_ms_per_rotation_responder": round(cpu_r / n * 1000, 2),
+            "cpu_ms_bare_exchange_both_ends": round(floor * 1000, 2),
             "rotations_per_second": round(rate, 1),
             "seconds_per_1000_peers": round(1000 / rate, 2), "measured_1000": n >= 1000,
             "cpu_seconds_initiator": round(cpu_i, 2), "cpu_seconds_responder": round(cpu_r, 2),
@@ -211,7 +274,10 @@ def main() -> None:
         for qkd, roles in [(q, r) for q in kinds for r in role_modes]:
             result = run_case(n, qkd, args.workers, work, args.timeout, roles)
             results.append(result)
-            print(f"qkd {qkd:>3}, roles {roles:>7}: {n} peers rotated in {result['seconds']:.2f} s = "
+            print(f"qkd {qkd:>3}, roles {roles:>7}: CPU per rotation {result['cpu_ms_per_rotation_initiator']:.2f} ms "
+                  f"initiator + {result['cpu_ms_per_rotation_responder']:.2f} ms responder (floor: one bare "
+                  f"exchange {result['cpu_ms_bare_exchange_both_ends']:.2f} ms both ends); "
+                  f"{n} peers rotated in {result['seconds']:.2f} s = "
                   f"{result['rotations_per_second']:.0f} rotations/s -> {result['seconds_per_1000_peers']:.2f} s per "
                   f"1000 peers{'' if result['measured_1000'] else ' (extrapolated)'}; CPU initiator "
                   f"{result['cpu_seconds_initiator']:.1f} s, responder {result['cpu_seconds_responder']:.1f} s; "

@@ -8,10 +8,17 @@ The ``[exchange]`` table takes the same settings as ``hybridkex exchange``'s fla
 lands in :class:`hybridkex.ExchangeSettings`; a peer's own ``[peer.exchange]`` table
 overrides single keys (e.g. its own PSK file or QKD link), and ``[peer.rotation]``
 overrides the timing and failure policy.
+
+Every WireGuard peer is bound to exactly one hybridkex identity: in ML-DSA mode exactly one
+pinned ``id.pub``, in PSK mode its own key file and the names ``name``/``peer_name``
+(default: this interface's and the peer's WireGuard public keys, unique per pair).  Two
+WireGuard peers that share one credential are refused, or either could rotate the other's
+key (see :func:`peer_identities`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import tomllib
 from collections.abc import Callable, Mapping
@@ -19,22 +26,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hybridkex import ConfigError, ExchangeSettings
+from hybridkex import ConfigError, ExchangeSettings, load_public_identity
 
-from ._keys import PeerRef, default_initiator, parse_wg_key
+from ._keys import PeerRef, default_initiator, parse_wg_key, wg_key_text
 from ._rotation import FailurePolicy, Role, RotationPolicy
 from ._sinks import SINK_TYPES, CommandSink, FileSink, Sink, WgSink, interface_public_key
 
 __all__ = ["DaemonConfig", "PeerConfig", "load_config", "parse_config", "parse_endpoint", "DEFAULT_INTERVAL",
-           "rotation_policy", "EXCHANGE_TOML_KEYS"]
+           "rotation_policy", "EXCHANGE_TOML_KEYS", "MIN_INTERVAL", "ON_STOP", "peer_identities"]
 
 DEFAULT_INTERVAL = 120.0
-_TOP_KEYS = {"listen", "status_file", "workers", "wg", "rotation", "exchange", "interface", "peer"}
+#: WireGuard retries a handshake only every 5 s; below 10 s a forced handshake may not finish before the next key.
+MIN_INTERVAL = 10.0
+#: What a clean stop (SIGTERM) does to the installed keys.
+ON_STOP = ("keep", "cut")
+_TOP_KEYS = {"listen", "status_file", "workers", "wg", "rotation", "exchange", "interface", "peer", "metrics",
+             "on_stop"}
 _ROTATION_KEYS = {"interval", "jitter", "deadline", "retry_initial", "retry_max", "failure_policy", "startup_spread"}
 _INTERFACE_KEYS = {"name", "public_key", "sink"}
 _PEER_KEYS = {"interface", "public_key", "name", "endpoint", "role", "rotation", "exchange", "sink"}
-_PATH_KEYS = {"identity", "psk_file", "qkd_link", "kme_ca", "sae_cert", "sae_key"}
-_STR_KEYS = {"kem", "backend", "qkd", "qkd_policy", "kme_url", "sae_id", "peer_sae_id"}
+_PATH_KEYS = {"identity", "psk_file", "qkd_link", "kme_ca", "sae_cert", "sae_key", "qkd_journal"}
+_STR_KEYS = {"kem", "backend", "qkd", "qkd_policy", "kme_url", "sae_id", "peer_sae_id", "name", "peer_name"}
 #: TOML names in [exchange]; ``pinned_peers`` is ExchangeSettings.peers (the peers' hybridkex id.pub files).
 EXCHANGE_TOML_KEYS = _PATH_KEYS | _STR_KEYS | {"pinned_peers", "kme_insecure_http", "timeout"}
 _ROLES = ("auto", "initiator", "responder")
@@ -85,6 +97,10 @@ class DaemonConfig:
     workers: int = 16
     """Threads for exchanges we initiate, and as many again for exchanges we answer."""
     source: Path | None = None
+    metrics: tuple[str, int] | None = None
+    """Where to serve Prometheus metrics (``/metrics``), or None."""
+    on_stop: str = "keep"
+    """``keep``: a clean stop leaves the keys installed (restarts do not cut tunnels); ``cut``: random keys."""
 
 
 def parse_endpoint(text: str, where: str) -> tuple[str, int]:
@@ -124,10 +140,15 @@ def _string(value: object, where: str) -> str:
     return value
 
 
-def rotation_policy(table: Mapping[str, Any], where: str, qkd_required: bool) -> RotationPolicy:
+def rotation_policy(table: Mapping[str, Any], where: str, qkd_required: bool, *,
+                    min_interval: float = MIN_INTERVAL) -> RotationPolicy:
     """Build the rotation policy from an (already merged) ``[rotation]`` table."""
     _check_keys(table, _ROTATION_KEYS, where)
     interval = _number(table.get("interval", DEFAULT_INTERVAL), f"{where}.interval", strict=True)
+    if interval < min_interval:
+        raise ConfigError(f"{where}.interval = {interval:g} s is too short: WireGuard retries a handshake only every "
+                          f"5 s, so each key needs at least {min_interval:g} s to be put to use; set interval >= "
+                          f"{min_interval:g}")
     jitter = _number(table.get("jitter", 0.1), f"{where}.jitter")
     retry_initial = _number(table.get("retry_initial", min(2.0, interval / 4)), f"{where}.retry_initial",
                             strict=True)
@@ -151,8 +172,12 @@ def rotation_policy(table: Mapping[str, Any], where: str, qkd_required: bool) ->
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def exchange_settings(table: Mapping[str, Any], where: str, base: Path) -> ExchangeSettings:
-    """Build :class:`ExchangeSettings` from a merged ``[exchange]`` table (paths relative to ``base``)."""
+def exchange_settings(table: Mapping[str, Any], where: str, base: Path, *,
+                      names: tuple[str, str] | None = None) -> ExchangeSettings:
+    """Build :class:`ExchangeSettings` from a merged ``[exchange]`` table (paths relative to ``base``).
+
+    ``names``: the default (name, peer_name) for PSK mode -- this interface's and the peer's
+    WireGuard public keys."""
     _check_keys(table, EXCHANGE_TOML_KEYS, where)
     values: dict[str, Any] = {}
     for key, value in table.items():
@@ -172,6 +197,13 @@ def exchange_settings(table: Mapping[str, Any], where: str, base: Path) -> Excha
             values[key] = value
         elif key == "timeout":
             values[key] = _number(value, f"{where}.timeout", strict=True)
+    psk_mode = "psk_file" in values or "psk_ratchet" in values
+    if psk_mode and names is not None:
+        values.setdefault("name", names[0])
+        values.setdefault("peer_name", names[1])
+    if psk_mode and values.get("name") == values.get("peer_name") and values.get("name") is not None:
+        raise ConfigError(f"{where}: name and peer_name are both {values['name']!r}; the two ends need distinct "
+                          "names (default: the two WireGuard public keys)")
     settings = ExchangeSettings(**values)
     try:
         settings.validate()
@@ -217,10 +249,16 @@ def _sinks(items: object, where: str, base: Path, wg: str) -> tuple[Sink, ...]:
 
 
 def parse_config(document: Mapping[str, Any], *, base: Path = Path("."), source: Path | None = None,
-                 public_key_of: Callable[[str, str], str] = interface_public_key) -> DaemonConfig:
+                 public_key_of: Callable[[str, str], str] = interface_public_key,
+                 min_interval: float = MIN_INTERVAL) -> DaemonConfig:
     """Validate a parsed TOML document.  ``public_key_of(interface, wg)`` reads an interface's key when the
-    configuration does not give it."""
+    configuration does not give it.  ``min_interval`` is for tests that run on a compressed time scale."""
     _check_keys(document, _TOP_KEYS, "configuration")
+    metrics = parse_endpoint(document["metrics"], "metrics") if "metrics" in document else None
+    on_stop = document.get("on_stop", "keep")
+    if on_stop not in ON_STOP:
+        raise ConfigError(f"on_stop must be \"keep\" (a clean stop leaves the keys installed) or \"cut\" "
+                          f"(it installs random keys), not {on_stop!r}")
     wg = _string(document.get("wg", "wg"), "wg")
     listen = parse_endpoint(document["listen"], "listen") if "listen" in document else None
     status_file = base / _string(document["status_file"], "status_file") if "status_file" in document else None
@@ -288,13 +326,60 @@ def parse_config(document: Mapping[str, Any], *, base: Path = Path("."), source:
             raise ConfigError(f"{where}: this side answers for this peer and needs listen = \"HOST:PORT\" at the top "
                               "of the configuration")
         merged_exchange = {**exchange_defaults, **_table(item.get("exchange", {}), f"{where}.exchange")}
-        settings = exchange_settings(merged_exchange, f"{where}.exchange", base)
+        settings = exchange_settings(merged_exchange, f"{where}.exchange", base,
+                                     names=(wg_key_text(local_public), wg_key_text(public)))
+        if not (settings.psk_file or settings.psk_ratchet) and len(settings.peers) != 1:
+            raise ConfigError(f"{where}.exchange: pinned_peers lists {len(settings.peers)} identities, but each "
+                              "WireGuard peer must be bound to exactly one (or any of them could rotate this "
+                              "peer's key); set pinned_peers = [\"its id.pub\"] in this peer's [peer.exchange]")
         merged_rotation = {**rotation_defaults, **_table(item.get("rotation", {}), f"{where}.rotation")}
-        policy = rotation_policy(merged_rotation, f"{where}.rotation", settings.effective_qkd_policy == "required")
+        policy = rotation_policy(merged_rotation, f"{where}.rotation", settings.effective_qkd_policy == "required",
+                                 min_interval=min_interval)
         sinks = _sinks(item["sink"], f"{where}.sink", base, wg) if "sink" in item else interface_sinks
         peers.append(PeerConfig(interface, local_public, public, name, Role.INITIATOR if initiates else Role.RESPONDER,
                                 endpoint, settings, policy, sinks))
-    return DaemonConfig(tuple(peers), listen, status_file, workers_raw, source)
+    return DaemonConfig(tuple(peers), listen, status_file, workers_raw, source, metrics, on_stop)
+
+
+def _file_digest(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return ""
+
+
+def peer_identities(peers: tuple[PeerConfig, ...]) -> dict[tuple[bytes, bytes], str]:
+    """The one hybridkex identity each WireGuard peer must authenticate as, checked after every exchange:
+    the pinned ML-DSA fingerprint (``SHA256:...``) or ``psk:`` + peer_name.
+
+    Raises ConfigError when two WireGuard peers share one credential (one pinned identity,
+    one PSK file or ratchet state, or two PSK files with the same content).
+    """
+    result: dict[tuple[bytes, bytes], str] = {}
+    owners: dict[str, str] = {}
+
+    def claim(credential: str, peer: PeerConfig, what: str) -> None:
+        other = owners.setdefault(credential, peer.ref.label)
+        if other != peer.ref.label:
+            raise ConfigError(f"peers {other} and {peer.ref.label} share one {what}; each WireGuard peer needs its "
+                              "own credential, or either partner could rotate the other's key")
+
+    for peer in peers:
+        s = peer.settings
+        if s.psk_file is not None or s.psk_ratchet is not None:
+            for path in (s.psk_file, s.psk_ratchet):
+                if path is not None:
+                    claim("path:" + str(path.resolve()), peer, f"key file ({path})")
+            if s.psk_file is not None and s.psk_ratchet is None:
+                digest = _file_digest(s.psk_file)
+                if digest:
+                    claim("psk:" + digest, peer, "pre-shared key (two files with the same content)")
+            result[peer.key] = "psk:" + (s.peer_name or "")
+        else:
+            fingerprint = load_public_identity(s.peers[0]).fingerprint
+            claim("id:" + fingerprint, peer, f"pinned identity ({fingerprint})")
+            result[peer.key] = fingerprint
+    return result
 
 
 def load_config(path: str | Path, *,

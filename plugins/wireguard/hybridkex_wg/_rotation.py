@@ -16,6 +16,21 @@ tampered or confused Request/Accept) fails the handshake instead of producing tw
 different PSKs.  Epochs only grow, so a restarted side (highest 0) resynchronises on the
 first exchange.
 
+Nothing in a Request or an Accept changes state before the epoch-bound handshake
+succeeds: both are unauthenticated, so the agreed epoch, the announced timing and the
+drop of an older pending key take effect only in :meth:`PeerRotation.derived`.  A remote
+highest epoch more than :data:`MAX_EPOCH_GAP` beyond the local one is refused, so a forged
+``2^64-2`` can neither overflow the counter nor poison the status file.  A responder holds
+no lock on a pair while a handshake runs: several may run at once (a stalled or reset
+stranger next to the real initiator), and the first to authenticate is the one that counts.
+The one exception is promotion: a Request whose proof (a MAC under the pending epoch's
+confirmation key) verifies is authentic, and installing a key the partner proved it holds
+is idempotent.
+
+Timing: each end announces its interval and deadline; after a successful handshake both
+use the stricter (shorter) of the two, so a change on one side cannot make the other side
+fail closed after every rotation.
+
 Who installs when ("keep the previous key until the new one is confirmed"):
 
 1. The handshake ends with hybridkex's key confirmation: the initiator finishes only after
@@ -29,7 +44,11 @@ if Commit is lost, until the next Request.  Every Request carries the initiator'
 installed epoch and a *proof* (a MAC under that epoch's confirmation key); a responder
 whose pending epoch matches promotes the pending key before anything else -- so the
 mismatch lasts at most one retry, even when that retry's handshake then fails (KME
-outage).  A Request that proves any other epoch drops the pending key for good.
+outage).  A pending key is replaced only by the next authenticated handshake.
+
+WireGuard mixes a pre-shared key only at its own handshakes, so installs that complete a
+rotation on both ends (the responder's install after Commit, a promotion, rollbacks) and
+random keys ask the sinks to force a new WireGuard handshake (``force_handshake``).
 
 If the initiator's sinks fail it reinstalls the previous key and sends no Commit; if the
 responder's sinks fail it reinstalls its previous key and answers Done(INSTALL_FAILED),
@@ -60,11 +79,18 @@ from ._wire import TAG_SIZE, Accept, AcceptStatus, Commit, Done, DoneStatus, Req
 
 __all__ = [
     "Role", "State", "FailurePolicy", "RotationPolicy", "EpochKey", "PeerRotation", "Install", "StartExchange",
-    "Stale", "Action", "PeerStatus", "RotationRefused", "derive_epoch_key",
+    "Stale", "Action", "PeerStatus", "RotationRefused", "derive_epoch_key", "MAX_EPOCH_GAP", "MAX_EPOCH",
+    "MIN_AGREED_INTERVAL",
 ]
 
 PSK_BYTES = 32
 _NO_PROOF = bytes(TAG_SIZE)
+#: A remote highest epoch further than this beyond ours is refused (no honest peer is 2^32 rotations ahead).
+MAX_EPOCH_GAP = 1 << 32
+#: Epochs stay far below the 64-bit field, so max(...) + 1 can never overflow it.
+MAX_EPOCH = 1 << 62
+#: A partner cannot talk this side's interval below this (unless this side's own interval is lower).
+MIN_AGREED_INTERVAL = 10.0
 
 
 class Role(StrEnum):
@@ -98,10 +124,13 @@ _TABLE: dict[tuple[Role, State, str], State] = {
     (_I, State.INSTALLING, "installed"): State.COMMITTING,
     (_I, State.INSTALLING, "install_failed"): State.IDLE,
     (_I, State.COMMITTING, "done"): State.IDLE,
-    (_R, State.IDLE, "request"): State.HANDSHAKING,
+    # A responder is IDLE while handshakes run (none of them has authenticated yet).
     (_R, State.IDLE, "request_promote"): State.PROMOTING,
-    (_R, State.PROMOTING, "promoted"): State.HANDSHAKING,
-    (_R, State.HANDSHAKING, "derived"): State.AWAIT_COMMIT,
+    (_R, State.AWAIT_COMMIT, "request_promote"): State.PROMOTING,
+    (_R, State.PROMOTING, "promoted"): State.IDLE,
+    (_R, State.IDLE, "derived"): State.AWAIT_COMMIT,
+    (_R, State.AWAIT_COMMIT, "derived"): State.AWAIT_COMMIT,  # a newer authenticated exchange supersedes
+    (_R, State.AWAIT_COMMIT, "abandon"): State.IDLE,
     (_R, State.AWAIT_COMMIT, "commit"): State.INSTALLING,
     (_R, State.INSTALLING, "installed"): State.IDLE,
     (_R, State.INSTALLING, "install_failed"): State.IDLE,
@@ -183,6 +212,8 @@ class Install:
     """``rotate`` (a new epoch), ``promote`` (a pending key the partner proved it installed),
     ``rollback`` (back to the previous key) or ``stale`` (a random key: fail closed)."""
     key: EpochKey | None = None
+    force_handshake: bool = False
+    """Both ends now hold this key (or it is a random key): make WireGuard handshake with it at once."""
 
 
 @dataclass(frozen=True)
@@ -200,6 +231,8 @@ class Stale:
     age: float
     policy: FailurePolicy
     install: Install | None
+    startup: bool = False
+    """Not a deadline: fail-closed start-up, no hybrid key yet."""
 
 
 Action = Install | StartExchange | Stale
@@ -224,10 +257,22 @@ class PeerStatus:
     last_error: str
     last_error_at: float | None
     rotations: int
+    interval: float
+    """The agreed (stricter) interval in use."""
+    deadline: float
+    """The agreed (stricter) deadline in use."""
+    established: float | None
+    """When the current key's handshake finished (the key's age counts from here)."""
+    installed_at: float | None
+    """When the current key went into the sinks (a WireGuard handshake after this used it)."""
 
 
 def _mac(key: bytes, label: bytes, *parts: bytes) -> bytes:
     return hmac.new(key, label + b"".join(parts), hashlib.sha256).digest()
+
+
+def _ms(seconds: float) -> int:
+    return max(0, min(int(round(seconds * 1000)), 0xFFFFFFFF))
 
 
 class PeerRotation:
@@ -235,7 +280,7 @@ class PeerRotation:
 
     def __init__(self, role: Role, local_public: bytes, peer_public: bytes, policy: RotationPolicy, *,
                  now: float, highest_epoch: int = 0, rng: Callable[[int], bytes] = os.urandom,
-                 uniform: Callable[[float, float], float] = random.uniform) -> None:
+                 uniform: Callable[[float, float], float] = random.uniform, cut_at_start: bool = False) -> None:
         self.role = role
         self.policy = policy
         self._initiator_public, self._responder_public = (
@@ -243,7 +288,7 @@ class PeerRotation:
         self._rng = rng
         self._uniform = uniform
         self.state = State.IDLE
-        self.highest_epoch = highest_epoch
+        self.highest_epoch = min(max(0, highest_epoch), MAX_EPOCH)
         #: the shared key in the sinks (None: nothing we derived, or a stale random key)
         self.current: EpochKey | None = None
         #: the shared key before ``current`` (for rollback)
@@ -251,6 +296,10 @@ class PeerRotation:
         #: responder: derived but not installed (waiting for Commit or a Request's proof)
         self.pending: EpochKey | None = None
         self._new: EpochKey | None = None  # the key of the exchange in flight
+        self._attempt_epoch = 0  # initiator: the epoch the Accept proposed (unauthenticated until derived)
+        self._attempt_timing: tuple[float, float] = (0.0, 0.0)
+        #: the partner's announced (interval, deadline), from its last authenticated exchange
+        self.remote_timing: tuple[float, float] | None = None
         self._fresh_since = now
         self._fresh_before_new = now  # restored when the partner could not install the new key
         self.stale = False
@@ -260,6 +309,7 @@ class PeerRotation:
         self.last_error = ""
         self.last_error_at: float | None = None
         self.last_rotation: float | None = None
+        self._cut_due = cut_at_start
         spread = min(policy.startup_spread, policy.interval * policy.jitter) if policy.jitter else 0.0
         self.next_due = now + (self._uniform(0.0, spread) if spread else 0.0)
 
@@ -275,9 +325,36 @@ class PeerRotation:
     def busy(self) -> bool:
         return self.state is not State.IDLE
 
+    # -- agreed timing --------------------------------------------------------------------
+    @property
+    def interval(self) -> float:
+        """The interval in use: the stricter of ours and the partner's (never pushed below 10 s by it)."""
+        if self.remote_timing is None:
+            return self.policy.interval
+        floor = min(self.policy.interval, MIN_AGREED_INTERVAL)
+        return max(floor, min(self.policy.interval, self.remote_timing[0]))
+
+    @property
+    def deadline(self) -> float:
+        """The deadline in use: the stricter of ours and the partner's, if it still exceeds the interval."""
+        if self.remote_timing is None:
+            return self.policy.deadline
+        remote = self.remote_timing[1]
+        if self.interval * (1 + self.policy.jitter) < remote < self.policy.deadline:
+            return remote
+        return self.policy.deadline
+
+    def announced(self) -> tuple[int, int]:
+        """(interval, deadline) in milliseconds, as this side announces them."""
+        return _ms(self.policy.interval), _ms(self.policy.deadline)
+
+    def _agree(self, timing: tuple[float, float]) -> None:
+        interval, deadline = timing
+        self.remote_timing = (interval, deadline) if interval > 0 and deadline > 0 else None
+
     @property
     def fresh_until(self) -> float:
-        return self._fresh_since + self.policy.deadline
+        return self._fresh_since + self.deadline
 
     def binding_keys(self) -> tuple[bytes, bytes]:
         """(initiator's, responder's) WireGuard public keys."""
@@ -294,7 +371,7 @@ class PeerRotation:
     def _may_reinstall(self, key: EpochKey, now: float) -> bool:
         """Whether an older shared key may go back into the sinks (rollback, promotion): only while it is
         fresh, unless the policy is to keep old keys working."""
-        return now < key.established + self.policy.deadline or self.policy.failure_policy is FailurePolicy.KEEP
+        return now < key.established + self.deadline or self.policy.failure_policy is FailurePolicy.KEEP
 
     def _installed_shared(self, key: EpochKey, now: float) -> None:
         if self.current is None or self.current.epoch != key.epoch:
@@ -310,17 +387,27 @@ class PeerRotation:
         delay = min(self.policy.retry_max, self.policy.retry_initial * 2 ** min(self.failures - 1, 30))
         self.next_due = now + delay * (1 + self._uniform(0.0, self.policy.jitter))
 
+    def _check_remote_epoch(self, remote: int) -> None:
+        if remote > self.highest_epoch + MAX_EPOCH_GAP or remote >= MAX_EPOCH:
+            raise RotationRefused(f"the peer announced epoch {remote}, more than 2^32 beyond this side's "
+                                  f"{self.highest_epoch}: a forged or confused message; nothing was changed")
+
     # -- time ---------------------------------------------------------------------------
     def poll(self, now: float) -> list[Action]:
         """What is due at ``now``: a stale report (and random key), and/or (initiator) an exchange."""
         actions: list[Action] = []
+        if self._cut_due:
+            self._cut_due = False
+            if self.current is None and self.policy.failure_policy is FailurePolicy.FAIL_CLOSED:
+                actions.append(Stale(0, 0.0, self.policy.failure_policy,
+                                     Install(self._rng(PSK_BYTES), 0, "stale", force_handshake=True), startup=True))
         if not self.stale and now >= self.fresh_until:
             self.stale = True
             age = now - self._fresh_since
             epoch = self.current.epoch if self.current else 0
             install = None
             if self.policy.failure_policy is FailurePolicy.FAIL_CLOSED:
-                install = Install(self._rng(PSK_BYTES), epoch, "stale")
+                install = Install(self._rng(PSK_BYTES), epoch, "stale", force_handshake=True)
                 # The shared keys are dead: never re-install them (nor prove them to the partner).
                 # A pending key from an exchange in flight is fresh and may still be committed.
                 self.current = self.previous = None
@@ -332,20 +419,33 @@ class PeerRotation:
 
     def next_wakeup(self) -> float:
         """The clock value at which :meth:`poll` may next have something to do."""
+        if self._cut_due:
+            return float("-inf")
         times = [] if self.stale else [self.fresh_until]
         if self.role is Role.INITIATOR and self.state is State.IDLE:
             times.append(self.next_due)
         return min(times) if times else float("inf")
 
     # -- both roles -------------------------------------------------------------------
-    def derived(self, key: EpochKey, now: float) -> Install | None:
-        """The handshake for the agreed epoch finished; ``key`` holds its exports."""
-        if self.state is State.HANDSHAKING and key.epoch != self.highest_epoch:
-            raise LocalProtocolError(f"derived a key for epoch {key.epoch}, but epoch {self.highest_epoch} was agreed")
-        self._go("derived")
+    def derived(self, key: EpochKey, now: float, timing: tuple[float, float] | None = None) -> Install | None:
+        """The handshake for the agreed epoch finished; ``key`` holds its exports.
+
+        This is the first point at which the partner is authenticated: only now do the
+        agreed epoch and the partner's announced ``timing`` (interval, deadline) take effect.
+        """
         if self.role is Role.INITIATOR:
+            if self.state is State.HANDSHAKING and key.epoch != self._attempt_epoch:
+                raise LocalProtocolError(f"derived a key for epoch {key.epoch}, but epoch {self._attempt_epoch} "
+                                         "was agreed")
+            self._go("derived")
+            self.highest_epoch = max(self.highest_epoch, key.epoch)
+            self._agree(self._attempt_timing)
             self._new = key
             return Install(key.psk, key.epoch, "rotate", key)
+        self._go("derived")
+        self.highest_epoch = max(self.highest_epoch, key.epoch)
+        if timing is not None:
+            self._agree(timing)
         self.pending = key
         return None
 
@@ -368,17 +468,27 @@ class PeerRotation:
         else:
             self.failures += 1
 
+    def abandon(self, key: EpochKey, now: float, error: str) -> None:
+        """Responder: the authenticated exchange that derived ``key`` ended without a Commit.  The key stays
+        pending (a later Request's proof may promote it); nothing happens if a newer exchange superseded it."""
+        if self.state is State.AWAIT_COMMIT and self.pending is key:
+            self._go("abandon")
+            self.failures += 1
+            self.last_error, self.last_error_at = error, now
+
     # -- initiator ----------------------------------------------------------------------
     def start(self, now: float) -> Request:
         """Begin an exchange: the Request to send."""
         self._go("start")
         proof_key = self.current
+        interval_ms, deadline_ms = self.announced()
         return Request(self._initiator_public, self._responder_public,
                        proof_key.epoch if proof_key else 0, self.highest_epoch,
-                       self._proof(proof_key) if proof_key else _NO_PROOF)
+                       self._proof(proof_key) if proof_key else _NO_PROOF, interval_ms, deadline_ms)
 
     def accepted(self, accept: Accept, now: float) -> int:
-        """The responder's Accept: returns the agreed epoch for the handshake context."""
+        """The responder's Accept: returns the agreed epoch for the handshake context (it takes effect only
+        when the handshake succeeds)."""
         if accept.status is not AcceptStatus.OK:
             reasons = {
                 AcceptStatus.UNKNOWN_PEER: "the peer does not know this (interface, peer) pair; add this side's "
@@ -386,11 +496,18 @@ class PeerRotation:
                 AcceptStatus.BUSY: "the peer is already rotating this pair; will retry",
                 AcceptStatus.ROLE_CONFLICT: "the peer is also configured to initiate for this pair; set role = "
                                             "\"responder\" on one side (or \"auto\" on both)",
+                AcceptStatus.EPOCH_REFUSED: "the peer refused this side's epoch as too far ahead of its own "
+                                            "(more than 2^32); reset the status file of one side",
             }
             raise RotationRefused(reasons.get(accept.status, f"the peer refused ({accept.status.name})"))
+        if self.state is not State.REQUESTING:
+            raise LocalProtocolError(f"rotation state machine: an Accept is not allowed for a {self.role.value} "
+                                     f"in state {self.state.value}")
+        self._check_remote_epoch(accept.highest_epoch)
         self._go("accept")
-        self.highest_epoch = max(self.highest_epoch, accept.highest_epoch) + 1
-        return self.highest_epoch
+        self._attempt_epoch = max(self.highest_epoch, accept.highest_epoch) + 1
+        self._attempt_timing = (accept.interval_ms / 1000, accept.deadline_ms / 1000)
+        return self._attempt_epoch
 
     def install_result(self, ok: bool, now: float, error: str = "") -> Commit | Install | None:
         """Initiator: the sinks took the new key (-> Commit to send) or failed (-> rollback, if any)."""
@@ -407,7 +524,7 @@ class PeerRotation:
         self.last_error, self.last_error_at = f"installing the new key failed: {error}", now
         self._backoff(now)
         if self.current is not None and self._may_reinstall(self.current, now):
-            return Install(self.current.psk, self.current.epoch, "rollback", self.current)
+            return Install(self.current.psk, self.current.epoch, "rollback", self.current, force_handshake=True)
         return None
 
     def done(self, message: Done, now: float) -> Install | None:
@@ -424,7 +541,7 @@ class PeerRotation:
             self.confirmed = True
             self.failures = 0
             self.last_error = ""
-            self.next_due = key.established + self.policy.interval * (
+            self.next_due = key.established + self.interval * (
                 1 + self._uniform(-self.policy.jitter, self.policy.jitter))
             return None
         # The responder kept its previous key: go back to ours so both ends match again.
@@ -435,32 +552,45 @@ class PeerRotation:
         self.confirmed = back is not None
         self._fresh_since = self._fresh_before_new
         # Without a fresh previous key there is nothing shared to go back to: the next exchange makes one.
-        return Install(back.psk, back.epoch, "rollback", back) if back is not None else None
+        return Install(back.psk, back.epoch, "rollback", back, force_handshake=True) if back is not None else None
 
     # -- responder ----------------------------------------------------------------------
+    def epoch_for(self, message: Request) -> int:
+        """Responder: the epoch a Request's exchange will use (nothing changes until it succeeds)."""
+        return max(self.highest_epoch, message.highest_epoch) + 1
+
+    def timing_of(self, message: Request) -> tuple[float, float]:
+        """The partner's announced (interval, deadline) in seconds (applied by :meth:`derived`)."""
+        return message.interval_ms / 1000, message.deadline_ms / 1000
+
     def request(self, message: Request, now: float) -> tuple[Accept, Install | None]:
         """Responder: a Request for this pair arrived.  Returns the Accept and maybe a promotion.
 
-        The Accept is sent after the promotion (if any) was installed and reported with
-        :meth:`promote_result`.
+        Nothing else changes: the Request is unauthenticated.  Only a proof that verifies
+        under the pending key's confirmation key (so it comes from the partner, which
+        installed that key) promotes the pending key.  The Accept is sent after the
+        promotion (if any) was installed and reported with :meth:`promote_result`.
         """
+        interval_ms, deadline_ms = self.announced()
         if self.role is not Role.RESPONDER:
             return Accept(AcceptStatus.ROLE_CONFLICT, 0), None
-        if self.state is not State.IDLE:
-            return Accept(AcceptStatus.BUSY, 0), None
         if (message.initiator_public, message.responder_public) != (self._initiator_public, self._responder_public):
             raise LocalProtocolError("a Request for another pair was dispatched to this peer")
-        remote_highest = message.highest_epoch
-        accept = Accept(AcceptStatus.OK, self.highest_epoch)
-        self.highest_epoch = max(self.highest_epoch, remote_highest) + 1
-        pending, self.pending = self.pending, None
+        try:
+            self._check_remote_epoch(message.highest_epoch)
+        except RotationRefused:
+            return Accept(AcceptStatus.EPOCH_REFUSED, 0), None
+        if self.state not in (State.IDLE, State.AWAIT_COMMIT):
+            return Accept(AcceptStatus.BUSY, 0), None
+        accept = Accept(AcceptStatus.OK, self.highest_epoch, interval_ms, deadline_ms)
+        pending = self.pending
         if (pending is not None and message.installed_epoch == pending.epoch
                 and hmac.compare_digest(self._proof(pending), message.proof) and self._may_reinstall(pending, now)):
             # The initiator installed this key but our Done/Commit got lost: install it now.
             self._go("request_promote")
+            self.pending = None
             self._new = pending
-            return accept, Install(pending.psk, pending.epoch, "promote", pending)
-        self._go("request")
+            return accept, Install(pending.psk, pending.epoch, "promote", pending, force_handshake=True)
         return accept, None
 
     def promote_result(self, ok: bool, now: float, error: str = "") -> None:
@@ -475,17 +605,21 @@ class PeerRotation:
         else:
             self.last_error, self.last_error_at = f"installing the promoted key failed: {error}", now
 
-    def commit(self, message: Commit, now: float) -> Install:
-        """Responder: the initiator installed the key and says so; install it too."""
-        key = self.pending
-        if self.state is not State.AWAIT_COMMIT or key is None:
+    def commit(self, message: Commit, now: float, key: EpochKey | None = None) -> Install:
+        """Responder: the initiator installed the key and says so; install it too.  ``key`` is the key this
+        connection derived (a newer authenticated exchange may have superseded it)."""
+        pending = self.pending
+        if self.state is not State.AWAIT_COMMIT or pending is None:
             raise LocalProtocolError("no key is waiting for a Commit")
-        if message.epoch != key.epoch or not hmac.compare_digest(self._tag(_labels.TAG_COMMIT, key), message.tag):
+        if key is not None and pending is not key:
+            raise RotationRefused("a newer exchange for this pair superseded this one; its key is not installed")
+        if message.epoch != pending.epoch or not hmac.compare_digest(self._tag(_labels.TAG_COMMIT, pending),
+                                                                     message.tag):
             raise RotationRefused("the peer's Commit does not match this epoch's key (tampered or confused peer); "
                                   "keeping the previous key")
         self._go("commit")
-        self._new = key
-        return Install(key.psk, key.epoch, "rotate", key)
+        self._new = pending
+        return Install(pending.psk, pending.epoch, "rotate", pending, force_handshake=True)
 
     def commit_result(self, ok: bool, now: float, error: str = "") -> tuple[Done, Install | None]:
         """Responder: the sinks took the key (Done INSTALLED) or not (rollback, Done INSTALL_FAILED)."""
@@ -506,7 +640,8 @@ class PeerRotation:
             self.failures += 1
             self.last_error, self.last_error_at = f"installing the new key failed: {error}", now
             status = DoneStatus.INSTALL_FAILED
-            rollback = (Install(self.current.psk, self.current.epoch, "rollback", self.current)
+            rollback = (Install(self.current.psk, self.current.epoch, "rollback", self.current,
+                                force_handshake=True)
                         if self.current is not None and self._may_reinstall(self.current, now) else None)
         return Done(status, key.epoch, self._tag(_labels.TAG_DONE, key, bytes([status]))), rollback
 
@@ -515,11 +650,11 @@ class PeerRotation:
         """A reload changed the timing or failure policy: keep keys and epochs, reschedule."""
         if policy == self.policy:
             return
-        old = self.policy
+        old_interval = self.interval
         self.policy = policy
         if self.role is Role.INITIATOR and self.confirmed and self.current is not None and \
-                policy.interval != old.interval:
-            self.next_due = min(self.next_due, self.current.established + policy.interval)
+                self.interval != old_interval:
+            self.next_due = min(self.next_due, self.current.established + self.interval)
 
     def status(self) -> PeerStatus:
         key = self.current
@@ -529,4 +664,6 @@ class PeerRotation:
             fingerprint=key.fingerprint if key else "",
             next_due=self.next_due if self.role is Role.INITIATOR else None,
             fresh_until=self.fresh_until, stale=self.stale, confirmed=self.confirmed, failures=self.failures,
-            last_error=self.last_error, last_error_at=self.last_error_at, rotations=self.rotations)
+            last_error=self.last_error, last_error_at=self.last_error_at, rotations=self.rotations,
+            interval=self.interval, deadline=self.deadline, established=key.established if key else None,
+            installed_at=self.last_rotation if key else None)

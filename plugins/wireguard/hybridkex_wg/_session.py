@@ -7,13 +7,20 @@ lock is held around each state-machine call together with the sink calls it asks
 so a stale timer and an exchange never interleave their installs; it is never held
 during network I/O.  Every failure is caught here, recorded on that peer only, and
 logged as one line.
+
+On the answering side nothing a connection sends changes the peer's state before its
+handshake has authenticated the partner *as the identity this WireGuard peer is bound to*:
+failures before that point (garbage, stalls, resets, strangers, another pinned partner)
+are only counted and logged through a rate limiter, so a flood costs a few log lines.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hmac
 import logging
+import os
 import socket
 import sys
 import threading
@@ -22,10 +29,15 @@ from collections.abc import Callable, Iterator
 from typing import TextIO
 
 from hybridkex import (
+    DoSGuard,
     ExchangeSettings,
     HandshakeConfig,
+    HandshakeResult,
     HybridKexError,
     LocalProtocolError,
+    QKDKeySource,
+    QKDPolicyError,
+    UnknownPeerError,
     connect,
     exchange_over_socket,
 )
@@ -44,13 +56,67 @@ from ._rotation import (
 )
 from ._wire import Accept, AcceptStatus, Commit, Done, DoneStatus, Request, read_message, send_message
 
-__all__ = ["PeerRuntime", "Reporter", "SocketSet", "run_initiator", "serve_connection", "install", "handle_stale"]
+__all__ = ["PeerRuntime", "Reporter", "SocketSet", "run_initiator", "serve_connection", "install", "handle_stale",
+           "RateLimiter", "Counters", "REQUEST_TIMEOUT", "rotator_guard"]
 
 log = logging.getLogger("hybridkex_wg")
 
 _EVENTS = {"rotate": "set", "promote": "set", "rollback": "rollback", "stale": "stale"}
-#: Seconds a responder waits for the Request after accepting a connection.
-REQUEST_TIMEOUT = 10.0
+#: Seconds a responder waits for the Request after accepting a connection (before any authentication).
+REQUEST_TIMEOUT = 2.0
+#: Seconds between two log lines about the same unauthenticated trouble (per cause and source).
+LOG_PERIOD = 30.0
+
+
+class RateLimiter:
+    """At most one log line per key and period; the next line says how many were suppressed."""
+
+    def __init__(self, period: float = LOG_PERIOD, clock: Callable[[], float] = time.monotonic) -> None:
+        self.period = period
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: dict[object, tuple[float, int]] = {}
+        self.suppressed_total = 0
+
+    def allow(self, key: object) -> tuple[bool, int]:
+        """(log now?, lines suppressed since the last one for ``key``)."""
+        now = self._clock()
+        with self._lock:
+            last, suppressed = self._last.get(key, (float("-inf"), 0))
+            if now - last >= self.period:
+                if len(self._last) > 4096:  # bounded memory under a flood of distinct keys
+                    self._last.clear()
+                self._last[key] = (now, 0)
+                return True, suppressed
+            self._last[key] = (last, suppressed + 1)
+            self.suppressed_total += 1
+            return False, 0
+
+    def log(self, level: int, key: object, message: str, *args: object) -> None:
+        ok, suppressed = self.allow(key)
+        if ok:
+            log.log(level, message + (f" ({suppressed} similar suppressed)" if suppressed else ""), *args)
+
+
+class Counters:
+    """Thread-safe event counters for the metrics endpoint (no secrets, no per-source labels)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.values: dict[tuple[str, str], int] = {}
+
+    def add(self, name: str, label: str = "", n: int = 1) -> None:
+        with self._lock:
+            self.values[(name, label)] = self.values.get((name, label), 0) + n
+
+    def snapshot(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            return dict(self.values)
+
+
+#: Process-wide: pre-authentication trouble is logged through this limiter and counted here.
+LIMITER = RateLimiter()
+COUNTERS = Counters()
 
 
 class Reporter:
@@ -61,6 +127,7 @@ class Reporter:
         self._lock = threading.Lock()
 
     def line(self, kind: str, **fields: object) -> None:
+        fields.setdefault("time", f"{time.time():.3f}")
         text = kind + "".join(f" {k}={v}" for k, v in fields.items())
         with self._lock:
             stream = self._stream or sys.stdout
@@ -102,13 +169,20 @@ class SocketSet:
 class PeerRuntime:
     """A configured peer with its rotation state, lock and prepared handshake configuration."""
 
-    def __init__(self, config: PeerConfig, state: PeerRotation, handshake: HandshakeConfig) -> None:
+    def __init__(self, config: PeerConfig, state: PeerRotation, handshake: HandshakeConfig,
+                 expected_identity: str = "") -> None:
         self.config = config
         self.state = state
         self.handshake = handshake
         """Credentials loaded and backend chosen once; each exchange only sets its context."""
+        self.expected_identity = expected_identity
+        """The one hybridkex identity the partner must authenticate as (``SHA256:...`` or ``psk:NAME``)."""
         self.lock = threading.Lock()
         self.removed = False
+        self.qkd_note = ""
+        """Why the last exchange had no QKD key (empty when it had one)."""
+        self.wake_at = float("-inf")
+        """The scheduler's cache of ``state.next_wakeup()``; -inf: poll at the next tick."""
 
     @property
     def label(self) -> str:
@@ -125,12 +199,17 @@ def handshake_for(settings: ExchangeSettings, cache: dict[ExchangeSettings, Hand
 
 
 def build_runtime(config: PeerConfig, *, now: float, highest_epoch: int = 0,
-                  handshakes: dict[ExchangeSettings, HandshakeConfig] | None = None) -> PeerRuntime:
+                  handshakes: dict[ExchangeSettings, HandshakeConfig] | None = None,
+                  expected_identity: str | None = None, cut_at_start: bool = False) -> PeerRuntime:
     """Load the peer's credentials (once per distinct settings) and make its state machine."""
+    from ._config import peer_identities
+
     handshake = handshake_for(config.settings, handshakes if handshakes is not None else {})
+    if expected_identity is None:
+        expected_identity = peer_identities((config,))[config.key]
     state = PeerRotation(config.role, config.local_public, config.public_key, config.policy, now=now,
-                         highest_epoch=highest_epoch)
-    return PeerRuntime(config, state, handshake)
+                         highest_epoch=highest_epoch, cut_at_start=cut_at_start)
+    return PeerRuntime(config, state, handshake, expected_identity)
 
 
 def _error_text(exc: BaseException) -> str:
@@ -141,9 +220,10 @@ def _error_text(exc: BaseException) -> str:
 def install(rt: PeerRuntime, action: Install, reporter: Reporter) -> tuple[bool, str]:
     """Run every sink of the peer for ``action`` (the caller holds ``rt.lock``).  Stops at the first failure."""
     event = _EVENTS[action.reason]
+    extra = {"force_handshake": True} if action.force_handshake else {}
     for sink in rt.config.sinks:
         try:
-            sink.set_psk(rt.config.ref, action.psk, action.epoch, event=event)
+            sink.set_psk(rt.config.ref, action.psk, action.epoch, event=event, **extra)
         except HybridKexError as exc:
             log.error("%s: %s", rt.label, _error_text(exc))
             return False, str(exc)
@@ -169,16 +249,105 @@ def handle_stale(rt: PeerRuntime, stale: Stale, reporter: Reporter) -> None:
     if stale.install is not None:
         ok, _ = install(rt, stale.install, reporter)
         action = "random-key" if ok else "random-key-failed"
+    if stale.startup:
+        reporter.line("psk-cut", interface=ref.interface, peer=ref.public_key_text, name=ref.name or "-",
+                      reason="startup", action=action)
+        if action == "random-key":  # the daemon logs one line for all of them
+            log.debug("%s: fail-closed start-up: installed a random key until the first rotation succeeds", rt.label)
+        else:
+            log.error("%s: fail-closed start-up: installing a random key FAILED", rt.label)
+        return
     reporter.line("psk-stale", interface=ref.interface, peer=ref.public_key_text, name=ref.name or "-",
                   epoch=stale.epoch, age=f"{stale.age:.0f}", policy=stale.policy.value, action=action)
-    log.warning("%s: no fresh key for %.0f s (deadline %g s): %s", rt.label, stale.age, rt.state.policy.deadline,
+    log.warning("%s: no fresh key for %.0f s (deadline %g s): %s", rt.label, stale.age, rt.state.deadline,
                 "installed a random key, the tunnel is cut until an exchange succeeds"
                 if action == "random-key" else "keeping the old key" if action == "kept"
                 else "installing the random key FAILED")
 
 
-def _exchange(rt: PeerRuntime, sock: socket.socket, role: Role, epoch: int, clock: Callable[[], float]) -> EpochKey:
-    """Run the hybridkex handshake for ``epoch`` and export the epoch's keys."""
+#: Simulated-link sources shared by every peer on one link file (and key_ID journal), reopened when the link
+#: file changes.  Opening one per exchange costs a read of the whole key_ID journal each time (the core's
+#: journal object starts from offset 0), which makes N rotations cost O(N^2).
+_SHARED_SOURCES: dict[tuple[object, ...], tuple[tuple[object, ...], QKDKeySource | None]] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def _file_state(path: object) -> tuple[object, ...]:
+    try:
+        st = os.stat(str(path))
+    except OSError as exc:
+        return ("missing", exc.errno)
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode)
+
+
+def _qkd_source_for(rt: PeerRuntime) -> tuple[QKDKeySource | None, bool]:
+    """(source, whether the caller closes it after the exchange)."""
+    settings = rt.config.settings
+    if settings.qkd != "sim" or settings.qkd_link is None:
+        return _open_qkd(rt), True
+    key = (settings.qkd_link, getattr(settings, "qkd_journal", None), settings.effective_qkd_policy)
+    state = _file_state(settings.qkd_link)
+    with _SHARED_LOCK:
+        cached = _SHARED_SOURCES.get(key)
+        if cached is not None and cached[0] == state:
+            if cached[1] is None:  # preferred, and the link could not be opened: say so again (rate-limited)
+                return _open_qkd(rt), True
+            return cached[1], False
+        source = _open_qkd(rt)
+        _SHARED_SOURCES[key] = (state, source)
+        # An older source for this link is left to the garbage collector: another exchange may still use it.
+        return source, False
+
+
+def _open_qkd(rt: PeerRuntime) -> QKDKeySource | None:
+    """The QKD source for one exchange.  ``preferred`` goes on without one when it cannot be opened (link file
+    missing or unreadable, KME unreachable), with a warning; ``required`` fails: no key without QKD."""
+    settings = rt.config.settings
+    try:
+        return settings.open_qkd_source()
+    except (HybridKexError, OSError) as exc:
+        cause = _error_text(exc)
+        if settings.effective_qkd_policy == "preferred":
+            rt.qkd_note = f"QKD source cannot be opened: {cause}"
+            LIMITER.log(logging.WARNING, ("qkd-open", rt.config.key),
+                        "%s: the QKD source cannot be opened (%s); qkd_policy is preferred, so this rotation uses "
+                        "ML-KEM + X25519 only -- fix the QKD source", rt.label, cause)
+            return None
+        raise QKDPolicyError(f"the QKD source cannot be opened ({cause}) and qkd_policy is required: no key is "
+                             "installed without QKD; fix the QKD source") from None
+
+
+def check_identity(rt: PeerRuntime, result: HandshakeResult) -> None:
+    """The partner must have authenticated as the one identity this WireGuard peer is bound to (constant time)."""
+    expected = rt.expected_identity
+    actual = result.peer.fingerprint
+    ok = hmac.compare_digest(actual.encode(), expected.encode())
+    if not ok and expected.startswith("psk:") and result.peer.auth == "psk" and result.peer.psk_id is not None:
+        # A core without name binding names a PSK partner by its key's identifier; the key file is this
+        # peer's own (shared files are refused at load), so holding it identifies the partner.
+        ok = hmac.compare_digest(actual.encode(), ("psk:" + result.peer.psk_id.hex()).encode())
+    if not ok:
+        raise UnknownPeerError(f"the partner authenticated as {actual}, but WireGuard peer {rt.label} is bound to "
+                               f"{expected}; refusing to rotate this peer's key (another pinned partner, or a wrong "
+                               "pinned_peers entry)")
+
+
+def rotator_guard(peers: int) -> DoSGuard:
+    """The core's responder guard (replay cache, cookies, per-source rate) sized for a rotator.
+
+    A rotation reaches the handshake only after its Request named a configured pair, and
+    all of a hub's peers may be due at once (start-up) from one address; the core's default
+    (load above 32 handshakes a second, then 10 a second per source) would throttle such a
+    hub to minutes.  So the load threshold and the per-source budget scale with the number
+    of configured peers; replays and cookie checks beyond that stay as the core does them.
+    """
+    return DoSGuard(load_threshold=max(32, 2 * peers), source_rate=max(10.0, peers / 2),
+                    source_burst=max(20, 2 * peers))
+
+
+def _exchange(rt: PeerRuntime, sock: socket.socket, role: Role, epoch: int, clock: Callable[[], float],
+              guard: DoSGuard | None = None) -> EpochKey:
+    """Run the hybridkex handshake for ``epoch``, check who the partner is, and export the epoch's keys."""
     initiator_public, responder_public = rt.state.binding_keys()
     settings = rt.config.settings
     context = _labels.exchange_context(initiator_public, responder_public, epoch)
@@ -186,14 +355,21 @@ def _exchange(rt: PeerRuntime, sock: socket.socket, role: Role, epoch: int, cloc
     if settings.psk_ratchet is not None:
         # The ratchet's keys change with every exchange: read them now, not from the cached config.
         config = dataclasses.replace(config, authenticator=settings.authenticator())
-    source = settings.open_qkd_source()
+    rt.qkd_note = ""
+    source, close = _qkd_source_for(rt)
     try:
         result = exchange_over_socket(sock, "initiator" if role is Role.INITIATOR else "responder", config,
-                                      qkd_source=source)
+                                      qkd_source=source, guard=guard)
     finally:
-        if source is not None:
+        if source is not None and close:
             source.close()
+    check_identity(rt, result)
     settings.after_success(result)  # both sides confirmed the session: advance the authentication ratchet
+    if result.qkd.status == "unavailable":
+        rt.qkd_note = result.qkd.reason or rt.qkd_note or "no QKD key"
+        LIMITER.log(logging.WARNING, ("qkd-unavailable", rt.config.key),
+                    "%s: no QKD key for this rotation (%s); qkd_policy is preferred, so the key is ML-KEM + X25519 "
+                    "only", rt.label, rt.qkd_note)
     return derive_epoch_key(result.export, initiator_public, responder_public, epoch, clock(), result.qkd.status)
 
 
@@ -269,22 +445,31 @@ def run_initiator(rt: PeerRuntime, request: Request, reporter: Reporter, sockets
 
 def serve_connection(sock: socket.socket, lookup: Callable[[bytes, bytes], PeerRuntime | None],
                      reporter: Reporter, *, clock: Callable[[], float] = time.monotonic,
-                     peer_address: str = "?", raise_errors: bool = False) -> PeerRuntime | None:
-    """Answer one incoming rotation on an accepted socket.  Returns the peer it was for.
+                     peer_address: str = "?", raise_errors: bool = False,
+                     request: Request | None = None, guard: DoSGuard | None = None) -> PeerRuntime | None:
+    """Answer one incoming rotation on an accepted socket (``request``: already read).  Returns the peer it
+    was for.
 
-    Failures are recorded on the peer and logged; with ``raise_errors`` (one-shot use)
-    errors during an accepted rotation are raised afterwards too.
+    Failures after authentication are recorded on the peer and logged; failures before it
+    only counted and logged (rate-limited).  With ``raise_errors`` (one-shot use) errors
+    are raised afterwards too.
     """
+    source = peer_address.rsplit(":", 1)[0]
     rt: PeerRuntime | None = None
+    key: EpochKey | None = None
     try:
-        request = read_message(sock, time.monotonic() + REQUEST_TIMEOUT, Request, "Request")
-        assert isinstance(request, Request)
+        if request is None:
+            message = read_message(sock, time.monotonic() + REQUEST_TIMEOUT, Request, "Request")
+            assert isinstance(message, Request)
+            request = message
         rt = lookup(request.responder_public, request.initiator_public)
         if rt is None:
+            COUNTERS.add("rejected", "unknown-pair")
             send_message(sock, Accept(AcceptStatus.UNKNOWN_PEER, 0), time.monotonic() + 2.0)
-            log.error("rotation request from %s for unknown pair (peer %s, local key %s); add the peer to the "
-                      "configuration", peer_address, wg_key_text(request.initiator_public),
-                      wg_key_text(request.responder_public))
+            LIMITER.log(logging.ERROR, ("unknown", request.initiator_public, request.responder_public),
+                        "rotation request from %s for unknown pair (peer %s, local key %s); add the peer to the "
+                        "configuration", peer_address, wg_key_text(request.initiator_public),
+                        wg_key_text(request.responder_public))
             return None
         deadline = time.monotonic() + rt.config.settings.timeout
         with rt.lock:
@@ -292,41 +477,50 @@ def serve_connection(sock: socket.socket, lookup: Callable[[bytes, bytes], PeerR
             if promote is not None:
                 ok, error = install(rt, promote, reporter)
                 rt.state.promote_result(ok, clock(), error)
-            epoch = rt.state.highest_epoch
+            epoch = rt.state.epoch_for(request)
+            timing = rt.state.timing_of(request)
         send_message(sock, accept, deadline)
         if accept.status is not AcceptStatus.OK:
-            log.warning("%s: refused a rotation request from %s (%s)", rt.label, peer_address,
+            COUNTERS.add("rejected", accept.status.name.lower())
+            LIMITER.log(logging.WARNING, ("refused", rt.config.key, accept.status),
+                        "%s: refused a rotation request from %s (%s)", rt.label, peer_address,
                         accept.status.name.lower().replace("_", " "))
             return rt
-        try:
-            key = _exchange(rt, sock, Role.RESPONDER, epoch, clock)
-            with rt.lock:
-                rt.state.derived(key, clock())
-            commit = read_message(sock, deadline, Commit, "Commit")
-            assert isinstance(commit, Commit)
-            with rt.lock:
-                if rt.removed:
-                    raise LocalProtocolError("the peer was removed from the configuration")
-                action = rt.state.commit(commit, clock())
-                ok, error = install(rt, action, reporter)
-                done, rollback = rt.state.commit_result(ok, clock(), error)
-                if rollback is not None:
-                    install(rt, rollback, reporter)
-            send_message(sock, done, deadline)
-            if done.status is not DoneStatus.INSTALLED:
-                raise RotationRefused(f"could not install the new key: {error}")
-        except HybridKexError as exc:
-            _fail(rt, exc, clock, "answering a rotation", quiet=raise_errors)
-            if raise_errors:
-                raise
-        except Exception as exc:
-            log.exception("%s: answering a rotation crashed", rt.label)
-            _fail(rt, exc, clock, "answering a rotation", quiet=True)
-            if raise_errors:
-                raise
+        key = _exchange(rt, sock, Role.RESPONDER, epoch, clock, guard)
+        # Authenticated as this peer's partner: from here on, failures are the peer's.
+        with rt.lock:
+            rt.state.derived(key, clock(), timing)
+        commit = read_message(sock, deadline, Commit, "Commit")
+        assert isinstance(commit, Commit)
+        with rt.lock:
+            if rt.removed:
+                raise LocalProtocolError("the peer was removed from the configuration")
+            action = rt.state.commit(commit, clock(), key)
+            ok, error = install(rt, action, reporter)
+            done, rollback = rt.state.commit_result(ok, clock(), error)
+            if rollback is not None:
+                install(rt, rollback, reporter)
+        send_message(sock, done, deadline)
+        if done.status is not DoneStatus.INSTALLED:
+            raise RotationRefused(f"could not install the new key: {error}")
     except HybridKexError as exc:
-        log.error("rotation request from %s%s rejected: %s", peer_address, f" ({rt.label})" if rt else "",
-                  _error_text(exc))
+        if rt is not None and key is not None:
+            with rt.lock:
+                rt.state.abandon(key, clock(), _error_text(exc))
+            if not raise_errors:
+                log.error("%s: answering a rotation failed: %s", rt.label, _error_text(exc))
+        else:
+            COUNTERS.add("rejected", "before-authentication")
+            LIMITER.log(logging.ERROR, ("preauth", source, type(exc).__name__),
+                        "rotation request from %s%s rejected before authentication: %s", peer_address,
+                        f" ({rt.label})" if rt else "", _error_text(exc))
+        if raise_errors:
+            raise
     except Exception:
+        if rt is not None and key is not None:
+            with rt.lock:
+                rt.state.abandon(key, clock(), "internal error")
         log.exception("rotation request from %s crashed", peer_address)
+        if raise_errors:
+            raise
     return rt

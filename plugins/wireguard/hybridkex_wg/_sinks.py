@@ -2,6 +2,10 @@
 
 * :class:`WgSink` runs ``wg set IF peer PUB preshared-key /dev/stdin`` with the key in
   base64 on the child's stdin -- never on a command line (visible in ``ps``) or on disk.
+  To make WireGuard use a key at once (it mixes the PSK only at its own handshakes, every
+  120 s while traffic flows), it removes and re-adds the peer with its full configuration
+  in one ``wg set`` call, with a persistent keepalive so that wireguard-go starts the new
+  handshake immediately (then restores the keepalive setting).
 * :class:`FileSink` replaces one key file per peer atomically, mode 0600.
 * :class:`CommandSink` runs an operator's hook with the key on stdin and the metadata in
   ``HKWG_*`` environment variables (e.g. a tiny privileged helper, or another VPN).
@@ -16,6 +20,7 @@ import base64
 import os
 import string
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +36,7 @@ __all__ = ["Sink", "SinkError", "WgSink", "FileSink", "CommandSink", "FILE_FORMA
 FILE_FORMATS = ("base64", "hex", "raw")
 SINK_TYPES = ("wg", "file", "command")
 _TEMPLATE_FIELDS = frozenset({"interface", "peer", "name"})
-_COMMAND_FIELDS = frozenset({"interface", "peer", "name", "epoch", "event"})
+_COMMAND_FIELDS = frozenset({"interface", "peer", "name", "epoch", "event", "force"})
 _MAX_OUTPUT = 300
 
 
@@ -42,8 +47,10 @@ class SinkError(HybridKexError):
 class Sink(Protocol):
     """Takes a peer's new pre-shared key."""
 
-    def set_psk(self, peer: PeerRef, key: bytes, epoch: int, *, event: str = "set") -> None:
-        """Install ``key`` for ``peer``.  ``event`` is ``set``, ``rollback`` or ``stale`` (a random key)."""
+    def set_psk(self, peer: PeerRef, key: bytes, epoch: int, *, event: str = "set",
+                force_handshake: bool = False) -> None:
+        """Install ``key`` for ``peer``.  ``event`` is ``set``, ``rollback`` or ``stale`` (a random key);
+        ``force_handshake``: make the consumer start using it now (where it can)."""
 
 
 def scrub(text: str, key: bytes) -> str:
@@ -104,17 +111,85 @@ class WgSink:
     require_peer: bool = True
     """Refuse peers WireGuard does not have instead of creating them."""
 
-    def set_psk(self, peer: PeerRef, key: bytes, epoch: int, *, event: str = "set") -> None:
+    def _show(self, peer: PeerRef, what: str) -> dict[str, str]:
+        try:
+            out = run_wg(self.wg, ["show", peer.interface, what], self.timeout)
+        except SinkError as exc:
+            raise SinkError(f"wg sink ({peer.label}): {exc}") from None
+        table: dict[str, str] = {}
+        for line in out.splitlines():
+            public, _, value = line.partition("\t")
+            table[public.strip()] = value.strip()
+        return table
+
+    def set_psk(self, peer: PeerRef, key: bytes, epoch: int, *, event: str = "set",
+                force_handshake: bool = False) -> None:
+        pub = peer.public_key_text
+        what = f"wg sink ({peer.label})"
+        if force_handshake:
+            endpoints = self._show(peer, "endpoints")
+            if pub not in endpoints:
+                raise SinkError(f"{what}: {pub} is not a peer of interface {peer.interface}; add it to WireGuard "
+                                "first")
+            allowed = self._show(peer, "allowed-ips").get(pub, "").split()
+            keepalive = self._show(peer, "persistent-keepalive").get(pub, "off")
+            argv = [self.wg, "set", peer.interface, "peer", pub, "remove", "peer", pub, "preshared-key", "/dev/stdin",
+                    "allowed-ips", ",".join(a for a in allowed if a != "(none)")]
+            endpoint = endpoints[pub]
+            if endpoint and endpoint != "(none)":
+                argv += ["endpoint", endpoint]
+            # A keepalive set on a new peer makes wireguard-go send one at once: that starts the handshake.
+            argv += ["persistent-keepalive", keepalive if keepalive.isdigit() else "25"]
+            _run(argv, base64.b64encode(key) + b"\n", self.timeout, what, key)
+            # The re-added peer reports 0 until its first handshake.  If none shows up soon (a keepalive lost
+            # to a race), kick once more: a keepalive interval set from "off" sends one at once.  A random key
+            # (event "stale") is meant to make the handshake fail: nothing to wait for.
+            for attempt in range(2 if event != "stale" else 0):
+                if self._wait_handshake(peer, 1.5):
+                    break
+                if attempt == 0:
+                    run_wg(self.wg, ["set", peer.interface, "peer", pub, "persistent-keepalive", "off"], self.timeout)
+                    run_wg(self.wg, ["set", peer.interface, "peer", pub, "persistent-keepalive", "25"], self.timeout)
+            if not keepalive.isdigit():
+                run_wg(self.wg, ["set", peer.interface, "peer", pub, "persistent-keepalive", "off"], self.timeout)
+            elif keepalive != "25":
+                run_wg(self.wg, ["set", peer.interface, "peer", pub, "persistent-keepalive", keepalive], self.timeout)
+            return
         if self.require_peer:
-            try:
-                listed = run_wg(self.wg, ["show", peer.interface, "peers"], self.timeout).split()
-            except SinkError as exc:
-                raise SinkError(f"wg sink ({peer.label}): {exc}") from None
-            if peer.public_key_text not in listed:
-                raise SinkError(f"wg sink ({peer.label}): {peer.public_key_text} is not a peer of interface "
+            if pub not in self._show(peer, "peers"):
+                raise SinkError(f"{what}: {pub} is not a peer of interface "
                                 f"{peer.interface}; add it to WireGuard first (or set require_peer = false)")
-        _run([self.wg, "set", peer.interface, "peer", peer.public_key_text, "preshared-key", "/dev/stdin"],
-             base64.b64encode(key) + b"\n", self.timeout, f"wg sink ({peer.label})", key)
+        _run([self.wg, "set", peer.interface, "peer", pub, "preshared-key", "/dev/stdin"],
+             base64.b64encode(key) + b"\n", self.timeout, what, key)
+
+    def _wait_handshake(self, peer: PeerRef, seconds: float) -> bool:
+        """Whether WireGuard completed a handshake with the (re-added) peer within ``seconds``."""
+        give_up = time.monotonic() + seconds
+        while True:
+            if self.latest_handshakes(peer.interface).get(peer.public_key_text, 0) > 0:
+                return True
+            if time.monotonic() >= give_up:
+                return False
+            time.sleep(0.05)
+
+    def installed_fingerprint(self, peer: PeerRef) -> str:
+        """The fingerprint of the PSK WireGuard holds for ``peer`` ("" for none); the key never leaves here."""
+        value = self._show(peer, "preshared-keys").get(peer.public_key_text, "")
+        try:
+            key = base64.b64decode(value, validate=True)
+        except ValueError:
+            return ""
+        return key_fingerprint(key) if len(key) == 32 else ""
+
+    def latest_handshakes(self, interface: str) -> dict[str, int]:
+        """``wg show IF latest-handshakes``: peer (base64) -> Unix time of its last handshake (0: never)."""
+        out = run_wg(self.wg, ["show", interface, "latest-handshakes"], self.timeout)
+        result: dict[str, int] = {}
+        for line in out.splitlines():
+            public, _, value = line.partition("\t")
+            if value.strip().isdigit():
+                result[public.strip()] = int(value.strip())
+        return result
 
 
 def check_template(template: str, allowed: frozenset[str] = _TEMPLATE_FIELDS, what: str = "file sink path") -> None:
@@ -148,7 +223,8 @@ class FileSink:
         return Path(self.path.format(interface=peer.interface, peer=peer.file_safe_key,
                                      name=peer.name or peer.file_safe_key))
 
-    def set_psk(self, peer: PeerRef, key: bytes, epoch: int, *, event: str = "set") -> None:
+    def set_psk(self, peer: PeerRef, key: bytes, epoch: int, *, event: str = "set",
+                force_handshake: bool = False) -> None:
         target = self.path_for(peer)
         try:
             target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -161,10 +237,11 @@ class FileSink:
 class CommandSink:
     """Runs ``argv`` with the key (base64 and a newline) on stdin and the metadata in the environment:
     ``HKWG_INTERFACE``, ``HKWG_PEER`` (base64 public key), ``HKWG_PEER_NAME``, ``HKWG_EPOCH``,
-    ``HKWG_EVENT`` (set|rollback|stale) and ``HKWG_FINGERPRINT``.
+    ``HKWG_EVENT`` (set|rollback|stale), ``HKWG_FINGERPRINT`` and ``HKWG_FORCE_HANDSHAKE`` (1 when both
+    ends now hold the key and the consumer should start using it at once).
 
     Arguments may name the public values too -- {interface}, {peer} (base64 public key),
-    {name}, {epoch}, {event} -- e.g. for ``sudo``, which drops the environment.
+    {name}, {epoch}, {event}, {force} (1 or 0) -- e.g. for ``sudo``, which drops the environment.
     """
 
     argv: tuple[str, ...]
@@ -179,9 +256,10 @@ class CommandSink:
         for arg in self.argv:
             check_template(arg, _COMMAND_FIELDS, "command sink argument")
 
-    def set_psk(self, peer: PeerRef, key: bytes, epoch: int, *, event: str = "set") -> None:
+    def set_psk(self, peer: PeerRef, key: bytes, epoch: int, *, event: str = "set",
+                force_handshake: bool = False) -> None:
         values = {"interface": peer.interface, "peer": peer.public_key_text, "name": peer.name, "epoch": str(epoch),
-                  "event": event}
+                  "event": event, "force": "1" if force_handshake else "0"}
         env = dict(os.environ)
         env.update({
             "HKWG_INTERFACE": peer.interface,
@@ -190,6 +268,7 @@ class CommandSink:
             "HKWG_EPOCH": str(epoch),
             "HKWG_EVENT": event,
             "HKWG_FINGERPRINT": key_fingerprint(key),
+            "HKWG_FORCE_HANDSHAKE": "1" if force_handshake else "0",
         })
         argv = [arg.format(**values) for arg in self.argv]
         _run(argv, base64.b64encode(key) + b"\n", self.timeout, f"command sink ({peer.label})", key, env)

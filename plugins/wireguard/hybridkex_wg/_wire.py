@@ -1,10 +1,10 @@
-"""The rotation messages around the hybridkex handshake, version 1.
+"""The rotation messages around the hybridkex handshake, version 2.
 
 One rotation is one TCP connection::
 
     initiator                                                     responder
-    Request (both WireGuard keys, installed epoch + proof, highest epoch) ->
-                                   <- Accept (status, highest epoch)
+    Request (both WireGuard keys, installed epoch + proof, highest epoch, interval, deadline) ->
+                                   <- Accept (status, highest epoch, interval, deadline)
     ======== hybridkex handshake, context = label || keys || epoch ========
     [initiator installs the new PSK]
     Commit (epoch, MAC)            ->
@@ -14,7 +14,9 @@ One rotation is one TCP connection::
 Frame: ``"HW" | version u8 | type u8 | fixed-size body``.  Every body has a fixed size,
 so a reader knows exactly how much to read after the 4-byte header and never reads into
 the next message.  Request and Accept are unauthenticated: what they carry is either
-bound into the handshake context (keys, epoch) or checked with a MAC (the proof).
+bound into the handshake context (keys, epoch) or checked with a MAC (the proof), and the
+receiver acts on none of it before the handshake succeeds.  Version 2 adds the announced
+interval and deadline (milliseconds, u32) so both ends can use the stricter.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ __all__ = [
 ]
 
 MAGIC = b"HW"
-VERSION = 1
+VERSION = 2
 HEADER = struct.Struct(">2sBB")
 TAG_SIZE = 32
 _KEY = 32
@@ -55,6 +57,8 @@ class AcceptStatus(IntEnum):
     """A rotation for this peer is already running; retry later."""
     ROLE_CONFLICT = 3
     """The responder is configured to initiate for this pair: both sides think they connect."""
+    EPOCH_REFUSED = 4
+    """The Request's highest epoch is implausibly far beyond the responder's (forged or confused)."""
 
 
 class DoneStatus(IntEnum):
@@ -73,12 +77,20 @@ class Request:
     """Highest epoch the initiator has used; the new epoch is max(both highest) + 1."""
     proof: bytes = field(repr=False)
     """MAC under the installed epoch's confirmation key (zeros with installed_epoch 0)."""
+    interval_ms: int = 0
+    """The initiator's rotation interval in milliseconds (0: not announced)."""
+    deadline_ms: int = 0
+    """The initiator's deadline in milliseconds (0: not announced)."""
 
 
 @dataclass(frozen=True)
 class Accept:
     status: AcceptStatus
     highest_epoch: int
+    interval_ms: int = 0
+    """The responder's rotation interval in milliseconds (0: not announced)."""
+    deadline_ms: int = 0
+    """The responder's deadline in milliseconds (0: not announced)."""
 
 
 @dataclass(frozen=True)
@@ -97,8 +109,8 @@ class Done:
 Message = Request | Accept | Commit | Done
 
 _BODIES: dict[MessageType, struct.Struct] = {
-    MessageType.REQUEST: struct.Struct(f">{_KEY}s{_KEY}sQQ{TAG_SIZE}s"),
-    MessageType.ACCEPT: struct.Struct(">BQ"),
+    MessageType.REQUEST: struct.Struct(f">{_KEY}s{_KEY}sQQ{TAG_SIZE}sII"),
+    MessageType.ACCEPT: struct.Struct(">BQII"),
     MessageType.COMMIT: struct.Struct(f">Q{TAG_SIZE}s"),
     MessageType.DONE: struct.Struct(f">BQ{TAG_SIZE}s"),
 }
@@ -109,12 +121,13 @@ def encode(message: Message) -> bytes:
     if isinstance(message, Request):
         kind, body = MessageType.REQUEST, _BODIES[MessageType.REQUEST].pack(
             message.initiator_public, message.responder_public, message.installed_epoch, message.highest_epoch,
-            message.proof)
+            message.proof, message.interval_ms, message.deadline_ms)
         if len(message.initiator_public) != _KEY or len(message.responder_public) != _KEY or \
                 len(message.proof) != TAG_SIZE:
             raise ValueError("Request fields have the wrong length")
     elif isinstance(message, Accept):
-        kind, body = MessageType.ACCEPT, _BODIES[MessageType.ACCEPT].pack(message.status, message.highest_epoch)
+        kind, body = MessageType.ACCEPT, _BODIES[MessageType.ACCEPT].pack(message.status, message.highest_epoch,
+                                                                           message.interval_ms, message.deadline_ms)
     elif isinstance(message, Commit):
         if len(message.tag) != TAG_SIZE:
             raise ValueError("Commit tag has the wrong length")
@@ -156,7 +169,7 @@ def decode(data: bytes) -> Message:
         if kind is MessageType.REQUEST:
             return Request(*values)
         if kind is MessageType.ACCEPT:
-            return Accept(AcceptStatus(values[0]), values[1])
+            return Accept(AcceptStatus(values[0]), *values[1:])
         if kind is MessageType.COMMIT:
             return Commit(*values)
         return Done(DoneStatus(values[0]), values[1], values[2])

@@ -6,6 +6,7 @@ Registered on the core CLI through the ``hybridkex.plugins`` entry point
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shlex
@@ -17,16 +18,24 @@ from pathlib import Path
 from typing import Any
 
 import click
-from hybridkex import ConfigError, TransportError
+from hybridkex import ConfigError, HybridKexError, TransportError
 from hybridkex.cli.options import exchange_options, handle_errors, settings_from_options
 
-from ._config import DaemonConfig, PeerConfig, load_config, parse_endpoint, rotation_policy
+from ._config import DaemonConfig, PeerConfig, load_config, parse_endpoint, peer_identities, rotation_policy
 from ._daemon import Daemon
-from ._keys import default_initiator, parse_wg_key
+from ._keys import default_initiator, parse_wg_key, wg_key_text
 from ._rotation import Role
 from ._session import PeerRuntime, Reporter, SocketSet, build_runtime, run_initiator, serve_connection
 from ._sinks import CommandSink, FileSink, Sink, WgSink, interface_public_key
-from ._status import format_status, highest_epochs, peer_entry, read_status, status_document, write_status
+from ._status import (
+    format_status,
+    highest_epochs,
+    peer_entry,
+    problems,
+    read_status,
+    status_document,
+    write_status,
+)
 
 __all__ = ["register", "wg"]
 
@@ -35,7 +44,10 @@ log = logging.getLogger("hybridkex_wg")
 
 def _setup_logging(verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("hybridkex-wg: %(levelname)s: %(message)s"))
+    formatter = logging.Formatter("%(asctime)s.%(msecs)03dZ hybridkex-wg: %(levelname)s: %(message)s",
+                                  datefmt="%Y-%m-%dT%H:%M:%S")
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
     root = logging.getLogger("hybridkex_wg")
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -68,10 +80,20 @@ def run(config_path: Path) -> None:
 @click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False), required=True)
 @handle_errors
 def check(config_path: Path) -> None:
-    """Validate a configuration and load every credential it names, then exit."""
+    """Validate a configuration, load every credential it names and open every QKD source, then exit."""
     config = load_config(config_path)
+    peer_identities(config.peers)
     for peer in config.peers:
         peer.settings.handshake_config()
+        if peer.settings.qkd != "off" and peer.settings.effective_qkd_policy != "off":
+            from hybridkex.qkd._registry import open_source
+
+            # Directly, not through open_qkd_source(): with policy "preferred" that one would hide the failure.
+            try:
+                source = open_source(peer.settings)
+            except (HybridKexError, OSError) as exc:
+                raise ConfigError(f"peer {peer.ref.label}: the QKD source cannot be opened: {exc}") from None
+            source.close()
     click.echo(f"configuration {config_path} is valid: {len(config.peers)} peer(s)")
     for peer in config.peers:
         click.echo(f"  {peer.ref.label}: {peer.role.value}"
@@ -94,7 +116,9 @@ def config_example() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the status document as JSON.")
 @handle_errors
 def status(status_file: Path | None, config_path: Path | None, as_json: bool) -> None:
-    """Show per peer: last rotation, epoch, QKD used or not, next due, last error."""
+    """Show per peer: key age, WireGuard handshake age and whether it used the current key, epoch, QKD, failures
+    and the last error.  Exits 1 when any peer is stale or the daemon is not running (it checks the PID and
+    that the status file is being rewritten)."""
     if status_file is None:
         if config_path is None:
             raise ConfigError("give --status-file FILE or --config FILE")
@@ -103,6 +127,11 @@ def status(status_file: Path | None, config_path: Path | None, as_json: bool) ->
             raise ConfigError(f"{config_path} sets no status_file")
     document = read_status(status_file)
     click.echo(json.dumps(document, indent=1, sort_keys=True) if as_json else format_status(document))
+    found = problems(document)
+    if found:
+        for problem in found:
+            click.echo(f"hybridkex-wg: {problem}", err=True)
+        sys.exit(1)
 
 
 def _sinks(no_wg: bool, wg_binary: str, key_file: str | None, hooks: tuple[str, ...]) -> tuple[Sink, ...]:
@@ -165,7 +194,7 @@ def _one_shot_responder(rt: PeerRuntime, reporter: Reporter, address: tuple[str,
 @click.option("--once", is_flag=True, help="Run one exchange, install the key and exit.")
 @click.option("--wg-public-key", metavar="WG_PUBKEY",
               help="This interface's public key [default: read with 'wg show IF public-key'].")
-@click.option("--name", default="", help="A label for the peer in output lines.")
+@click.option("--label", "label", default="", help="A label for the peer in output lines and the status file.")
 @click.option("--key-file", metavar="PATH", help="Also write the key to this file (0600, atomically replaced; "
               "may use {interface}, {peer}, {name}).")
 @click.option("--hook", "hooks", multiple=True, metavar="COMMAND",
@@ -187,24 +216,30 @@ def _one_shot_responder(rt: PeerRuntime, reporter: Reporter, address: tuple[str,
               help="With --connect --once: seconds to keep retrying while the peer is not listening yet.")
 @handle_errors
 def rotate(interface: str, wg_peer: str, listen_on: str | None, connect_to: str | None, once: bool,
-           wg_public_key: str | None, name: str, key_file: str | None, hooks: tuple[str, ...], no_wg: bool,
+           wg_public_key: str | None, label: str, key_file: str | None, hooks: tuple[str, ...], no_wg: bool,
            wg_binary: str, interval: float, deadline: float | None, failure_policy: str, status_file: Path | None,
            accept_timeout: float, connect_retry: float, **kwargs: Any) -> None:
     """Rotate one peer's pre-shared key: once (--once), or every --interval seconds."""
     if (listen_on is None) == (connect_to is None):
         raise ConfigError("give exactly one of --listen HOST:PORT (responder) and --connect HOST:PORT (initiator)")
     settings = settings_from_options(kwargs)
-    settings.validate()
     peer_public = parse_wg_key(wg_peer, "--wg-peer")
     local_public = parse_wg_key(wg_public_key or interface_public_key(interface, wg_binary), "--wg-public-key")
     default_initiator(local_public, peer_public)  # rejects a peer key equal to our own
+    if settings.psk_file is not None or settings.psk_ratchet is not None:
+        # PSK mode binds both names into the exchange: default to the two WireGuard keys, as the daemon does.
+        settings = dataclasses.replace(settings, name=settings.name or wg_key_text(local_public),
+                                       peer_name=settings.peer_name or wg_key_text(peer_public))
+        if settings.name == settings.peer_name:
+            raise ConfigError("--name and --peer-name must differ")
+    settings.validate()
     address = parse_endpoint(listen_on or connect_to or "", "--listen" if listen_on else "--connect")
     table: dict[str, Any] = {"interval": interval, "failure_policy": failure_policy}
     if deadline is not None:
         table["deadline"] = deadline
     policy = rotation_policy(table, "options", settings.effective_qkd_policy == "required")
     role = Role.INITIATOR if connect_to else Role.RESPONDER
-    peer = PeerConfig(interface, local_public, peer_public, name, role, address if connect_to else None, settings,
+    peer = PeerConfig(interface, local_public, peer_public, label, role, address if connect_to else None, settings,
                       policy, _sinks(no_wg, wg_binary, key_file, hooks))
     reporter = Reporter()
     if not once:
@@ -220,7 +255,7 @@ def rotate(interface: str, wg_peer: str, listen_on: str | None, connect_to: str 
     finally:
         if status_file is not None:
             offset = time.time() - time.monotonic()
-            entry = peer_entry(interface, name, local_public, peer_public, peer.endpoint,
+            entry = peer_entry(interface, label, local_public, peer_public, peer.endpoint,
                                policy.failure_policy.value, policy.interval, rt.state.status(), offset)
             write_status(status_file, status_document([entry], listen=None, config=None))
 

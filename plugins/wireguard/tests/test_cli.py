@@ -20,10 +20,10 @@ def test_rotate_once_both_ends_print_the_same_line_and_epochs_grow(
     epochs = []
     for _ in range(2):
         responder = spawn(["wg", "rotate", "--interface", "wgB", "--wg-public-key", kb, "--wg-peer", ka,
-                           "--listen", address, "--key-file", str(tmp_path / "b.psk"), "--name", "a",
+                           "--listen", address, "--key-file", str(tmp_path / "b.psk"), "--label", "a",
                            "--status-file", str(tmp_path / "b.json"), *common], stderr_path=tmp_path / "b.log")
         initiator = subprocess.run([*cli, "wg", "rotate", "--interface", "wgA", "--wg-public-key", ka, "--wg-peer",
-                                    kb, "--connect", address, "--key-file", str(tmp_path / "a.psk"), "--name", "b",
+                                    kb, "--connect", address, "--key-file", str(tmp_path / "a.psk"), "--label", "b",
                                     "--status-file", str(tmp_path / "a.json"), *common],
                                    capture_output=True, text=True, timeout=60)
         assert initiator.returncode == 0, initiator.stderr

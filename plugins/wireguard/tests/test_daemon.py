@@ -64,7 +64,7 @@ def run_daemon() -> Iterator[Callable[[dict[str, Any], Path], tuple[Daemon, Line
 
     def start(document: dict[str, Any], base: Path) -> tuple[Daemon, Lines]:
         out = Lines()
-        daemon = Daemon(parse_config(document, base=base), reporter=Reporter(out))  # type: ignore[arg-type]
+        daemon = Daemon(parse_config(document, base=base, min_interval=0.1), reporter=Reporter(out))  # type: ignore[arg-type]
         ready = threading.Event()
         thread = threading.Thread(target=daemon.run, kwargs={"on_ready": ready.set}, daemon=True)
         thread.start()
@@ -77,6 +77,15 @@ def run_daemon() -> Iterator[Callable[[dict[str, Any], Path], tuple[Daemon, Line
         daemon.request_stop()
         thread.join(30)
         assert not thread.is_alive(), "daemon did not stop"
+
+
+def own_psk(directory: Path, name: str) -> dict[str, str]:
+    """A peer's own PSK file (two WireGuard peers may not share one), as a [peer.exchange] table."""
+    path = directory / f"{name}.psk"
+    if not path.exists():
+        path.write_bytes(base64.b64encode(os.urandom(32)) + b"\n")
+        path.chmod(0o600)
+    return {"psk_file": str(path)}
 
 
 def file_sink(directory: Path) -> list[dict[str, str]]:
@@ -93,24 +102,27 @@ def test_dead_peer_and_garbage_do_not_disturb_the_others(tmp_path: Path, psk_fil
     kb, dead = key(), key()
     ka = [key() for _ in range(4)]
     listen = port()
-    exchange = {"psk_file": str(psk_file), "timeout": 5.0}
+    exchange = {"timeout": 5.0}
     # Pair a3 takes its QKD keys from a KME that is down (nothing listens there).
     kme_down = {"qkd": "etsi014", "kme_url": f"http://127.0.0.1:{port()}", "kme_insecure_http": True,
                 "sae_id": "SAE-A", "peer_sae_id": "SAE-B"}
+
+    def ex(i: int) -> dict[str, Any]:
+        return {"exchange": {**own_psk(tmp_path, f"a{i}"), **(kme_down if i == 3 else {})}}
+
     responder = {
         "listen": f"127.0.0.1:{listen}", "rotation": FAST, "exchange": exchange,
         "interface": [{"name": "wgB", "public_key": kb, "sink": file_sink(tmp_path / "b")}],
-        "peer": [{"public_key": k, "name": f"a{i}", "role": "responder", **({"exchange": kme_down} if i == 3 else {})}
-                 for i, k in enumerate(ka)],
+        "peer": [{"public_key": k, "name": f"a{i}", "role": "responder", **ex(i)} for i, k in enumerate(ka)],
     }
     initiator = {
         "rotation": FAST, "exchange": exchange,
         "interface": [{"name": f"wgA{i}", "public_key": k, "sink": file_sink(tmp_path / "a")}
                       for i, k in enumerate(ka)],
         "peer": [{"interface": f"wgA{i}", "public_key": kb, "name": f"a{i}", "role": "initiator",
-                  "endpoint": f"127.0.0.1:{listen}", **({"exchange": kme_down} if i == 3 else {})} for i in range(4)]
+                  "endpoint": f"127.0.0.1:{listen}", **ex(i)} for i in range(4)]
         + [{"interface": "wgA0", "public_key": dead, "name": "dead", "role": "initiator",
-            "endpoint": f"127.0.0.1:{port()}"}],
+            "endpoint": f"127.0.0.1:{port()}", "exchange": own_psk(tmp_path, "dead")}],
     }
     b, b_out = run_daemon(responder, tmp_path)
     # Garbage, a truncated message and a Request for a pair nobody configured, before and while rotating.
@@ -145,21 +157,22 @@ def test_failure_policies_when_the_partner_stops(tmp_path: Path, psk_file: Path,
     closed, kept = key(), key()
     listen = port()
     rotation = {**FAST, "deadline": 2.0}
-    exchange = {"psk_file": str(psk_file), "timeout": 2.0}
+    exchange = {"timeout": 2.0}
     responder = {
         "listen": f"127.0.0.1:{listen}", "rotation": rotation, "exchange": exchange,
         "interface": [{"name": "wgB", "public_key": kb, "sink": file_sink(tmp_path / "b")}],
-        "peer": [{"public_key": closed, "name": "closed", "role": "responder"},
-                 {"public_key": kept, "name": "kept", "role": "responder"}],
+        "peer": [{"public_key": closed, "name": "closed", "role": "responder", "exchange": own_psk(tmp_path, "c")},
+                 {"public_key": kept, "name": "kept", "role": "responder", "exchange": own_psk(tmp_path, "k")}],
     }
     initiator = {
         "rotation": {**rotation, "failure_policy": "fail-closed"}, "exchange": exchange,
         "interface": [{"name": "wgC", "public_key": closed, "sink": file_sink(tmp_path / "a")},
                       {"name": "wgK", "public_key": kept, "sink": file_sink(tmp_path / "a")}],
         "peer": [{"interface": "wgC", "public_key": kb, "name": "closed", "role": "initiator",
-                  "endpoint": f"127.0.0.1:{listen}"},
+                  "endpoint": f"127.0.0.1:{listen}", "exchange": own_psk(tmp_path, "c")},
                  {"interface": "wgK", "public_key": kb, "name": "kept", "role": "initiator",
-                  "endpoint": f"127.0.0.1:{listen}", "rotation": {"failure_policy": "keep"}}],
+                  "endpoint": f"127.0.0.1:{listen}", "rotation": {"failure_policy": "keep"},
+                  "exchange": own_psk(tmp_path, "k")}],
     }
     b, _ = run_daemon(responder, tmp_path)
     a, a_out = run_daemon(initiator, tmp_path)
@@ -184,20 +197,22 @@ def test_sighup_reload_and_sigterm_with_real_processes(tmp_path: Path, psk_file:
     kb = key()
     ka = {name: key() for name in ("p1", "p2", "p3")}
     listen = port()
-    exchange = {"psk_file": str(psk_file), "timeout": 5.0}
-    rotation = {**FAST, "interval": 0.4}
+    exchange = {"timeout": 5.0}
+    # Real processes refuse intervals below 10 s; the first rotation of a new peer is immediate.
+    rotation = {**FAST, "interval": 10.0, "startup_spread": 0.0}
 
     def configs(names: list[str]) -> None:
         write_toml(tmp_path / "b.toml", {
             "listen": f"127.0.0.1:{listen}", "status_file": "b-status.json", "rotation": rotation,
             "exchange": exchange,
             "interface": [{"name": "wgB", "public_key": kb, "sink": file_sink(tmp_path / "b")}],
-            "peer": [{"public_key": ka[n], "name": n, "role": "responder"} for n in names]})
+            "peer": [{"public_key": ka[n], "name": n, "role": "responder", "exchange": own_psk(tmp_path, n)}
+                     for n in names]})
         write_toml(tmp_path / "a.toml", {
             "status_file": "a-status.json", "rotation": rotation, "exchange": exchange,
             "interface": [{"name": f"wg{n}", "public_key": ka[n], "sink": file_sink(tmp_path / "a")} for n in ka],
             "peer": [{"interface": f"wg{n}", "public_key": kb, "name": n, "role": "initiator",
-                      "endpoint": f"127.0.0.1:{listen}"} for n in names]})
+                      "endpoint": f"127.0.0.1:{listen}", "exchange": own_psk(tmp_path, n)} for n in names]})
 
     configs(["p1", "p2"])
     b = spawn(["wg", "run", "--config", str(tmp_path / "b.toml")], stderr_path=tmp_path / "b.log")
@@ -206,22 +221,17 @@ def test_sighup_reload_and_sigterm_with_real_processes(tmp_path: Path, psk_file:
     def count(process: Any, name: str) -> int:
         return sum(1 for r in process.records("psk-set") if r["name"] == name)
 
-    a.wait_for(lambda: count(a, "p1") >= 2 and count(a, "p2") >= 2, 20, "p1 and p2 rotated")
+    a.wait_for(lambda: count(a, "p1") >= 1 and count(a, "p2") >= 1, 20, "p1 and p2 rotated")
     p2_epochs_before = [int(r["epoch"]) for r in a.records("psk-set") if r["name"] == "p2"]
 
     configs(["p2", "p3"])  # remove p1, add p3, keep p2
     b.signal(signal.SIGHUP)
     b.wait_for(lambda: "reloaded" in b.stderr_tail(), 10, "the responder to reload")
     a.signal(signal.SIGHUP)
-    a.wait_for(lambda: count(a, "p3") >= 2 and count(b, "p3") >= 2, 20, "p3 rotated after the reload")
-    p1_after = count(a, "p1")
-    time.sleep(1.0)
-    assert count(a, "p1") == p1_after, "a removed peer kept rotating"
+    a.wait_for(lambda: count(a, "p3") >= 1 and count(b, "p3") >= 1, 20, "p3 rotated after the reload")
     p2_epochs = [int(r["epoch"]) for r in a.records("psk-set") if r["name"] == "p2"]
-    # p2 was not restarted: its epochs continue to grow from where they were.
-    assert p2_epochs[: len(p2_epochs_before)] == p2_epochs_before
-    assert p2_epochs == sorted(p2_epochs) and p2_epochs[-1] > p2_epochs_before[-1]
-    assert p2_epochs == list(range(p2_epochs[0], p2_epochs[0] + len(p2_epochs)))
+    # p2 was not restarted (a restarted peer rotates at once): its epochs are those from before the reload.
+    assert p2_epochs == p2_epochs_before
     assert "1 added, 1 removed, 0 changed" in a.stderr_tail()
     assert a.proc.poll() is None and b.proc.poll() is None
 
@@ -229,8 +239,7 @@ def test_sighup_reload_and_sigterm_with_real_processes(tmp_path: Path, psk_file:
     (tmp_path / "a.toml").write_text("this is = [not toml\n")
     a.signal(signal.SIGHUP)
     a.wait_for(lambda: "reload failed" in a.stderr_tail(), 10, "the bad reload to be refused")
-    before = count(a, "p3")
-    a.wait_for(lambda: count(a, "p3") > before, 10, "rotation to go on after a bad reload")
+    assert a.proc.poll() is None
 
     started = time.monotonic()
     assert a.stop() == 0 and b.stop() == 0
@@ -249,7 +258,7 @@ def test_status_command_and_status_file_have_no_keys(tmp_path: Path, psk_file: P
                                                     spawn: Callable[..., Any]) -> None:
     kb, ka = key(), key()
     listen = port()
-    exchange = {"psk_file": str(psk_file), "timeout": 5.0}
+    exchange = {"psk_file": str(psk_file), "timeout": 5.0}  # one peer per daemon: its own key
     b, _ = run_daemon({"listen": f"127.0.0.1:{listen}", "rotation": FAST, "exchange": exchange,
                        "interface": [{"name": "wgB", "public_key": kb, "sink": file_sink(tmp_path / "b")}],
                        "peer": [{"public_key": ka, "name": "siteA", "role": "responder"}]}, tmp_path)
@@ -260,10 +269,11 @@ def test_status_command_and_status_file_have_no_keys(tmp_path: Path, psk_file: P
     wait(lambda: (tmp_path / "status.json").exists() and read_status(tmp_path / "status.json")["peers"][0]["epoch"]
          >= 2, 20, "the status file to show epoch 2")
     shown = spawn(["wg", "status", "--status-file", str(tmp_path / "status.json")])
-    assert shown.proc.wait(20) == 0
+    assert shown.proc.wait(20) == 0  # the daemon runs (in this process) and no peer is stale
     shown.wait_for(lambda: len(shown.lines) >= 3, 5, "the status table")
     header, row = shown.lines[1], shown.lines[2]
-    for column in ("INTERFACE", "EPOCH", "QKD", "LAST ROTATION", "NEXT DUE", "LAST ERROR"):
+    for column in ("INTERFACE", "EPOCH", "QKD", "KEY AGE", "WG HANDSHAKE", "CURRENT KEY", "NEXT DUE", "FAILURES",
+                   "LAST ERROR"):
         assert column in header
     assert row.split()[:4] == ["wgA", kb[:10] + "…", "siteB", "initiator"]
     as_json = spawn(["wg", "status", "--status-file", str(tmp_path / "status.json"), "--json"])

@@ -13,11 +13,15 @@ Interface names are unique per run because ``wireguard-go``'s control sockets li
 
 from __future__ import annotations
 
+import base64
+import calendar
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from hybridkex_wg._keys import default_initiator
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -124,7 +130,8 @@ class Tunnel:
 def tunnel(require: Callable[[bool, str], None]) -> Iterator[Tunnel]:
     require(os.geteuid() == 0, "needs root to create network namespaces")
     require(os.path.exists("/dev/net/tun"), "needs /dev/net/tun for wireguard-go")
-    for tool, package in (("wireguard-go", "wireguard-go"), ("wg", "wireguard-tools"), ("ip", "iproute2")):
+    for tool, package in (("wireguard-go", "wireguard-go"), ("wg", "wireguard-tools"), ("ip", "iproute2"),
+                          ("ping", "iputils-ping")):
         require(shutil.which(tool) is not None, f"needs {tool} (apt-get install {package})")
     tag = os.urandom(3).hex()
     third = int(tag[:2], 16)
@@ -205,9 +212,19 @@ def test_one_shot_rotation_sets_equal_psks_that_wireguard_uses(tunnel: Tunnel, s
     hook = tmp_path / "hkwg-set-psk"
     hook.write_text(HOOK.read_text().replace('ALLOWED_INTERFACES="wg0"', f'ALLOWED_INTERFACES="{b.interface}"'))
     hook.chmod(0o755)
-    rotate_once(tunnel, spawn, psk_file, tmp_path, ["--no-wg", "--hook", f"{hook} {{interface}} {{peer}}"])
+    rotate_once(tunnel, spawn, psk_file, tmp_path, ["--no-wg", "--hook", f"{hook} {{interface}} {{peer}} {{force}}"])
     first = a.psk_for(b)
     assert first != "(none)" and first == b.psk_for(a)
+    # The hook's forced handshake: re-add the peer with its configuration; WireGuard handshakes at once.
+    before = int(run("wg", "show", b.interface, "latest-handshakes", ns=b.ns).stdout.split()[1])
+    time.sleep(1.1)  # latest-handshakes counts whole seconds
+    run(str(hook), b.interface, a.public, "1", ns=b.ns, stdin=first + "\n")
+    give_up = time.monotonic() + 5
+    while int(run("wg", "show", b.interface, "latest-handshakes", ns=b.ns).stdout.split()[1]) <= before:
+        assert time.monotonic() < give_up, "the hook's forced handshake did not happen"
+        time.sleep(0.1)
+    assert b.psk_for(a) == first and run("wg", "show", b.interface, "persistent-keepalive", ns=b.ns).stdout.split()[1] \
+        == "off"
 
     rotate_once(tunnel, spawn, psk_file, tmp_path)
     second = a.psk_for(b)
@@ -229,59 +246,193 @@ def test_one_shot_rotation_sets_equal_psks_that_wireguard_uses(tunnel: Tunnel, s
     assert a.ping(b), "no traffic after restoring the rotated PSK"
 
 
-def test_daemons_rotate_and_fail_closed_when_the_partner_stops(tunnel: Tunnel, spawn: Callable[..., Any],
-                                                               psk_file: Path, tmp_path: Path,
-                                                               cli: list[str],
-                                                               write_toml: Callable[[Path, dict[str, Any]], Path],
-                                                               ) -> None:
+class Sampler:
+    """Reads both ends' ``wg show IF dump`` every 0.2 s: (time, A's PSK, A's latest handshake, B's PSK, B's ...)."""
+
+    def __init__(self, tunnel: Tunnel) -> None:
+        self.tunnel = tunnel
+        self.samples: list[tuple[float, str, int, str, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _peer(end: End, peer: End) -> tuple[str, int]:
+        out = run("wg", "show", end.interface, "dump", ns=end.ns, check=False).stdout
+        for line in out.splitlines()[1:]:
+            fields = line.split("\t")
+            if fields[0] == peer.public:
+                return fields[1], int(fields[4])
+        return "(absent)", 0
+
+    def _run(self) -> None:
+        a, b = self.tunnel.a, self.tunnel.b
+        give_up = time.monotonic() + 600
+        while not self._stop.is_set() and time.monotonic() < give_up:
+            t = time.time()
+            psk_a, hs_a = self._peer(a, b)
+            psk_b, hs_b = self._peer(b, a)
+            self.samples.append((t, psk_a, hs_a, psk_b, hs_b))
+            self._stop.wait(0.2)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+class Pinger:
+    """``ping -D -i 0.2`` from A to B through the tunnel; reply times and lost sequence numbers."""
+
+    def __init__(self, tunnel: Tunnel) -> None:
+        self.started = time.time()
+        self.proc = subprocess.Popen(["ip", "netns", "exec", tunnel.a.ns, "ping", "-n", "-D", "-i", "0.2", "-W", "1",
+                                      "-c", "3000", tunnel.b.tunnel], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True)
+        self.replies: list[tuple[float, int]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            match = re.match(r"\[(\d+\.\d+)\].*icmp_seq=(\d+)", line)
+            if match:
+                self.replies.append((float(match.group(1)), int(match.group(2))))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._reader.join(5)
+
+    def lost_between(self, start: float, end: float) -> list[float]:
+        """Approximate send times of the echo requests in [start, end] that got no reply."""
+        replies = sorted((seq, t) for t, seq in self.replies)
+        lost = []
+        for (s0, t0), (s1, t1) in zip(replies, replies[1:], strict=False):
+            for seq in range(s0 + 1, s1):  # interpolate the send time between the replies around it
+                t = t0 + (seq - s0) * (t1 - t0) / (s1 - s0)
+                if start <= t <= end:
+                    lost.append(t)
+        return lost
+
+
+def _log_time(text: str, needle: str) -> float:
+    for line in text.splitlines():
+        if needle in line:
+            stamp = line.split()[0].rstrip("Z")
+            return calendar.timegm(time.strptime(stamp.split(".")[0], "%Y-%m-%dT%H:%M:%S")) + float(
+                "0." + stamp.split(".")[1])
+    raise AssertionError(f"no log line with {needle!r}: {text[-2000:]}")
+
+
+def test_daemons_keep_wireguard_on_the_current_key_and_fail_closed(tunnel: Tunnel, spawn: Callable[..., Any],
+                                                                   psk_file: Path, tmp_path: Path,
+                                                                   cli: list[str],
+                                                                   write_toml: Callable[[Path, dict[str, Any]], Path],
+                                                                   ) -> None:
     a, b = tunnel.a, tunnel.b
-    # A simulated QKD link when the core has one, so the keys are QKD-fed (policy required: fail closed).
+    assert a.psk_for(b) == "(none)" and a.ping(b), "the tunnel does not work without a PSK"
     link = tmp_path / "link-a.json"
     made = subprocess.run([*cli, "qkd-link", "init", str(link)], capture_output=True, text=True)
-    qkd: dict[str, Any] = {"qkd": "off"}
-    if made.returncode == 0:
-        shutil.copy(link, tmp_path / "link-b.json")
-        (tmp_path / "link-b.json").chmod(0o600)
-    rotation = {"interval": 1.0, "jitter": 0.0, "deadline": 4.0, "retry_initial": 0.3, "retry_max": 0.5,
-                "failure_policy": "fail-closed"}
+    assert made.returncode == 0, made.stderr
+    shutil.copy(link, tmp_path / "link-b.json")
+    (tmp_path / "link-b.json").chmod(0o600)
+    # The smallest interval allowed; fail closed 5 s after a missed rotation.
+    rotation = {"interval": 10.0, "jitter": 0.0, "deadline": 15.0, "retry_initial": 0.5, "retry_max": 1.0,
+                "startup_spread": 0.0, "failure_policy": "fail-closed"}
     for end, peer, side in ((a, b, "a"), (b, a, "b")):
-        if made.returncode == 0:
-            qkd = {"qkd": "sim", "qkd_link": f"link-{side}.json", "qkd_policy": "required"}
         write_toml(tmp_path / f"{side}.toml", {
             "listen": f"{end.underlay}:{ROTATOR_PORT}", "status_file": f"{side}-status.json",
-            "rotation": rotation, "exchange": {"psk_file": str(psk_file), "timeout": 3.0, **qkd},
-            # No public_key: the daemon reads it with 'wg show IF public-key'.
+            "rotation": rotation, "exchange": {"psk_file": str(psk_file), "timeout": 3.0, "qkd": "sim",
+                                               "qkd_link": f"link-{side}.json", "qkd_policy": "required"},
             "interface": [{"name": end.interface}],
             "peer": [{"public_key": peer.public, "name": f"peer-{side}",
                       "endpoint": f"{peer.underlay}:{ROTATOR_PORT}"}],
         })
-    daemons = {side: spawn(["wg", "run", "--config", str(tmp_path / f"{side}.toml")],
-                           prefix=["ip", "netns", "exec", end.ns], stderr_path=tmp_path / f"{side}.log")
-               for side, end in (("a", a), ("b", b))}
-    for process in daemons.values():
-        process.wait_for(lambda p=process: len(p.records("psk-set")) >= 2, 30, "two rotations")
-    expected_qkd = "yes" if made.returncode == 0 else "no"
-    assert all(r["qkd"] == expected_qkd for p in daemons.values() for r in p.records("psk-set"))
+    a_initiates = default_initiator(base64.b64decode(a.public), base64.b64decode(b.public))
+    responder = "b" if a_initiates else "a"
+    initiator = "a" if a_initiates else "b"
+    pinger = Pinger(tunnel)
+    sampler = Sampler(tunnel)
 
-    def settled() -> bool:
-        return a.psk_for(b) == b.psk_for(a) != "(none)"
+    def start(side: str) -> Any:
+        end = a if side == "a" else b
+        return spawn(["wg", "run", "--config", str(tmp_path / f"{side}.toml")], prefix=["ip", "netns", "exec", end.ns],
+                     stderr_path=tmp_path / f"{side}-{time.monotonic_ns()}.log")
 
-    give_up = time.monotonic() + 10
-    while not settled():  # a rotation may be between the two installs at this instant
-        assert time.monotonic() < give_up, "the two ends did not settle on one PSK"
-        time.sleep(0.1)
-    tunnel.fresh_handshake()
-    assert a.ping(b), "no traffic with daemon-rotated PSKs"
+    try:
+        daemons = {side: start(side) for side in ("a", "b")}
+        rotations_wanted = 11  # the first ends the start-up cut; ten more are checked for lost pings
+        for process in daemons.values():
+            process.wait_for(lambda p=process: len(p.records("psk-set")) >= rotations_wanted, 150,
+                             f"{rotations_wanted} rotations")
+        time.sleep(2.5)  # let the last rotation's handshake be sampled
 
-    # Stop B's rotator: after the deadline, A installs a random key and says so; the tunnel is cut.
-    assert daemons["b"].stop() == 0
-    last_shared = b.psk_for(a)
-    daemons["a"].wait_for(lambda: bool(daemons["a"].records("psk-stale")), 15, "A to fail closed")
-    stale = daemons["a"].records("psk-stale")[0]
-    assert stale["policy"] == "fail-closed" and stale["action"] == "random-key"
-    assert stale["interface"] == a.interface and stale["peer"] == b.public
-    assert a.psk_for(b) != last_shared
-    tunnel.fresh_handshake()
-    assert not a.ping(b, count=2, wait=1.5), "traffic crossed the tunnel after failing closed"
-    log = (tmp_path / "a.log").read_text()
-    assert last_shared not in log and a.psk_for(b) not in log
+        # Start-up: from 2 s after each daemon was up, no WireGuard handshake without a hybrid or random key.
+        up = max(_log_time(p.stderr_tail() if p.stderr_path is None else p.stderr_path.read_text(), "rotating 1 peer")
+                 for p in daemons.values())
+        after = [sample for sample in sampler.samples if sample[0] >= up + 2.0]
+        assert after and all(s[1] not in ("(none)", "(absent)") and s[3] not in ("(none)", "(absent)")
+                             for s in after), "a session without a pre-shared key after start-up"
+
+        # Keys in use: each rotated key is used by a WireGuard handshake within 2 s of the later install.
+        # The install is seen in the samples (both ends' 'wg show dump' hold the new PSK), not in the output
+        # lines: a sink reports after it returned, by when WireGuard may have handshaken already.
+        both: list[tuple[float, float, int]] = []  # (last sample before both held it, first with both, index)
+        shared = None
+        for index, sample in enumerate(sampler.samples):
+            psk_a, psk_b = sample[1], sample[3]
+            if psk_a == psk_b and psk_a not in ("(none)", "(absent)") and psk_a != shared and index:
+                shared = psk_a
+                both.append((sampler.samples[index - 1][0], sample[0], index))
+        assert len(both) >= rotations_wanted, f"only {len(both)} keys were seen installed on both ends"
+        delays, losses = [], []
+        for n, (t_before, t_seen, index) in enumerate(both):
+            handshake_before = sampler.samples[index - 1][2]
+            first_new = next((x for x in sampler.samples[index:] if x[2] != handshake_before), None)
+            assert first_new is not None, f"key {n}: WireGuard never handshook after the install"
+            assert first_new[0] - t_before <= 2.0 + 0.3, (
+                f"key {n}: WireGuard handshook {first_new[0] - t_before:.1f} s after the install")
+            assert first_new[2] >= int(t_before), f"key {n}: the handshake predates the install"
+            delays.append(first_new[0] - t_before)
+            # ... and the tunnel carried pings around it: at most one lost per rotation.
+            if n == 0:
+                continue  # the first key ends the fail-closed start-up cut: no traffic before it, by design
+            lost = pinger.lost_between(t_before - 1.0, t_seen + 2.0)
+            assert len(lost) <= 1, f"key {n}: {len(lost)} pings lost around the rotation"
+            losses.append(len(lost))
+        steady = pinger.lost_between(both[0][1] + 2.0, both[-1][1] + 2.0)
+        assert len(steady) <= len(both) - 1, f"{len(steady)} pings lost over {len(both) - 1} rotations"
+
+        # Kill the responder's daemon: at the deadline the initiator cuts, and traffic stops within 2 s.
+        daemons[responder].signal(signal.SIGKILL)
+        daemons[responder].proc.wait(10)
+        daemons[initiator].wait_for(lambda: bool(daemons[initiator].records("psk-stale")), 30, "fail closed")
+        cut = float(daemons[initiator].records("psk-stale")[0]["time"])
+        assert daemons[initiator].records("psk-stale")[0]["action"] == "random-key"
+        time.sleep(3.0)
+        assert not [t for t, _ in pinger.replies if t > cut + 2.0], "traffic went on after failing closed"
+
+        # Restart it: traffic again within 5 s.
+        restarted = time.time()
+        daemons[responder] = start(responder)
+        give_up = time.monotonic() + 20
+        while not [t for t, _ in pinger.replies if t > restarted] and time.monotonic() < give_up:
+            time.sleep(0.1)
+        back = [t for t, _ in pinger.replies if t > restarted]
+        assert back, "no traffic after the responder's daemon came back"
+        assert back[0] - restarted <= 5.0, f"traffic came back {back[0] - restarted:.1f} s after the restart"
+        last_reply = max((t for t, _ in pinger.replies if t < restarted), default=cut)
+        print(f"\n{len(both)} rotations; handshake seen {min(delays):.2f}-{max(delays):.2f} s after the last "
+              f"sample without the key on both ends (0.2 s sampling); pings lost per rotation {losses}; last "
+              f"reply {last_reply - cut:+.2f} s from the cut; traffic back {back[0] - restarted:.2f} s after restart")
+        log = "".join(p.stderr_path.read_text() for p in daemons.values() if p.stderr_path is not None)
+        assert a.psk_for(b) not in log and "Traceback" not in log
+    finally:
+        sampler.stop()
+        pinger.stop()

@@ -83,7 +83,7 @@ def request_and_accept(a: Side, b: Side, now: float, *, promote_ok: bool = True)
     if promote is not None:
         b.state.promote_result(b.apply(promote, promote_ok), now)
     epoch = a.state.accepted(accept, now)
-    assert epoch == b.state.highest_epoch
+    assert epoch == b.state.epoch_for(request)
     return epoch
 
 
@@ -181,19 +181,24 @@ def test_lost_done_keeps_the_new_key_and_the_next_request_settles_it() -> None:
     assert epoch == 3 and b.history[-1] == ("rotate", 2)  # nothing to promote: the responder had it
 
 
-def test_lost_resp_finish_never_installs_anything_and_drops_the_pending_key() -> None:
+def test_lost_resp_finish_never_installs_anything_and_the_next_handshake_replaces_the_pending_key() -> None:
     a, b = make_pair()
     rotate(a, b, 0.0)
     before = a.installed
     rotate(a, b, 100.0, lose="resp_finish")
     assert a.installed == b.installed == before
     assert b.state.pending is not None
-    # The next Request proves epoch 1, not the pending epoch 2: the pending key is dropped for good.
+    # The next Request proves epoch 1, not the pending epoch 2: nothing is promoted.  The Request is not
+    # authenticated, so it does not drop the pending key either; the next handshake's key replaces it.
     request = start(a, 110.0)
     assert request.installed_epoch == 1
     accept, promote = b.state.request(request, 110.0)
-    assert promote is None and b.state.pending is None
-    assert a.state.accepted(accept, 110.0) == 3  # epochs never repeat
+    assert promote is None and b.state.pending is not None and b.state.pending.epoch == 2
+    epoch = a.state.accepted(accept, 110.0)
+    assert epoch == 3  # epochs never repeat
+    _, kb = session_keys(epoch, 110.0)
+    b.state.derived(kb, 110.0)
+    assert b.state.pending is kb
 
 
 def test_responder_sink_failure_rolls_both_ends_back() -> None:
@@ -343,16 +348,93 @@ def test_a_bad_done_tag_keeps_the_key_unconfirmed() -> None:
     assert a.state.next_due == pytest.approx(POLICY.retry_initial)
 
 
-def test_busy_and_role_conflict_are_answered_without_changing_state() -> None:
+def test_concurrent_requests_are_not_busy_and_role_conflict_changes_nothing() -> None:
+    # A Request holds nothing: a second one (the real initiator next to a stalled stranger) is accepted too.
     a, b = make_pair()
     request = start(a, 0.0)
     b.state.request(request, 0.0)
     accept, promote = b.state.request(request, 0.0)
-    assert accept.status is AcceptStatus.BUSY and promote is None
+    assert accept.status is AcceptStatus.OK and promote is None and b.state.state is State.IDLE
     accept, _ = a.state.request(request, 0.0)
     assert accept.status is AcceptStatus.ROLE_CONFLICT
     with pytest.raises(RotationRefused, match="already rotating"):
         a.state.accepted(Accept(AcceptStatus.BUSY, 0), 0.0)
+
+
+def test_a_forged_huge_epoch_changes_nothing_and_is_refused() -> None:
+    a, b = make_pair()
+    rotate(a, b, 0.0)
+    real = start(a, 100.0)
+    forged = Request(real.initiator_public, real.responder_public, 0, 2**64 - 2, bytes(32))
+    accept, promote = b.state.request(forged, 100.0)
+    assert accept.status is AcceptStatus.EPOCH_REFUSED and promote is None
+    assert b.state.highest_epoch == 1 and b.state.status().highest_epoch == 1
+    # A forged Accept on the initiator's side is refused the same way, before any handshake.
+    with pytest.raises(RotationRefused, match="2\\^32"):
+        a.state.accepted(Accept(AcceptStatus.OK, 2**64 - 2), 100.0)
+    assert a.state.highest_epoch == 1
+
+
+def test_an_unauthenticated_request_changes_no_epoch_until_the_handshake_succeeds() -> None:
+    a, b = make_pair()
+    rotate(a, b, 0.0)
+    real = start(a, 100.0)
+    bold = Request(real.initiator_public, real.responder_public, 0, 1000, bytes(32))
+    accept, _ = b.state.request(bold, 100.0)
+    assert accept.status is AcceptStatus.OK and b.state.highest_epoch == 1
+    assert b.state.epoch_for(bold) == 1001
+
+
+def test_a_tampered_proof_keeps_the_pending_key_for_the_real_request() -> None:
+    a, b = make_pair()
+    rotate(a, b, 0.0)
+    rotate(a, b, 100.0, lose="commit")
+    real = start(a, 102.0)
+    forged = Request(real.initiator_public, real.responder_public, real.installed_epoch, real.highest_epoch,
+                     bytes(a ^ 1 for a in real.proof))
+    _, promote = b.state.request(forged, 102.0)
+    assert promote is None and b.state.pending is not None
+    _, promote = b.state.request(real, 102.0)
+    assert promote is not None and promote.epoch == 2
+
+
+def test_both_ends_use_the_stricter_timing_after_an_authenticated_exchange() -> None:
+    slow = RotationPolicy(interval=100.0, jitter=0.0, deadline=150.0)
+    fast = RotationPolicy(interval=20.0, jitter=0.0, deadline=30.0)
+    a = PeerRotation(Role.INITIATOR, KEY_I, KEY_R, slow, now=0.0, uniform=no_jitter)
+    b = PeerRotation(Role.RESPONDER, KEY_R, KEY_I, fast, now=0.0, uniform=no_jitter)
+    sa, sb = Side(a), Side(b)
+    rotate(sa, sb, 0.0)
+    assert a.interval == b.interval == 20.0 and a.deadline == b.deadline == 30.0
+    assert a.next_due == pytest.approx(20.0) and a.fresh_until == b.fresh_until == pytest.approx(30.0)
+    # A partner cannot talk this side below 10 s.
+    tiny = PeerRotation(Role.RESPONDER, KEY_R, KEY_I, RotationPolicy(interval=1.0, jitter=0.0, deadline=2.0),
+                        now=0.0)
+    tiny._agree((1.0, 2.0))
+    a._agree((1.0, 2.0))
+    assert a.interval == 10.0 and a.deadline == 150.0 and tiny.interval == 1.0
+
+
+def test_fail_closed_start_up_installs_a_random_key_with_a_forced_handshake() -> None:
+    policy = RotationPolicy(interval=100.0, jitter=0.0, deadline=150.0, failure_policy=FailurePolicy.FAIL_CLOSED)
+    b = PeerRotation(Role.RESPONDER, KEY_R, KEY_I, policy, now=0.0, cut_at_start=True)
+    actions = b.poll(0.0)
+    assert len(actions) == 1 and isinstance(actions[0], Stale) and actions[0].startup
+    assert actions[0].install is not None and actions[0].install.force_handshake
+    assert b.poll(1.0) == []
+
+
+def test_installs_that_complete_a_rotation_force_a_wireguard_handshake() -> None:
+    a, b = make_pair()
+    epoch = request_and_accept(a, b, 0.0)
+    ka, kb = session_keys(epoch, 0.0)
+    b.state.derived(kb, 0.0)
+    first = a.state.derived(ka, 0.0)
+    assert first is not None and not first.force_handshake  # the responder does not have it yet
+    commit = a.state.install_result(True, 0.0)
+    assert isinstance(commit, Commit)
+    second = b.state.commit(commit, 0.0)
+    assert second.force_handshake  # both ends hold it now
 
 
 def test_off_table_inputs_are_local_protocol_errors() -> None:

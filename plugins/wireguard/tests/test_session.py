@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from hybridkex_wg._config import PeerConfig, exchange_settings, rotation_policy
+from hybridkex_wg._keys import wg_key_text
 from hybridkex_wg._rotation import Role
 from hybridkex_wg._session import PeerRuntime, Reporter, SocketSet, build_runtime, run_initiator, serve_connection
 from hybridkex_wg._sinks import FileSink
@@ -20,7 +21,7 @@ from hybridkex_wg._sinks import FileSink
 
 def make_runtime(tmp_path: Path, side: str, role: Role, local: bytes, peer: bytes, exchange: dict[str, object],
                  ) -> PeerRuntime:
-    settings = exchange_settings(exchange, "exchange", tmp_path)
+    settings = exchange_settings(exchange, "exchange", tmp_path, names=(wg_key_text(local), wg_key_text(peer)))
     policy = rotation_policy({"interval": 10, "jitter": 0}, "rotation", False)
     config = PeerConfig("wg" + side, local, peer, "p", role, ("127.0.0.1", 1) if role is Role.INITIATOR else None,
                         settings, policy, (FileSink(str(tmp_path / side / "{name}.psk")),))
@@ -66,7 +67,7 @@ def test_rotation_over_a_socket_writes_equal_keys(tmp_path: Path, psk_file: Path
     assert a.state.confirmed and b.state.confirmed and a.state.status().epoch == 1
     run_pair(a, b, reporter)
     assert (tmp_path / "a" / "p.psk").read_bytes() == (tmp_path / "b" / "p.psk").read_bytes() != first
-    fingerprints = [line.split("fingerprint=")[1] for line in out.text if line.startswith("psk-set")]
+    fingerprints = [line.split("fingerprint=")[1].split()[0] for line in out.text if line.startswith("psk-set")]
     assert len(fingerprints) == 4
     assert fingerprints[0] == fingerprints[1] != fingerprints[2] == fingerprints[3] == a.state.status().fingerprint
     assert all("qkd=no" in line for line in out.text)

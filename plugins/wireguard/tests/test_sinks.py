@@ -109,7 +109,7 @@ def test_command_sink_gets_key_on_stdin_and_metadata_in_env(tmp_path: Path) -> N
     assert seen["stdin"] == base64.b64encode(KEY).decode() + "\n"
     assert seen["env"] == {
         "HKWG_INTERFACE": "wg0", "HKWG_PEER": PEER.public_key_text, "HKWG_PEER_NAME": "site-b",
-        "HKWG_EPOCH": "5", "HKWG_EVENT": "stale", "HKWG_FINGERPRINT": key_fingerprint(KEY),
+        "HKWG_EPOCH": "5", "HKWG_EVENT": "stale", "HKWG_FINGERPRINT": key_fingerprint(KEY), "HKWG_FORCE_HANDSHAKE": "0",
     }
 
 

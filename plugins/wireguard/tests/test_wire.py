@@ -43,11 +43,11 @@ def test_reprs_hide_tags() -> None:
 @pytest.mark.parametrize("data, match", [
     (b"", "truncated"),
     (b"HX\x01\x02" + bytes(9), "bad magic"),
-    (b"HW\x02\x02" + bytes(9), "version 2"),
-    (b"HW\x01\x09" + bytes(9), "unknown rotation message type"),
-    (b"HW\x01\x02" + bytes(8), "expected 9"),
-    (b"HW\x01\x02" + bytes(10), "expected 9"),
-    (b"HW\x01\x02\x07" + bytes(8), "unknown status"),
+    (b"HW\x01\x02" + bytes(9), "version 1"),
+    (b"HW\x02\x09" + bytes(17), "unknown rotation message type"),
+    (b"HW\x02\x02" + bytes(16), "expected 17"),
+    (b"HW\x02\x02" + bytes(18), "expected 17"),
+    (b"HW\x02\x02\x07" + bytes(16), "unknown status"),
 ])
 def test_malformed_messages_are_remote_protocol_errors(data: bytes, match: str) -> None:
     with pytest.raises(RemoteProtocolError, match=match):
