@@ -190,7 +190,7 @@ class ExchangeSettings:
             if self.effective_qkd_policy != "preferred":
                 raise
             source = _BrokenSource(self.qkd, QKDSourceMissing(f"QKD source {self.qkd} cannot be opened: {exc}"))
-        return JournaledSource(source, KeyIdJournal(self.qkd_journal or default_journal_path()))
+        return JournaledSource(source, KeyIdJournal.for_path(self.qkd_journal or default_journal_path()))
 
 
 class _BrokenSource(QKDKeySource):

@@ -12,6 +12,7 @@ under a lock, so concurrent exchanges on one machine share it.
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,10 +36,25 @@ def default_journal_path() -> Path:
 class KeyIdJournal:
     """The key_IDs used so far, kept in ``path``."""
 
+    _shared: dict[Path, KeyIdJournal] = {}
+    _shared_lock = threading.Lock()
+
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._seen: set[str] = set()
         self._offset = 0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_path(cls, path: str | os.PathLike[str]) -> KeyIdJournal:
+        """The one journal object of this process for ``path``: it reads only what was appended since
+        its last look, so N exchanges cost O(N) reading, not O(N^2)."""
+        key = Path(path).absolute()
+        with cls._shared_lock:
+            journal = cls._shared.get(key)
+            if journal is None:
+                journal = cls._shared[key] = cls(key)
+            return journal
 
     def record(self, role: str, key_ids: Sequence[uuid.UUID]) -> None:
         """Add ``key_ids`` as used in ``role`` (``master`` or ``slave``: one machine may be both ends of a
@@ -46,7 +62,7 @@ class KeyIdJournal:
         entries = [f"{role} {k}" for k in key_ids]
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            with locked(self.path):
+            with self._lock, locked(self.path):
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
                 with os.fdopen(fd, "r+b") as f:
                     # Read only what other processes appended since our last look.
