@@ -10,6 +10,7 @@ before its peer authenticated does not end the listener.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import tempfile
 import threading
@@ -104,12 +105,12 @@ def run_demo(echo: Echo = print, workdir: Path | None = None) -> bool:
         write_identity(bob, base / "bob")
         link_path = base / "qkd-link.json"
         init_link_file(link_path, LinkParameters(channel_error=0.02))
-        common = dict(qkd="sim", qkd_link=link_path, kem="ml-kem-768", backend="auto")
+        common = ExchangeSettings(qkd="sim", qkd_link=link_path, kem="ml-kem-768", backend="auto")
         # Each side keeps its own journal of the QKD key_IDs it used (a replayed key_ID is refused).
-        a = ExchangeSettings(identity=base / "alice/id.key", peers=(base / "bob/id.pub",),  # type: ignore[arg-type]
-                             qkd_journal=base / "alice/qkd-key-ids", **common)
-        b = ExchangeSettings(identity=base / "bob/id.key", peers=(base / "alice/id.pub",),  # type: ignore[arg-type]
-                             qkd_journal=base / "bob/qkd-key-ids", **common)
+        a = dataclasses.replace(common, identity=base / "alice/id.key", peers=(base / "bob/id.pub",),
+                                qkd_journal=base / "alice/qkd-key-ids")
+        b = dataclasses.replace(common, identity=base / "bob/id.key", peers=(base / "alice/id.pub",),
+                                qkd_journal=base / "bob/qkd-key-ids")
 
         echo("hybridkex demo: alice (initiator) and bob (responder) on 127.0.0.1, joined by a simulated BB84 link")
         echo(f"  alice  {alice.fingerprint}  ML-DSA-65 identity")
