@@ -20,13 +20,7 @@ __all__ = ["sections", "all_cells", "find_cell", "scenario_for", "select_cells",
 
 #: Cells known to fail, by id pattern, with the reason.  Their failure shows as X and does not
 #: fail the run; when one passes, the report says so and the entry should go.
-_WG_NAMES = ("wire v2 PSK mode needs --name/--peer-name; the WireGuard rotator's own --name option (the peer's "
-             "label) takes the flag, and its TOML [exchange] has no names yet")
-KNOWN_FAILURES: dict[str, str] = {
-    "hkx/wg/psk/*": _WG_NAMES,
-    "hkx/wg/psk-ratchet/*": _WG_NAMES,
-    "wg-daemon/*": _WG_NAMES,
-}
+KNOWN_FAILURES: dict[str, str] = {}
 
 
 def _modules() -> list[ModuleType]:
