@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from hybridkex import ConfigError, generate_identity, write_identity
+from wg_support import Lines, wait
 
 from hybridkex_wg._config import parse_config
 from hybridkex_wg._daemon import PER_SOURCE, Daemon
@@ -29,19 +30,6 @@ from hybridkex_wg._wire import Accept, AcceptStatus, Request, encode, read_messa
 
 FAST = {"interval": 0.5, "jitter": 0.0, "deadline": 60.0, "retry_initial": 0.2, "retry_max": 0.5,
         "startup_spread": 0.0}
-
-
-class Lines:
-    def __init__(self) -> None:
-        self.text: list[str] = []
-        self._lock = threading.Lock()
-
-    def write(self, s: str) -> None:
-        with self._lock:
-            self.text.extend(x for x in s.splitlines() if x)
-
-    def flush(self) -> None:
-        pass
 
 
 def wg_key() -> bytes:
@@ -58,14 +46,6 @@ def own_psk(directory: Path, name: str) -> str:
         path.write_bytes(base64.b64encode(os.urandom(32)) + b"\n")
         path.chmod(0o600)
     return str(path)
-
-
-def wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    give_up = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > give_up:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture(autouse=True)

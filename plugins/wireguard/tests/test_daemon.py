@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from wg_support import Lines, wait
 
 from hybridkex_wg._config import parse_config
 from hybridkex_wg._daemon import Daemon
@@ -25,36 +26,8 @@ from hybridkex_wg._wire import Request, encode
 FAST = {"interval": 0.5, "jitter": 0.0, "deadline": 30.0, "retry_initial": 0.2, "retry_max": 0.5}
 
 
-class Lines:
-    """A thread-safe stdout stand-in for the Reporter."""
-
-    def __init__(self) -> None:
-        self.text: list[str] = []
-        self._lock = threading.Lock()
-
-    def write(self, s: str) -> None:
-        with self._lock:
-            self.text.extend(x for x in s.splitlines() if x)
-
-    def flush(self) -> None:
-        pass
-
-    def records(self, kind: str) -> list[dict[str, str]]:
-        with self._lock:
-            lines = list(self.text)
-        return [dict(f.split("=", 1) for f in line.split()[1:]) for line in lines if line.split()[0] == kind]
-
-
 def key() -> str:
     return base64.b64encode(os.urandom(32)).decode()
-
-
-def wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    give_up = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > give_up:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ import pytest
 from hybridkex import ConfigError
 from hybridkex.qkd import init_link_file
 from hybridkex.qkd._simlink import update_link_file
+from wg_support import Lines, wait
 
 from hybridkex_wg._config import parse_config
 from hybridkex_wg._daemon import Daemon
@@ -32,34 +33,8 @@ FAST = {"interval": 0.5, "jitter": 0.0, "deadline": 60.0, "retry_initial": 0.2, 
         "startup_spread": 0.0}
 
 
-class Lines:
-    def __init__(self) -> None:
-        self.text: list[str] = []
-        self._lock = threading.Lock()
-
-    def write(self, s: str) -> None:
-        with self._lock:
-            self.text.extend(x for x in s.splitlines() if x)
-
-    def flush(self) -> None:
-        pass
-
-    def records(self, kind: str) -> list[dict[str, str]]:
-        with self._lock:
-            lines = list(self.text)
-        return [dict(f.split("=", 1) for f in line.split()[1:]) for line in lines if line.split()[0] == kind]
-
-
 def b64() -> str:
     return base64.b64encode(os.urandom(32)).decode()
-
-
-def wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    give_up = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > give_up:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture(autouse=True)
