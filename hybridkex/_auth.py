@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from . import _labels
+from ._catkdf import hmac_digest
 from ._errors import AuthenticationError, ConfigError, NegotiationError, UnknownPeerError
 from ._identity import Identity, PublicIdentity, fingerprint
 from ._primitives import Backend
@@ -256,10 +257,10 @@ class PSKAuthenticator(Authenticator):
         return _vec16(first) + _vec16(second)
 
     def _derive(self, key: bytes, label: bytes, role: Role) -> bytes:
-        return hmac.digest(key, label + self._names(role) + b"\x01", "sha256")
+        return hmac_digest(key, label + self._names(role) + b"\x01", "sha256")
 
     def _blind(self, key: bytes, role: Role, prefix: bytes) -> bytes:
-        return hmac.digest(self._derive(key, _labels.PSK_BLIND, role), prefix, "sha256")[:BLIND_SIZE]
+        return hmac_digest(self._derive(key, _labels.PSK_BLIND, role), prefix, "sha256")[:BLIND_SIZE]
 
     def responder_static(self, role: Role) -> bytes:
         return (self.name if role is Role.RESPONDER else self.peer_name).encode()
@@ -295,7 +296,7 @@ class PSKAuthenticator(Authenticator):
 
     def make_tag(self, role: Role, key: bytes | None, purpose: Purpose, transcript: bytes) -> bytes:
         assert key is not None
-        return hmac.digest(self._derive(key, _PSK_LABEL[purpose], role), transcript, "sha256")
+        return hmac_digest(self._derive(key, _PSK_LABEL[purpose], role), transcript, "sha256")
 
     def verify_peer(self, role: Role, key: bytes | None, purpose: Purpose, identity: bytes, transcript: bytes,
                     tag: bytes) -> PeerInfo:
@@ -303,7 +304,7 @@ class PSKAuthenticator(Authenticator):
             raise AuthenticationError("no pre-shared key was agreed")
         if identity:
             raise AuthenticationError("the peer sent an ML-DSA identity in a PSK handshake")
-        expected = hmac.digest(self._derive(key, _PSK_LABEL[purpose], role), transcript, "sha256")
+        expected = hmac_digest(self._derive(key, _PSK_LABEL[purpose], role), transcript, "sha256")
         if not hmac.compare_digest(expected, tag):
             raise AuthenticationError(f"the {purpose.value} PSK MAC over the transcript is invalid: the handshake "
                                       "was tampered with, the pre-shared keys differ, or the names do not match "

@@ -50,7 +50,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from . import _labels
 from ._auth import Authenticator, PeerInfo, Purpose
-from ._catkdf import HASHES, catkdf_unchecked
+from ._catkdf import catkdf_unchecked, hmac_digest, new_hash
 from ._dos import DoSGuard
 from ._errors import (
     AuthenticationError,
@@ -321,7 +321,7 @@ class _Transcript:
     as they go on the wire; :meth:`hash` copies the running hash and adds the parts that follow."""
 
     def __init__(self, hash_name: str) -> None:
-        self._h = HASHES[hash_name](_labels.TRANSCRIPT)
+        self._h = new_hash(hash_name, _labels.TRANSCRIPT)
         self.frames: list[bytes] = []
 
     def absorb(self, frame: bytes) -> None:
@@ -437,10 +437,10 @@ class Connection:
 
     def _expand(self, secret: bytes, label: bytes) -> bytes:
         # HKDF-Expand for one hash length is T(1) = HMAC(PRK, info || 0x01) (RFC 5869 §2.3).
-        return hmac.digest(secret, label + b"\x01", self.suite.hash)
+        return hmac_digest(secret, label + b"\x01", self.suite.hash)
 
     def _mac(self, secret: bytes, label: bytes, data: bytes) -> bytes:
-        return hmac.digest(self._expand(secret, label), data, self.suite.hash)
+        return hmac_digest(self._expand(secret, label), data, self.suite.hash)
 
     def _seal(self, label: bytes, aad: bytes, plaintext: bytes) -> bytes:
         return ChaCha20Poly1305(self._expand(self._hs, label)[:32]).encrypt(_ZERO_NONCE, plaintext, aad)
@@ -506,7 +506,7 @@ class Connection:
             transcript_hash=self.transcript.hash(), message_sizes=tuple(len(f) for f in frames),
             _application=self._expand(session, _labels.SECRET_APPLICATION),
             _exchange_key=self._expand(session, _labels.SECRET_EXCHANGE_KEY)[:32],
-            _ratchet=hmac.digest(ratchet_secret, _labels.RATCHET_NEXT_PSK + vec16(id_i) + vec16(id_r) + b"\x01",
+            _ratchet=hmac_digest(ratchet_secret, _labels.RATCHET_NEXT_PSK + vec16(id_i) + vec16(id_r) + b"\x01",
                                  self.suite.hash)[:32])
 
     def _finish(self, result: HandshakeResult) -> HandshakeResult:
@@ -569,7 +569,7 @@ class Initiator(Connection):
         prefix = init_hello_prefix(hello)
         offer = auth.offer(prefix)
         self._hello_body = prefix + bytes([len(offer)]) + b"".join(offer)
-        self._mac1 = hmac.digest(_mac1_key(self._static), self._hello_body, "sha256")[:MAC_SIZE]
+        self._mac1 = hmac_digest(_mac1_key(self._static), self._hello_body, "sha256")[:MAC_SIZE]
         return State.WAIT_RESP_HELLO, [SendMessage(self._send_hello(bytes(MAC_SIZE)))]
 
     def _send_hello(self, mac2: bytes) -> bytes:
@@ -584,7 +584,7 @@ class Initiator(Connection):
             cookie = ChaCha20Poly1305(_cookie_key(self._static)).decrypt(msg.nonce, msg.sealed_cookie, self._mac1)
         except InvalidTag:
             raise RemoteProtocolError("CookieReply does not open under the responder's identity") from None
-        mac2 = hmac.digest(cookie, self._hello_body + self._mac1, "sha256")[:MAC_SIZE]
+        mac2 = hmac_digest(cookie, self._hello_body + self._mac1, "sha256")[:MAC_SIZE]
         return State.WAIT_RESP_HELLO, [SendMessage(self._send_hello(mac2))]
 
     def _on_resp_hello(self, msg: RespHello, frame: bytes) -> tuple[State, list[Event]]:
@@ -726,7 +726,7 @@ class Responder(Connection):
     def _on_init_hello(self, msg: InitHello, frame: bytes) -> tuple[State, list[Event]]:
         body = frame[HEADER_SIZE:]
         signed, mac1, mac2 = body[:-2 * MAC_SIZE], body[-2 * MAC_SIZE:-MAC_SIZE], body[-MAC_SIZE:]
-        if not hmac.compare_digest(hmac.digest(_mac1_key(self._static), signed, "sha256")[:MAC_SIZE], mac1):
+        if not hmac.compare_digest(hmac_digest(_mac1_key(self._static), signed, "sha256")[:MAC_SIZE], mac1):
             raise UnverifiedMessage("dropped an InitHello without a valid mac1 (the sender does not know this "
                                     "responder's identity)")
         if self._guard is not None:

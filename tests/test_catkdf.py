@@ -60,3 +60,17 @@ def test_bad_parameters(bad: dict[str, object]) -> None:
 def test_non_bytes_rejected() -> None:
     with pytest.raises(TypeError, match="k1"):
         catkdf(**_args(k1="text"))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("hash_name", ["sha256", "sha384"])
+@pytest.mark.parametrize("key_len", [0, 1, 32, 63, 64, 65, 128, 129, 300])
+def test_fast_hmac_equals_the_standard_one(hash_name: str, key_len: int) -> None:
+    import hmac
+    import os
+
+    from hybridkex._catkdf import hmac_digest, new_hash
+
+    for msg_len in (0, 1, 55, 64, 1000):
+        key, msg = os.urandom(key_len), os.urandom(msg_len)
+        assert hmac_digest(key, msg, hash_name) == hmac.digest(key, msg, hash_name)
+        assert new_hash(hash_name, msg).digest() == __import__("hashlib").new(hash_name, msg).digest()
