@@ -22,7 +22,7 @@ import hashlib
 import hmac
 from collections.abc import Callable
 
-from hybridkex import HandshakeConfig, HybridKexError
+from hybridkex import HandshakeConfig, HybridKexError, TransportError
 
 from ._errors import TLSWrongService
 from ._importer import EXCHANGE_CONTEXT, ExternalPSK
@@ -95,15 +95,17 @@ def unknown_client_error(first: bytes) -> TLSWrongService:
     return TLSWrongService("the client speaks neither hybridkex-tls, TLS nor HTTP; refusing the connection")
 
 
-def wrong_service(first: bytes, exc: HybridKexError, reset: bool = False) -> TLSWrongService | None:
+def wrong_service(first: bytes, exc: HybridKexError, reset: bool = False) -> HybridKexError | None:
     """Client: the error to raise instead of ``exc`` when the server's first bytes are not hybridkex.
 
-    ``reset``: the server reset the connection before sending a byte, as a plain TLS server
-    does when a ClientHello does not come (a hybridkex-tls server answers with an alert).
+    ``reset``: the connection was reset before the server sent a byte.  A plain TLS server does
+    that when no ClientHello comes, but so does a network fault, so it stays a network error
+    (exit 5) whose message names both causes.
     """
     if reset and not first:
-        return TLSWrongService("the server reset the connection without answering the hybrid exchange: it is not "
-                               "a hybridkex-tls server (a plain TLS server does exactly this); check the port")
+        return TransportError("the connection was reset before the server answered the hybrid exchange: a network "
+                              "fault, or a server that is not hybridkex-tls (a plain TLS server resets on these "
+                              "bytes); check the port and the path to the server")
     if len(first) >= 2 and first[0] in (0x15, 0x16) and first[1] == 0x03:
         return TLSWrongService("the server answered with plain TLS, not hybridkex-tls: it is an ordinary TLS server "
                                "(use an ordinary TLS client there, or point this client at a hybridkex-tls port)")
