@@ -32,21 +32,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from hybridkex import (
-    DoSGuard,
-    HandshakeConfig,
-    HybridKexError,
-    Initiator,
-    Responder,
-    SendMessage,
-    SignatureAuthenticator,
-    generate_identity,
-    get_backend,
-    load_identity,
-    load_public_identity,
-    write_identity,
-)
-from hybridkex._transport import connect, listen, run_handshake
+from hybridkex import HybridKexError, generate_identity, load_identity, load_public_identity, write_identity
+from hybridkex.backends import get_backend
+from hybridkex.io import connect, listen, run_handshake
+from hybridkex.protocol import DoSGuard, HandshakeConfig, Initiator, Responder, SendMessage, SignatureAuthenticator
 
 BACKEND = get_backend("cryptography")
 LEGIT, FLOOD_A, FLOOD_B = "127.0.0.1", "127.0.0.2", "127.0.0.3"

@@ -34,9 +34,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from hybridkex.qkd._etsi014 import Etsi014Client
-from hybridkex.qkd._kme import KMEConfig, KMEPair
-from hybridkex.qkd._pki import TestPKI, create_test_pki
+from hybridkex_sim._kme import KMEConfig, KMEPair
+from hybridkex_sim._pki import TestPKI, create_test_pki
+
+from hybridkex.qkd import Etsi014Client
 
 SAE_A, SAE_B = "bench-a", "bench-b"
 # A pool big enough for the whole run: 8192 keys of 256 bits, refilled at 1 Mbit/s.

@@ -15,20 +15,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._auth import MIN_PSK_BYTES, Authenticator, PSKAuthenticator, SignatureAuthenticator
 from ._errors import ConfigError, HybridKexError, QKDSourceMissing
-from ._files import read_secret_file
-from ._handshake import HandshakeConfig, HandshakeResult
 from ._identity import load_identity, load_public_identity
-from ._primitives import get_backend
 from ._ratchet import AuthRatchet, RatchetState
-from ._suites import suites_for_kem
+from .backends import get_backend
+from .io._files import read_secret_file
+from .protocol._auth import MIN_PSK_BYTES, Authenticator, PSKAuthenticator, SignatureAuthenticator
+from .protocol._handshake import HandshakeConfig, HandshakeResult
+from .protocol._qkd import QKD_KEY_BYTES, QKDKey, QKDKeySource
+from .protocol._suites import suites_for_kem
 from .qkd._journal import JournaledSource, KeyIdJournal, default_journal_path
-from .qkd._source import QKD_KEY_BYTES, QKDKey, QKDKeySource
+from .qkd._registry import check_source, open_source, source_names
 
-__all__ = ["ExchangeSettings", "load_psk_file", "QKD_KINDS"]
+__all__ = ["ExchangeSettings", "load_psk_file", "qkd_kinds"]
 
-QKD_KINDS = ("off", "sim", "etsi014")
+
+def qkd_kinds() -> list[str]:
+    """What ``--qkd`` accepts: ``off`` and every installed QKD key source."""
+    return ["off", *source_names()]
 
 
 def load_psk_file(path: str | os.PathLike[str]) -> bytes:
@@ -76,7 +80,7 @@ class ExchangeSettings:
     backend: str = "auto"
     """Crypto backend: ``auto``, ``cryptography`` or ``liboqs``."""
     qkd: str = "off"
-    """QKD key source: ``off``, ``sim`` (simulated link) or ``etsi014`` (a KME)."""
+    """QKD key source: ``off`` or an installed source, e.g. ``etsi014`` (a KME) or ``sim`` (simulated link)."""
     qkd_link: Path | None = None
     """Simulated link file, for ``qkd='sim'``."""
     qkd_policy: str | None = None
@@ -103,19 +107,12 @@ class ExchangeSettings:
         return "off" if self.qkd == "off" else "required"
 
     def validate(self) -> None:
-        if self.qkd not in QKD_KINDS:
-            raise ConfigError(f"unknown QKD source {self.qkd!r}; choose one of: {', '.join(QKD_KINDS)}")
-        if self.qkd == "off" and self.effective_qkd_policy != "off":
-            raise ConfigError(f"--qkd-policy {self.effective_qkd_policy} needs a QKD source: add --qkd sim or "
-                              "--qkd etsi014")
-        if self.qkd == "sim" and self.qkd_link is None:
-            raise ConfigError("--qkd sim needs --qkd-link FILE (create one with 'hybridkex qkd-link init FILE' and "
-                              "copy it to both sides)")
-        if self.qkd == "etsi014":
-            missing = [flag for flag, value in (("--kme-url", self.kme_url), ("--sae-id", self.sae_id),
-                                                ("--peer-sae-id", self.peer_sae_id or self.peer_sae_map)) if not value]
-            if missing:
-                raise ConfigError(f"--qkd etsi014 needs {', '.join(missing)}")
+        if self.qkd == "off":
+            if self.effective_qkd_policy != "off":
+                choices = " or ".join(f"--qkd {name}" for name in source_names())
+                raise ConfigError(f"--qkd-policy {self.effective_qkd_policy} needs a QKD source: add {choices}")
+        else:
+            check_source(self)
         psk_mode = self.psk_file is not None or self.psk_ratchet is not None
         if psk_mode and (self.identity is not None or self.peers):
             raise ConfigError("choose one authentication mode: --psk-file, or --identity with --peer")
@@ -182,8 +179,6 @@ class ExchangeSettings:
         self.validate()
         if self.qkd == "off" or self.effective_qkd_policy == "off":
             return None
-        from .qkd._registry import open_source
-
         try:
             source = open_source(self)
         except HybridKexError as exc:

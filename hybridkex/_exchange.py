@@ -16,12 +16,12 @@ from collections.abc import Callable
 from typing import Literal
 
 from ._config import ExchangeSettings
-from ._dos import DoSGuard
 from ._errors import HybridKexError, TransportError
-from ._handshake import HandshakeConfig, HandshakeResult, Initiator, Responder
-from ._state import Role as _Role
-from ._transport import connect, listen, run_handshake
-from .qkd._source import QKDKeySource
+from .io._transport import connect, listen, run_handshake
+from .protocol._dos import DoSGuard
+from .protocol._handshake import HandshakeConfig, HandshakeResult, Initiator, Responder
+from .protocol._qkd import QKDKeySource
+from .protocol._state import Role as _Role
 
 __all__ = ["exchange_over_socket", "exchange", "default_guard", "source_of"]
 

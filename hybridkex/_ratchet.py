@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._auth import PSKAuthenticator, psk_identity
 from ._errors import ConfigError
-from ._files import atomic_write, locked, read_secret_file
-from ._handshake import HandshakeResult
+from .io._files import atomic_write, locked, read_secret_file
+from .protocol._auth import PSKAuthenticator, psk_identity
+from .protocol._handshake import HandshakeResult
 
 __all__ = ["AuthRatchet", "RatchetState", "RatchetKey", "init_ratchet", "MAX_PREVIOUS_EXCHANGES",
            "MAX_PREVIOUS_SECONDS"]

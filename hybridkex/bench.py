@@ -56,12 +56,13 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from . import _labels
-from ._auth import PSKAuthenticator, SignatureAuthenticator
-from ._catkdf import catkdf_unchecked
-from ._dos import DoSGuard
 from ._errors import BackendUnavailable, QKDUnavailable
-from ._handshake import (
+from .backends import KEM, KEM_NAMES, SIG_NAMES, Backend, KeyAgreement, SignatureScheme, get_backend
+from .protocol import _labels
+from .protocol._auth import PSKAuthenticator, SignatureAuthenticator
+from .protocol._catkdf import catkdf_unchecked
+from .protocol._dos import DoSGuard
+from .protocol._handshake import (
     Event,
     HandshakeComplete,
     HandshakeConfig,
@@ -71,11 +72,10 @@ from ._handshake import (
     Responder,
     SendMessage,
 )
-from ._identity import Identity, generate_identity
-from ._primitives import KEM, KEM_NAMES, SIG_NAMES, Backend, KeyAgreement, SignatureScheme, get_backend
-from ._suites import SUITES, Suite, suites_for_kem
-from ._wire import QKDBlock, QKDStatus, RespHello, decode, push_qkd_block, resp_hello_public
-from .qkd._source import QKD_KEY_BYTES, QKDKey
+from .protocol._identity import Identity, generate_identity
+from .protocol._qkd import QKD_KEY_BYTES, QKDKey
+from .protocol._suites import SUITES, Suite, suites_for_kem
+from .protocol._wire import QKDBlock, QKDStatus, RespHello, decode, push_qkd_block, resp_hello_public
 
 __all__ = ["main", "measure", "make_setup", "message_sizes", "cookie_reply_size", "run_handshake", "Floor",
            "Measurement", "ReplayBackend", "REPLAY_RNGS", "REPLAY_WALL"]

@@ -8,20 +8,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hybridkex import (
+from hybridkex import HandshakeResult, HybridKexError, PeerAlertError, QKDKey, QKDKeyReplay
+from hybridkex.backends import get_backend
+from hybridkex.protocol import (
     HandshakeComplete,
     HandshakeConfig,
-    HandshakeResult,
-    HybridKexError,
     Initiator,
     NeedChannelConfirmation,
     NeedQKDKeys,
-    PeerAlertError,
-    QKDKey,
-    QKDKeyReplay,
     Responder,
     SendMessage,
-    get_backend,
 )
 
 BACKEND = get_backend("cryptography")

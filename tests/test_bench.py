@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from hybridkex import LocalProtocolError, get_backend
+from hybridkex import LocalProtocolError
+from hybridkex.backends import get_backend
 from hybridkex.bench import REPLAY_RNGS, REPLAY_WALL, ReplayBackend, make_setup, run_handshake
 
 

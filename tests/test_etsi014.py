@@ -15,8 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hybridkex_sim._kme import KMEConfig, KMEPair
+from hybridkex_sim._pki import TestPKI, create_test_pki
 
 from hybridkex._errors import ConfigError, KMEError, QKDKeyReplay, QKDUnavailable
+from hybridkex.protocol._qkd import QKDKey, QKDKeySource
 from hybridkex.qkd._etsi014 import (
     Etsi014Client,
     KMEKeyReplay,
@@ -26,9 +29,6 @@ from hybridkex.qkd._etsi014 import (
     parse_key_container,
     parse_status,
 )
-from hybridkex.qkd._kme import KMEConfig, KMEPair
-from hybridkex.qkd._pki import TestPKI, create_test_pki
-from hybridkex.qkd._source import QKDKey, QKDKeySource
 
 SAE_A, SAE_B = "sae-a", "sae-b"
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from hybridkex import ConfigError, atomic_write, write_key_file
-from hybridkex._files import encode_key, locked, read_secret_file
+from hybridkex import ConfigError
+from hybridkex.io import atomic_write, write_key_file
+from hybridkex.io._files import encode_key, locked, read_secret_file
 
 
 def test_atomic_write_mode_under_permissive_umask(tmp_path: Path) -> None:

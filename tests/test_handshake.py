@@ -17,32 +17,34 @@ from handshake_harness import BACKEND, QKDPair, configs, no_key, ok, run
 from hybridkex import (
     AuthenticationError,
     ConfigError,
-    DoSGuard,
-    HandshakeConfig,
     HandshakeResult,
     HandshakeTimeout,
     HybridKexError,
-    Initiator,
     LocalProtocolError,
     NegotiationError,
     PeerAlertError,
-    PSKAuthenticator,
     QKDKey,
     QKDPolicyError,
     QKDUnavailable,
     RemoteProtocolError,
-    Responder,
-    SendMessage,
-    SignatureAuthenticator,
     UnknownPeerError,
     UnverifiedMessage,
     generate_identity,
+)
+from hybridkex.protocol import (
+    DoSGuard,
+    HandshakeConfig,
+    Initiator,
+    PSKAuthenticator,
+    Responder,
+    SendMessage,
+    SignatureAuthenticator,
     psk_identity,
 )
-from hybridkex import _labels as labels
-from hybridkex._auth import Purpose
-from hybridkex._state import State
-from hybridkex._wire import CookieReply, decode
+from hybridkex.protocol import _labels as labels
+from hybridkex.protocol._auth import Purpose
+from hybridkex.protocol._state import State
+from hybridkex.protocol._wire import CookieReply, decode
 
 ALICE = generate_identity("ml-dsa-65")
 BOB = generate_identity("ml-dsa-44")
@@ -137,7 +139,7 @@ def test_reflection_with_a_recomputed_mac1_is_refused() -> None:
     the blinded PSK identifiers and both MAC keys are bound to the ordered names, so nothing matches."""
     import hmac as hmac_module
 
-    from hybridkex._handshake import _mac1_key
+    from hybridkex.protocol._handshake import _mac1_key
 
     def remac(index: int, frame: bytes) -> bytes:
         if index != 0:
@@ -333,10 +335,10 @@ def test_an_insider_cannot_spend_another_peers_qkd_key() -> None:
 def test_sae_ids_and_key_size_are_bound_into_the_key() -> None:
     """Two sessions that differ only in the declared SAE IDs cannot share a key: the block is in
     CatKDF's context (checked here by deriving with the same inputs but another block)."""
-    from hybridkex._wire import QKDBlock, QKDReason, QKDStatus
+    from hybridkex.protocol._wire import QKDBlock, QKDReason, QKDStatus
 
     conn = Initiator(configs(*psk_pair())[0])
-    conn._suite = __import__("hybridkex").SUITES[1]
+    conn._suite = __import__("hybridkex.protocol").protocol.SUITES[1]
     conn._k1, conn._k2, conn._ih = b"1" * 32, b"2" * 32, b"ih"
     key_id = uuid.uuid4()
     a = conn._session_secret(QKDBlock(QKDStatus.USED, QKDReason.NONE, "A", "B", 256, (key_id,)), b"q" * 32)

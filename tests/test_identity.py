@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hybridkex import ConfigError, generate_identity, load_identity, load_public_identity, write_identity
-from hybridkex._primitives import SIG_NAMES
+from hybridkex.backends import SIG_NAMES
 
 
 @pytest.mark.parametrize("alg", SIG_NAMES)

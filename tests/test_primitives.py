@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from hybridkex._errors import BackendUnavailable
-from hybridkex._primitives import (
+from hybridkex.backends import (
     KEM_NAMES,
     KEM_SIZES,
     SIG_NAMES,
@@ -422,7 +422,7 @@ def test_liboqs_derives_keys_from_seeds_itself() -> None:
 @pytest.mark.parametrize("name", SIG_NAMES, ids=SIG_NAMES)
 def test_liboqs_sig_falls_back_to_cryptography_without_seed_symbol(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     require_liboqs()
-    from hybridkex import _backend_liboqs
+    from hybridkex.backends import _liboqs as _backend_liboqs
 
     monkeypatch.setattr(_backend_liboqs, "_MLDSA_KEYGEN_SYMBOL", "hybridkex_no_such_symbol_{level}")
     reference = get_backend("cryptography").signature(name)
@@ -438,7 +438,7 @@ def test_liboqs_sig_falls_back_to_cryptography_without_seed_symbol(monkeypatch: 
 @pytest.mark.parametrize("name", KEM_NAMES, ids=KEM_NAMES)
 def test_liboqs_kem_falls_back_to_cryptography_without_derand(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     require_liboqs()
-    from hybridkex import _backend_liboqs
+    from hybridkex.backends import _liboqs as _backend_liboqs
 
     def no_derand(self: object, seed: bytes) -> None:
         raise RuntimeError("Key generation with seed is not supported")
@@ -463,7 +463,7 @@ def test_liboqs_kem_refuses_foreign_private_key(name: str) -> None:
 
 
 def test_liboqs_library_search_mirrors_liboqs_python(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from hybridkex import _backend_liboqs
+    from hybridkex.backends import _liboqs as _backend_liboqs
 
     monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
     monkeypatch.setattr(platform, "system", lambda: "Linux")
@@ -482,7 +482,7 @@ def test_liboqs_library_search_mirrors_liboqs_python(monkeypatch: pytest.MonkeyP
 
 
 def test_probe_reports_missing_oqs_module(monkeypatch: pytest.MonkeyPatch) -> None:
-    from hybridkex import _backend_liboqs
+    from hybridkex.backends import _liboqs as _backend_liboqs
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.delitem(sys.modules, "oqs", raising=False)
@@ -493,7 +493,7 @@ def test_probe_reports_missing_oqs_module(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_probe_survives_system_exit_from_liboqs_python(monkeypatch: pytest.MonkeyPatch) -> None:
-    from hybridkex import _backend_liboqs
+    from hybridkex.backends import _liboqs as _backend_liboqs
 
     def exit_like_liboqs_python() -> None:
         raise SystemExit("Could not load liboqs shared library")
@@ -508,7 +508,7 @@ def test_probe_survives_system_exit_from_liboqs_python(monkeypatch: pytest.Monke
 
 def _run_probe(env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], float]:
     code = textwrap.dedent("""
-        from hybridkex._backend_liboqs import probe
+        from hybridkex.backends._liboqs import probe
         print(repr(probe()))
     """)
     started = time.monotonic()

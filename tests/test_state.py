@@ -19,24 +19,26 @@ from hypothesis import strategies as st
 from test_wire import any_bytes, frames
 
 from hybridkex import (
-    HandshakeComplete,
-    HandshakeConfig,
     HybridKexError,
-    Initiator,
     LocalProtocolError,
-    NeedQKDKeys,
     PeerAlertError,
-    PSKAuthenticator,
     QKDKey,
     QKDUnavailable,
     RemoteProtocolError,
+    UnverifiedMessage,
+)
+from hybridkex.backends import get_backend
+from hybridkex.protocol import (
+    HandshakeComplete,
+    HandshakeConfig,
+    Initiator,
+    NeedQKDKeys,
+    PSKAuthenticator,
     Responder,
     SendMessage,
-    UnverifiedMessage,
-    get_backend,
 )
-from hybridkex._state import REMOTE_INPUTS, TRANSITIONS, Input, Role, State, lookup
-from hybridkex._wire import HEADER_SIZE, MAC_SIZE, Alert, AlertCode, decode
+from hybridkex.protocol._state import REMOTE_INPUTS, TRANSITIONS, Input, Role, State, lookup
+from hybridkex.protocol._wire import HEADER_SIZE, MAC_SIZE, Alert, AlertCode, decode
 
 BACKEND = get_backend("cryptography")
 PSK = bytes(range(32))

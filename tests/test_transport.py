@@ -12,21 +12,13 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from hybridkex import ConfigError
 
-from hybridkex import (
-    HandshakeConfig,
-    HandshakeTimeout,
-    Initiator,
-    PSKAuthenticator,
-    RemoteProtocolError,
-    Responder,
-    TransportError,
-    UnverifiedMessage,
-    get_backend,
-    run_handshake,
-    run_handshake_async,
-)
-from hybridkex._transport import connect, listen, parse_address
+from hybridkex import HandshakeTimeout, RemoteProtocolError, TransportError, UnverifiedMessage
+from hybridkex.backends import get_backend
+from hybridkex.io import run_handshake, run_handshake_async
+from hybridkex.io import connect, listen, parse_address
+from hybridkex.protocol import HandshakeConfig, Initiator, PSKAuthenticator, Responder
 
 PSK = os.urandom(32)
 #: A frame header of this version for an InitHello (magic, version 2, type 1).
@@ -149,9 +141,10 @@ def test_connect_refused_and_retry() -> None:
 def test_parse_address() -> None:
     assert parse_address("127.0.0.1:7443") == ("127.0.0.1", 7443)
     assert parse_address("[::1]:80") == ("::1", 80)
-    for bad in ("nohost", "h:port", "h:70000"):
-        with pytest.raises(ValueError):
-            parse_address(bad)
+    assert parse_address(":80") == ("127.0.0.1", 80)
+    for bad in ("nohost", "h:port", "h:70000", "[::1:80", 7443):
+        with pytest.raises(ConfigError, match="--listen"):
+            parse_address(bad, "--listen")
 
 
 def test_asyncio_adapter() -> None:

@@ -29,13 +29,15 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 from vectors import DATA, load
 
-from hybridkex import HandshakeConfig, Initiator, PSKAuthenticator, catkdf, get_backend, key_fingerprint
-from hybridkex import _labels as L
-from hybridkex._auth import _PSK_LABEL, Purpose
-from hybridkex._handshake import _cookie_key, _mac1_key, _Transcript
-from hybridkex._state import Role
-from hybridkex._suites import AUTH_PSK, AUTH_SIG_CODES, QKD_POLICY_CODES, SUITES
-from hybridkex._wire import HEADER_SIZE, MessageType, decode, init_hello_prefix, vec8, vec16
+from hybridkex import catkdf
+from hybridkex.backends import get_backend
+from hybridkex.protocol import HandshakeConfig, Initiator, PSKAuthenticator, key_fingerprint
+from hybridkex.protocol import _labels as L
+from hybridkex.protocol._auth import _PSK_LABEL, Purpose
+from hybridkex.protocol._handshake import _cookie_key, _mac1_key, _Transcript
+from hybridkex.protocol._state import Role
+from hybridkex.protocol._suites import AUTH_PSK, AUTH_SIG_CODES, QKD_POLICY_CODES, SUITES
+from hybridkex.protocol._wire import HEADER_SIZE, MessageType, decode, init_hello_prefix, vec8, vec16
 
 COMPONENTS = load(gen.COMPONENTS)
 HANDSHAKES = load(gen.HANDSHAKES)

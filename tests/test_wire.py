@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hybridkex import RemoteProtocolError
-from hybridkex._transport import read_frame
-from hybridkex._wire import (
+from hybridkex.io._transport import read_frame
+from hybridkex.protocol._wire import (
     BLIND_SIZE,
     HEADER_SIZE,
     MAC_SIZE,

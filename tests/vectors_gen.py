@@ -28,30 +28,27 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from hybridkex import (
+from hybridkex import QKDKey, QKDUnavailable, catkdf
+from hybridkex.backends import KEM, Backend, KeyAgreement, SignatureScheme, get_backend
+from hybridkex.protocol import (
     HandshakeComplete,
     HandshakeConfig,
     Initiator,
     NeedQKDKeys,
     PSKAuthenticator,
-    QKDKey,
-    QKDUnavailable,
     Responder,
     SendMessage,
     SignatureAuthenticator,
-    catkdf,
-    get_backend,
     key_fingerprint,
 )
-from hybridkex import _labels as L
-from hybridkex._auth import _PSK_LABEL, _SIG_CONTEXT, Purpose
-from hybridkex._dos import DoSGuard
-from hybridkex._handshake import HandshakeResult, _cookie_key, _mac1_key, _Transcript
-from hybridkex._identity import Identity, PublicIdentity
-from hybridkex._primitives import KEM, Backend, KeyAgreement, SignatureScheme
-from hybridkex._state import Role
-from hybridkex._suites import SUITES
-from hybridkex._wire import (
+from hybridkex.protocol import _labels as L
+from hybridkex.protocol._auth import _PSK_LABEL, _SIG_CONTEXT, Purpose
+from hybridkex.protocol._dos import DoSGuard
+from hybridkex.protocol._handshake import HandshakeResult, _cookie_key, _mac1_key, _Transcript
+from hybridkex.protocol._identity import Identity, PublicIdentity
+from hybridkex.protocol._state import Role
+from hybridkex.protocol._suites import SUITES
+from hybridkex.protocol._wire import (
     HEADER_SIZE,
     MessageType,
     QKDBlock,

@@ -10,9 +10,6 @@ import click
 _CORE = [
     ("._keygen", "keygen"),
     ("._exchange", "exchange"),
-    ("._demo", "demo"),
-    ("._qkd_link", "qkd_link"),
-    ("._kme", "kme"),
     ("._psk", "psk"),
 ]
 

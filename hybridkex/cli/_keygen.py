@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from .._identity import generate_identity, write_identity
-from .._primitives import SIG_NAMES
+from .._identity import write_identity
+from ..backends import SIG_NAMES
+from ..protocol._identity import generate_identity
 from .options import handle_errors
 
 

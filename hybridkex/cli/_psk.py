@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 
 from .._config import load_psk_file
-from .._files import atomic_write
 from .._ratchet import init_ratchet
+from ..io._files import atomic_write
 from .options import handle_errors
 
 _path = click.Path(path_type=Path, dir_okay=False)

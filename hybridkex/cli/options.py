@@ -21,7 +21,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from .._config import QKD_KINDS, ExchangeSettings
+from .._config import ExchangeSettings, qkd_kinds
 from .._errors import (
     AuthenticationError,
     ConfigError,
@@ -32,12 +32,12 @@ from .._errors import (
     QKDError,
     TransportError,
 )
-from .._primitives import KEM_NAMES
-from .._suites import QKD_POLICIES
-from .._transport import parse_address
-from .._wire import AlertCode
+from ..backends import KEM_NAMES, backend_names
+from ..io._address import parse_address
+from ..protocol._suites import QKD_POLICIES
+from ..protocol._wire import AlertCode
 
-__all__ = ["address", "exchange_options", "settings_from_options", "fail", "exit_code_for", "handle_errors",
+__all__ = ["address", "exchange_options", "settings_from_options", "fail", "exit_code_for", "handle_errors", "EXIT_CODES",
            "EXCHANGE_KEYS"]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -55,10 +55,11 @@ _OPTIONS = [
     click.option("--peer-name", help="The expected peer's name (PSK mode); must differ from --name."),
     click.option("--kem", type=click.Choice(KEM_NAMES), default="ml-kem-768", show_default=True,
                  help="Post-quantum KEM."),
-    click.option("--backend", type=click.Choice(["auto", "cryptography", "liboqs"]), default="auto",
+    click.option("--backend", type=click.Choice(["auto", *backend_names()]), default="auto",
                  show_default=True, help="Crypto backend for ML-KEM and ML-DSA."),
-    click.option("--qkd", type=click.Choice(QKD_KINDS), default="off", show_default=True,
-                 help="QKD key source: a simulated link or an ETSI GS QKD 014 KME."),
+    click.option("--qkd", type=click.Choice(qkd_kinds()), default="off", show_default=True,
+                 help="QKD key source: an ETSI GS QKD 014 KME (etsi014), or any installed source (sim: a "
+                      "simulated link, from hybridkex-sim)."),
     click.option("--qkd-link", type=_path, help="Simulated QKD link file (for --qkd sim)."),
     click.option("--qkd-policy", type=click.Choice(QKD_POLICIES), default=None,
                  help="What to do without a QKD key [default: required with a QKD source, else off]."),
@@ -103,35 +104,45 @@ def _sae_pair(text: str) -> tuple[str, str]:
     return fingerprint, sae
 
 
-def address(text: str) -> tuple[str, int]:
+def address(text: str, what: str = "address") -> tuple[str, int]:
     """Parse a ``HOST:PORT`` flag value; a ConfigError that shows an example otherwise."""
-    try:
-        return parse_address(text)
-    except ValueError as exc:
-        raise ConfigError(f"{exc}; e.g. 127.0.0.1:7443") from None
+    return parse_address(text, what)
 
+
+#: The exit codes of every ``hybridkex`` command, plugins' included (the README's table).
+EXIT_CODES: dict[int, str] = {
+    0: "success",
+    1: "anything else (a check that failed, e.g. 'wg status' with a stale peer; an unexpected error)",
+    2: "configuration or usage: a bad flag, file or setting; fix it and run again",
+    3: "authentication: the peer is not who this side expects, or it refused this side",
+    4: "QKD: no QKD key under policy required, a replayed key_ID, a KME error",
+    5: "network or timeout: the peer or the KME is unreachable, closed or too slow",
+    130: "interrupted (Ctrl-C)",
+}
+EXIT_OTHER, EXIT_USAGE, EXIT_AUTH, EXIT_QKD, EXIT_NETWORK, EXIT_INTERRUPTED = 1, 2, 3, 4, 5, 130
 
 #: A peer's alert names the class of its failure: the same exit code as if it had failed here.  A
 #: responder no longer exits by itself for an initiator it does not know, so the initiator's code says it.
-_ALERT_EXIT: dict[int, int] = {AlertCode.AUTH_FAILED: 3, AlertCode.UNKNOWN_PEER: 3, AlertCode.NO_COMMON_SUITE: 3,
-               AlertCode.CONTEXT_MISMATCH: 3, AlertCode.QKD_POLICY: 4, AlertCode.QKD_UNAVAILABLE: 4,
-               AlertCode.QKD_REPLAY: 4, AlertCode.TIMEOUT: 5}
+_ALERT_EXIT: dict[int, int] = {AlertCode.AUTH_FAILED: EXIT_AUTH, AlertCode.UNKNOWN_PEER: EXIT_AUTH,
+               AlertCode.NO_COMMON_SUITE: EXIT_AUTH, AlertCode.CONTEXT_MISMATCH: EXIT_AUTH,
+               AlertCode.QKD_POLICY: EXIT_QKD, AlertCode.QKD_UNAVAILABLE: EXIT_QKD, AlertCode.QKD_REPLAY: EXIT_QKD,
+               AlertCode.TIMEOUT: EXIT_NETWORK}
 
 
 def exit_code_for(exc: BaseException) -> int:
-    """Exit codes: 2 configuration, 3 authentication, 4 QKD, 5 network/timeout, 1 anything else.
-    A peer's alert counts by its code (an "unknown peer" alert is 3)."""
+    """The :data:`EXIT_CODES` entry for an error.  A peer's alert counts by its code (an "unknown
+    peer" alert is 3)."""
     if isinstance(exc, PeerAlertError):
-        return _ALERT_EXIT.get(exc.code, 1)  # IntEnum keys match the plain int code
+        return _ALERT_EXIT.get(exc.code, EXIT_OTHER)  # IntEnum keys match the plain int code
     if isinstance(exc, ConfigError):
-        return 2
+        return EXIT_USAGE
     if isinstance(exc, (AuthenticationError, NegotiationError)):
-        return 3
+        return EXIT_AUTH
     if isinstance(exc, QKDError):
-        return 4
+        return EXIT_QKD
     if isinstance(exc, (TransportError, HandshakeTimeout)):
-        return 5
-    return 1
+        return EXIT_NETWORK
+    return EXIT_OTHER
 
 
 def fail(exc: BaseException, *, as_json: bool = False) -> NoReturn:
@@ -154,5 +165,5 @@ def handle_errors(f: F) -> F:
             fail(exc, as_json=as_json)
         except KeyboardInterrupt:
             click.echo("hybridkex: interrupted", err=True)
-            sys.exit(130)
+            sys.exit(EXIT_INTERRUPTED)
     return wrapper  # type: ignore[return-value]

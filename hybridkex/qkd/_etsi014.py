@@ -49,11 +49,15 @@ import urllib.parse
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from .._errors import ConfigError, KMEAnswer, KMEError, QKDKeyReplay, QKDUnavailable
-from .._files import check_not_world_readable
-from ._source import QKD_KEY_BYTES, QKDKey, QKDKeySource
+from ..io._files import check_not_world_readable
+from ..protocol._qkd import QKD_KEY_BYTES, QKDKey, QKDKeySource
+from ._registry import QKDSourceKind
+
+if TYPE_CHECKING:
+    from .._config import ExchangeSettings
 
 __all__ = [
     "API_PREFIX",
@@ -604,3 +608,25 @@ class Etsi014Client(QKDKeySource):
                 status=status, kme_message=message, details=details)
         return KMEError(f"KME {self.kme_url} answered {status} {_shown(reason)[:40]} to {op}{tries}{said}; {advice}",
                         status=status, kme_message=message, details=details)
+
+
+def _check_settings(s: ExchangeSettings) -> None:
+    missing = [flag for flag, value in (("--kme-url", s.kme_url), ("--sae-id", s.sae_id),
+                                        ("--peer-sae-id", s.peer_sae_id or s.peer_sae_map)) if not value]
+    if s.kme_url and not s.kme_url.startswith("http://"):
+        missing += [flag for flag, value in (("--kme-ca", s.kme_ca), ("--sae-cert", s.sae_cert),
+                                             ("--sae-key", s.sae_key)) if value is None]
+    if missing:
+        raise ConfigError(f"--qkd etsi014 needs {', '.join(missing)}")
+
+
+def _open_settings(s: ExchangeSettings) -> QKDKeySource:
+    _check_settings(s)
+    return Etsi014Client(s.kme_url or "", ca=s.kme_ca, sae_cert=s.sae_cert, sae_key=s.sae_key,
+                         sae_id=s.sae_id or "", peer_sae_id=s.peer_sae_id or "",
+                         insecure_http=s.kme_insecure_http, timeout=min(10.0, s.timeout))
+
+
+#: The ``etsi014`` entry of the QKD source registry.
+SOURCE = QKDSourceKind("etsi014", open=_open_settings, check=_check_settings,
+                       description="a KME reached over ETSI GS QKD 014 (HTTPS with mutual TLS)")

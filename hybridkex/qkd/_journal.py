@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .._errors import ConfigError, QKDKeyReplay
-from .._files import locked
-from ._source import QKD_KEY_BYTES, QKDKey, QKDKeySource
+from ..io._files import locked
+from ..protocol._qkd import QKD_KEY_BYTES, QKDKey, QKDKeySource
 
 __all__ = ["KeyIdJournal", "JournaledSource", "default_journal_path"]
 

@@ -1,55 +1,78 @@
-"""QKD key sources by name (``sim``, ``etsi014``), built from :class:`ExchangeSettings`."""
+"""QKD key sources by name, found through the ``hybridkex.qkd_sources`` entry-point group.
+
+The core ships ``etsi014`` (a KME reached over ETSI GS QKD 014); the ``hybridkex-sim``
+distribution adds ``sim`` (a simulated BB84 link) the same way any other distribution adds
+a source: an entry point naming a :class:`QKDSourceKind`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .._errors import ConfigError
-from ._source import QKDKeySource
+from .._registry import Registry
+from ..protocol._qkd import QKDKeySource
 
 if TYPE_CHECKING:
     from .._config import ExchangeSettings
 
-__all__ = ["open_source", "register_source"]
+__all__ = ["QKDSourceKind", "open_source", "register_source", "source_names", "check_source"]
 
 
-def _open_sim(s: ExchangeSettings) -> QKDKeySource:
-    if s.qkd_link is None:
-        raise ConfigError("--qkd sim needs --qkd-link FILE (create one with 'hybridkex qkd-link init FILE' and "
-                          "copy it to both sides)")
-    from ._simlink import SimulatedLinkSource
-
-    return SimulatedLinkSource(s.qkd_link)
+def _no_check(settings: ExchangeSettings) -> None:
+    return None
 
 
-def _open_etsi014(s: ExchangeSettings) -> QKDKeySource:
-    missing = [flag for flag, value in (("--kme-url", s.kme_url), ("--sae-id", s.sae_id),
-                                        ("--peer-sae-id", s.peer_sae_id)) if not value]
-    insecure = bool(s.kme_url and s.kme_url.startswith("http://"))
-    if not insecure:
-        missing += [flag for flag, value in (("--kme-ca", s.kme_ca), ("--sae-cert", s.sae_cert),
-                                             ("--sae-key", s.sae_key)) if value is None]
-    if missing:
-        raise ConfigError(f"--qkd etsi014 needs {', '.join(missing)}")
-    from ._etsi014 import Etsi014Client
+@dataclass(frozen=True)
+class QKDSourceKind:
+    """One kind of QKD key source, as ``--qkd NAME`` selects it."""
 
-    return Etsi014Client(s.kme_url or "", ca=s.kme_ca, sae_cert=s.sae_cert, sae_key=s.sae_key,
-                         sae_id=s.sae_id or "", peer_sae_id=s.peer_sae_id or "",
-                         insecure_http=s.kme_insecure_http, timeout=min(10.0, s.timeout))
+    name: str
+    """The name users type (``--qkd NAME``, ``qkd = "NAME"``)."""
+    open: Callable[[ExchangeSettings], QKDKeySource]
+    """Build the source from the exchange settings (may raise :class:`ConfigError` or a ``QKDError``)."""
+    check: Callable[[ExchangeSettings], None] = _no_check
+    """Raise :class:`ConfigError` naming what the settings lack, without opening anything."""
+    description: str = ""
+    """One line for ``--help``."""
 
 
-_SOURCES: dict[str, Callable[[ExchangeSettings], QKDKeySource]] = {"sim": _open_sim, "etsi014": _open_etsi014}
+def _check_kind(value: object) -> QKDSourceKind:
+    if not isinstance(value, QKDSourceKind):
+        raise TypeError(f"a hybridkex.qkd_sources entry point must name a QKDSourceKind, not {value!r}")
+    return value
 
 
-def register_source(name: str, factory: Callable[[ExchangeSettings], QKDKeySource]) -> None:
-    """Add a QKD key source by name (e.g. from a plugin)."""
-    _SOURCES[name] = factory
+_REGISTRY: Registry[QKDSourceKind] = Registry("hybridkex.qkd_sources",
+                                              {"etsi014": "hybridkex.qkd._etsi014:SOURCE"}, _check_kind)
+
+
+def register_source(kind: QKDSourceKind) -> None:
+    """Add a QKD key source at run time (distributions use the entry point instead)."""
+    _REGISTRY.register(kind.name, kind)
+
+
+def source_names() -> list[str]:
+    """Every installed source name, without importing any source."""
+    return _REGISTRY.names()
+
+
+def _kind(name: str) -> QKDSourceKind:
+    kind = _REGISTRY.get(name)
+    if kind is None:
+        known = ", ".join(["off", *source_names()])
+        hint = " (the simulated link comes with the hybridkex-sim distribution)" if name == "sim" else ""
+        raise ConfigError(f"unknown QKD source {name!r}; choose one of: {known}{hint}")
+    return kind
+
+
+def check_source(settings: ExchangeSettings) -> None:
+    """Raise :class:`ConfigError` when ``settings.qkd`` is unknown or lacks what it needs."""
+    _kind(settings.qkd).check(settings)
 
 
 def open_source(settings: ExchangeSettings) -> QKDKeySource:
-    try:
-        factory = _SOURCES[settings.qkd]
-    except KeyError:
-        raise ConfigError(f"unknown QKD source {settings.qkd!r}; choose one of: {', '.join(_SOURCES)}") from None
-    return factory(settings)
+    """Open the source that ``settings.qkd`` names."""
+    return _kind(settings.qkd).open(settings)

@@ -33,7 +33,7 @@ def _dist(name: str) -> str:
 
 def environment() -> dict[str, str]:
     """Facts for the report's environment table (no secrets, no paths)."""
-    from hybridkex import available_backends
+    from hybridkex.backends import available_backends
 
     env = {
         "python": f"{platform.python_implementation()} {platform.python_version()}",

@@ -239,7 +239,7 @@ def _client_scenario(ctx: CellContext) -> None:
         ctx.check(ans["code"] == 401 and not ans.get("keys"), f"an unauthorised SAE was answered {ans}")
         ctx.note(f"401: {ans.get('message')}")
     else:
-        from hybridkex.qkd._etsi014 import Etsi014Client
+        from hybridkex.qkd import Etsi014Client
 
         mallory = Etsi014Client(kmes.url_a, ca=kmes.pki / "ca.crt", sae_cert=kmes.pki / f"{SAE_OTHER}.crt",
                                 sae_key=kmes.pki / f"{SAE_OTHER}.key", sae_id=SAE_OTHER, peer_sae_id=SAE_B)
@@ -303,7 +303,7 @@ def _served(pair: Any, pki: Any, key: str) -> ServedKMEs:
 
 
 def _lib_column(ctx: CellContext, key: str, pair: Any, kmes: ServedKMEs) -> None:
-    from hybridkex.qkd._etsi014 import Etsi014Client
+    from hybridkex.qkd import Etsi014Client
 
     f = FAULTS[key]
     options: dict[str, Any] = {"timeout": 2.0 if key == "slow-timeout" else 10.0, "retries": 3, "backoff": 0.05}

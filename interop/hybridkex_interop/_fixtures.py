@@ -52,7 +52,7 @@ def identity(ctx: CellContext, alg: str, who: str) -> Path:
 
 def psk_file(ctx: CellContext, name: str = "psk") -> Path:
     """A PSK file (32 random bytes, base64, mode 0600), as ``hybridkex psk init`` writes it."""
-    from hybridkex import atomic_write
+    from hybridkex.io import atomic_write
 
     path = ctx.fixtures / f"{name}.txt"
     with _locked(ctx):

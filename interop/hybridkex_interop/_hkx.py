@@ -93,7 +93,7 @@ def cells() -> list[Cell]:
 
 def missing_backend(name: str) -> str | None:
     """Why backend ``name`` cannot be used here (the skip reason), or None when it can."""
-    from hybridkex import available_backends
+    from hybridkex.backends import available_backends
 
     reason = available_backends().get(name, "unknown backend")
     return None if reason is None else f"{name} not installed"

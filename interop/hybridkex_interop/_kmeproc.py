@@ -60,7 +60,7 @@ def serve_kmes(ctx: CellContext, *extra: str, prefix: Sequence[str] = ()) -> Ser
 def kme_pair(ctx: CellContext, **options: Any) -> Any:
     """An in-process :class:`hybridkex.qkd._kme.KMEPair` (with fault-injection hooks), serving
     until the cell ends.  ``options`` go to the constructor (``config``, ``key_rate``, ...)."""
-    from hybridkex.qkd._kme import KMEPair
+    from hybridkex_sim import KMEPair
 
     pair = KMEPair(kme_pki(ctx), sae_a=SAE_A, sae_b=SAE_B, create_pki=False, **options)
     pair.serve()
@@ -70,7 +70,7 @@ def kme_pair(ctx: CellContext, **options: Any) -> Any:
 
 def etsi014_client(kmes: ServedKMEs, sae: str, peer: str, **options: Any) -> Any:
     """The project's ETSI GS QKD 014 client for ``sae`` at its KME."""
-    from hybridkex.qkd._etsi014 import Etsi014Client
+    from hybridkex.qkd import Etsi014Client
 
     return Etsi014Client(kmes.url_for(sae), ca=kmes.pki / "ca.crt", sae_cert=kmes.pki / f"{sae}.crt",
                          sae_key=kmes.pki / f"{sae}.key", sae_id=sae, peer_sae_id=peer, **options)

@@ -153,7 +153,7 @@ def _sig(ctx: CellContext, peer: NodePeer, alg: str, js_first: bool, backend: An
 
 
 def _run(ctx: CellContext) -> None:
-    from hybridkex import get_backend
+    from hybridkex.backends import get_backend
 
     from ._hkx import require_backends
 

@@ -30,8 +30,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from hybridkex import ConfigError, ExchangeSettings, HandshakeConfig, HandshakeResult, QKDKeySource
+from hybridkex import ConfigError, ExchangeSettings, HandshakeResult, QKDKeySource
 from hybridkex import exchange_over_socket as _exchange_over_socket
+from hybridkex.protocol import HandshakeConfig
 
 from ._engine import TLSEngine
 from ._importer import (

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from hybridkex import listen
+from hybridkex.io import listen
 
 from ._context import HybridTLSContext
 from ._tlssocket import HybridTLSSocket

@@ -22,7 +22,8 @@ import hashlib
 import hmac
 from collections.abc import Callable
 
-from hybridkex import HandshakeConfig, HybridKexError, TransportError
+from hybridkex import HybridKexError, TransportError
+from hybridkex.protocol import HandshakeConfig
 
 from ._errors import TLSWrongService
 from ._importer import EXCHANGE_CONTEXT, ExternalPSK

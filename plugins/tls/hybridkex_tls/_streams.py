@@ -19,13 +19,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from hybridkex import (
-    HybridKexError,
-    Initiator,
-    Responder,
-    TransportError,
-    run_handshake_async,
-)
+from hybridkex import HybridKexError, TransportError
+from hybridkex.io import run_handshake_async
+from hybridkex.protocol import Initiator, Responder
 
 from ._context import HybridTLSContext, psk_from_result
 from ._engine import TLSEngine

@@ -19,8 +19,9 @@ from collections import deque
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, NoReturn, cast
 
-from hybridkex import HybridKexError, PeerAlertError, RemoteProtocolError, TransportError, recv_exact
-from hybridkex._wire import HEADER_SIZE, MAGIC, Alert, decode, parse_header
+from hybridkex import HybridKexError, PeerAlertError, RemoteProtocolError, TransportError
+from hybridkex.io import recv_exact
+from hybridkex.protocol import HEADER_SIZE, MAGIC, Alert, decode, parse_header
 
 from ._context import psk_from_result
 from ._engine import TLSEngine

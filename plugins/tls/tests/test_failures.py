@@ -19,8 +19,8 @@ from hybridkex import (
     RemoteProtocolError,
     TransportError,
     exchange_over_socket,
-    recv_exact,
 )
+from hybridkex.io import recv_exact
 
 from hybridkex_tls import HybridTLSContext, HybridTLSSocket, TLSConnectionClosed, TLSHandshakeError, TLSPSKError
 from hybridkex_tls._setup import PREAMBLE_HEADER, bound_config, preamble

@@ -13,7 +13,7 @@ import pytest
 
 from hybridkex_tls import HybridTLSContext, HybridTLSSocket
 
-pytest.importorskip("hybridkex.qkd._simlink", reason="the simulated QKD link is not in this checkout")
+pytest.importorskip("hybridkex_sim._simlink", reason="the simulated QKD link is not in this checkout")
 
 
 @pytest.fixture

@@ -40,7 +40,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from hybridkex import ConfigError, ExchangeSettings, HandshakeConfig, HybridKexError, RemoteProtocolError, listen
+from hybridkex import ConfigError, ExchangeSettings, HybridKexError, RemoteProtocolError
+from hybridkex.io import listen
+from hybridkex.protocol import HandshakeConfig
 
 from ._config import DaemonConfig, PeerConfig, peer_identities
 from ._rotation import PSK_BYTES, FailurePolicy, Install, Stale, StartExchange, State

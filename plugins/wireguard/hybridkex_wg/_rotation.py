@@ -72,7 +72,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from hybridkex import LocalProtocolError, RemoteProtocolError, key_fingerprint
+from hybridkex import LocalProtocolError, RemoteProtocolError
+from hybridkex.protocol import key_fingerprint
 
 from . import _labels
 from ._wire import TAG_SIZE, Accept, AcceptStatus, Commit, Done, DoneStatus, Request

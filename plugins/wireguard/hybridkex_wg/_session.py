@@ -29,18 +29,17 @@ from collections.abc import Callable, Iterator
 from typing import TextIO
 
 from hybridkex import (
-    DoSGuard,
     ExchangeSettings,
-    HandshakeConfig,
     HandshakeResult,
     HybridKexError,
     LocalProtocolError,
     QKDKeySource,
     QKDPolicyError,
     UnknownPeerError,
-    connect,
     exchange_over_socket,
 )
+from hybridkex.io import connect
+from hybridkex.protocol import DoSGuard, HandshakeConfig
 
 from . import _labels
 from ._config import PeerConfig

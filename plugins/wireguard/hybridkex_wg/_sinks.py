@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from hybridkex import ConfigError, HybridKexError, key_fingerprint, write_key_file
+from hybridkex import ConfigError, HybridKexError
+from hybridkex.io import write_key_file
+from hybridkex.protocol import key_fingerprint
 
 from ._keys import PeerRef
 

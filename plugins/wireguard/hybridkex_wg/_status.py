@@ -15,7 +15,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from hybridkex import ConfigError, atomic_write
+from hybridkex import ConfigError
+from hybridkex.io import atomic_write
 
 from ._keys import wg_key_text
 from ._rotation import PeerStatus

@@ -26,7 +26,8 @@ import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from hybridkex import RemoteProtocolError, recv_exact, send_all
+from hybridkex import RemoteProtocolError
+from hybridkex.io import recv_exact, send_all
 
 __all__ = [
     "VERSION", "MAGIC", "MessageType", "AcceptStatus", "DoneStatus", "Request", "Accept", "Commit", "Done",

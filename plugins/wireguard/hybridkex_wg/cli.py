@@ -86,7 +86,7 @@ def check(config_path: Path) -> None:
     for peer in config.peers:
         peer.settings.handshake_config()
         if peer.settings.qkd != "off" and peer.settings.effective_qkd_policy != "off":
-            from hybridkex.qkd._registry import open_source
+            from hybridkex.qkd import open_source
 
             # Directly, not through open_qkd_source(): with policy "preferred" that one would hide the failure.
             try:

@@ -20,8 +20,7 @@ from typing import Any
 
 import pytest
 from hybridkex import ConfigError
-from hybridkex.qkd import init_link_file
-from hybridkex.qkd._simlink import update_link_file
+from hybridkex_sim import init_link_file, update_link_file
 from wg_support import Lines, wait
 
 from hybridkex_wg._config import parse_config

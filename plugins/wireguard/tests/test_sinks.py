@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from hybridkex import ConfigError, key_fingerprint
+from hybridkex import ConfigError
+from hybridkex.protocol import key_fingerprint
 
 from hybridkex_wg._keys import PeerRef
 from hybridkex_wg._sinks import CommandSink, FileSink, SinkError, WgSink, scrub

@@ -18,11 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from ._config import ExchangeSettings
-from ._errors import HybridKexError
-from ._exchange import exchange
-from ._handshake import HandshakeResult
-from ._identity import generate_identity, write_identity
+from hybridkex import ExchangeSettings, HandshakeResult, HybridKexError, exchange, generate_identity, write_identity
 
 __all__ = ["run_demo"]
 
@@ -95,8 +91,8 @@ def _show(echo: Echo, name: str, outcome: HandshakeResult | HybridKexError) -> N
 
 def run_demo(echo: Echo = print, workdir: Path | None = None) -> bool:
     """Run the demo, printing with ``echo``.  Returns True when every step behaved as expected."""
-    from .qkd._bb84 import LinkParameters
-    from .qkd._simlink import SimulatedLinkSource, init_link_file, update_link_file
+    from ._bb84 import LinkParameters
+    from ._simlink import SimulatedLinkSource, init_link_file, update_link_file
 
     with tempfile.TemporaryDirectory(prefix="hybridkex-demo-") as tmp:
         base = workdir or Path(tmp)

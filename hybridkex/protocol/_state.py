@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from ._errors import LocalProtocolError, RemoteProtocolError
+from .._errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = ["Role", "State", "Input", "Step", "TRANSITIONS", "REMOTE_INPUTS", "lookup"]
 

@@ -18,8 +18,9 @@ from types import FrameType
 from typing import Any
 
 import click
-
-from .._errors import HybridKexError
+from hybridkex import HybridKexError
+from hybridkex.cli.options import handle_errors
+from hybridkex.io import parse_address
 
 __all__ = ["kme"]
 
@@ -27,9 +28,6 @@ _PROBABILITY = click.FloatRange(0.0, 1.0)
 _dir = click.Path(file_okay=False, path_type=Path)
 _file = click.Path(dir_okay=False, path_type=Path)
 
-
-def _fail(exc: BaseException) -> click.ClickException:
-    return click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 
 @click.group("kme")
@@ -44,18 +42,16 @@ def kme() -> None:
 @click.option("--host", "hosts", multiple=True, metavar="NAME",
               help="A name the KME server certificates are valid for [default: 127.0.0.1 and localhost].")
 @click.option("--force", is_flag=True, help="Create a new CA and reissue every certificate.")
+@handle_errors
 def pki(directory: Path, saes: tuple[str, ...], hosts: tuple[str, ...], force: bool) -> None:
     """Create a test PKI in DIRECTORY: CA, KME server certificates and one client certificate per SAE.
 
     An existing CA and existing certificates are reused unless --force, so running it again
     with a new --sae adds that SAE.  Keys are written 0600; this PKI is for tests and demos only.
     """
-    from ..qkd._pki import DEFAULT_HOSTS, create_test_pki
+    from .._pki import DEFAULT_HOSTS, create_test_pki
 
-    try:
-        made, written = create_test_pki(directory, saes, hosts=hosts or DEFAULT_HOSTS, force=force)
-    except HybridKexError as exc:
-        raise _fail(exc) from None
+    made, written = create_test_pki(directory, saes, hosts=hosts or DEFAULT_HOSTS, force=force)
     for path in written:
         click.echo(f"wrote {path}")
     click.echo(f"test PKI {made.directory}: CA {made.ca_cert.name}, SAEs {', '.join(made.sae_ids) or 'none'}")
@@ -84,6 +80,7 @@ def pki(directory: Path, saes: tuple[str, ...], hosts: tuple[str, ...], force: b
 @click.option("--insecure-http", is_flag=True,
               help="Serve plain HTTP without authentication. Only for testing clients' insecure mode.")
 @click.option("-v", "--verbose", count=True, help="Log requests (-v) and more (-vv) to stderr; never keys.")
+@handle_errors
 def serve(pki_dir: Path, listen_a: str, listen_b: str, sae_a: str, sae_b: str, key_rate: float,
           link_error: float, eve: float, max_key_count: int, max_key_per_request: int, seed: str | None,
           empty: bool, insecure_http: bool, verbose: int) -> None:
@@ -93,7 +90,7 @@ def serve(pki_dir: Path, listen_a: str, listen_b: str, sae_a: str, sae_b: str, k
     certificate's CN.  Keys the master SAE fetches at one KME (enc_keys) are delivered by
     key_ID at the other (dec_keys), once.  One line per KME is printed when it is ready.
     """
-    from ..qkd._kme import KMEConfig, KMEPair, parse_listen
+    from .._kme import KMEConfig, KMEPair
 
     if verbose:
         logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO,
@@ -112,16 +109,16 @@ def serve(pki_dir: Path, listen_a: str, listen_b: str, sae_a: str, sae_b: str, k
     # Handlers first: a signal during start-up (the link fills the pool) stops cleanly too.
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        host_a, port_a = parse_listen(listen_a)
-        host_b, port_b = parse_listen(listen_b)
+        host_a, port_a = parse_address(listen_a, "--listen-a", example="127.0.0.1:8443")
+        host_b, port_b = parse_address(listen_b, "--listen-b", example="127.0.0.1:8444")
         config = KMEConfig(max_key_count=max_key_count, max_key_per_request=max_key_per_request)
         pair = KMEPair(pki_dir, sae_a=sae_a, sae_b=sae_b, host=host_a, port_a=port_a, host_b=host_b, port_b=port_b,
                        key_rate=key_rate, link_error=link_error, eve=eve, config=config, seed=seed_bytes,
                        prefill=not empty, tls=not insecure_http, create_pki=False)
-    except HybridKexError as exc:
+    except HybridKexError:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        raise _fail(exc) from None
+        raise
     try:
         if not stop.is_set():
             pair.serve()
@@ -161,7 +158,7 @@ def _client_options(f: Any) -> Any:
 
 
 def _client(kw: dict[str, Any]) -> Any:
-    from ..qkd._etsi014 import Etsi014Client
+    from hybridkex.qkd import Etsi014Client
 
     return Etsi014Client(kw["kme_url"], ca=kw["kme_ca"], sae_cert=kw["sae_cert"], sae_key=kw["sae_key"],
                          sae_id=kw["sae_id"], peer_sae_id=kw["peer_sae_id"], timeout=kw["timeout"],
@@ -176,13 +173,11 @@ def _container_json(container: Any) -> str:
 
 @kme.command("status")
 @_client_options
+@handle_errors
 def status(**kw: Any) -> None:
     """Get the status of the key shared with the peer SAE (ETSI GS QKD 014 §5.2), as JSON."""
-    try:
-        with _client(kw) as client:
-            st = client.status()
-    except HybridKexError as exc:
-        raise _fail(exc) from None
+    with _client(kw) as client:
+        st = client.status()
     click.echo(json.dumps(dataclasses.asdict(st)))
 
 
@@ -190,28 +185,24 @@ def status(**kw: Any) -> None:
 @_client_options
 @click.option("--number", type=click.IntRange(min=1), default=1, show_default=True, help="Keys to fetch.")
 @click.option("--size", type=click.IntRange(min=1), help="Key size in bits [default: the KME's].")
+@handle_errors
 def enc_keys(number: int, size: int | None, **kw: Any) -> None:
     """Fetch new keys as master SAE (ETSI GS QKD 014 §5.3); print the key container (secret!) as JSON."""
-    try:
-        with _client(kw) as client:
-            container = client.enc_keys(number, size)
-    except HybridKexError as exc:
-        raise _fail(exc) from None
+    with _client(kw) as client:
+        container = client.enc_keys(number, size)
     click.echo(_container_json(container))
 
 
 @kme.command("dec-keys")
 @_client_options
 @click.option("--key-id", "key_ids", multiple=True, required=True, help="A key_ID to fetch; repeat for several.")
+@handle_errors
 def dec_keys(key_ids: tuple[str, ...], **kw: Any) -> None:
     """Fetch keys by key_ID as slave SAE (ETSI GS QKD 014 §5.4); print the key container (secret!) as JSON."""
     try:
         ids = [uuid.UUID(k) for k in key_ids]
     except ValueError:
         raise click.BadParameter("each key_ID must be a UUID", param_hint="--key-id") from None
-    try:
-        with _client(kw) as client:
-            container = client.dec_keys(ids, size_bits=None)
-    except HybridKexError as exc:
-        raise _fail(exc) from None
+    with _client(kw) as client:
+        container = client.dec_keys(ids, size_bits=None)
     click.echo(_container_json(container))

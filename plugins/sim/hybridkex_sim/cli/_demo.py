@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 
 import click
+from hybridkex.cli.options import handle_errors
 
 from .._demo import run_demo
-from .options import handle_errors
 
 
 @click.command()

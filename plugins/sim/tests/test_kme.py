@@ -24,10 +24,10 @@ import pytest
 from click.testing import CliRunner
 from cryptography import x509
 from cryptography.x509.oid import NameOID
-
 from hybridkex._errors import ConfigError
-from hybridkex.qkd._kme import KeyPool, KMEConfig, KMEPair, LinkPump, parse_listen
-from hybridkex.qkd._pki import TestPKI, create_test_pki, load_test_pki
+
+from hybridkex_sim._kme import KeyPool, KMEConfig, KMEPair, LinkPump
+from hybridkex_sim._pki import TestPKI, create_test_pki, load_test_pki
 
 SAE_A, SAE_B, SAE_C = "sae-a", "sae-b", "sae-c"
 KEYS = "/api/v1/keys"
@@ -439,7 +439,8 @@ def test_cli_pki(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert (tmp_path / "p" / "x.key").exists() and "SAEs x, y" in result.output
     result = CliRunner().invoke(cli, ["kme", "pki", str(tmp_path / "q"), "--sae", "../evil"])
-    assert result.exit_code == 1 and "Traceback" not in result.output and "SAE ID" in result.output
+    assert result.exit_code == 2 and "Traceback" not in result.output and "SAE ID" in result.output
+    assert result.output.startswith("hybridkex: error: ")
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
@@ -474,15 +475,18 @@ def test_cli_serve_without_pki_fails_cleanly(tmp_path: Path) -> None:
     from hybridkex.cli import cli
 
     result = CliRunner().invoke(cli, ["kme", "serve", "--pki", str(tmp_path), "--sae-a", "a", "--sae-b", "b"])
-    assert result.exit_code == 1 and "hybridkex kme pki" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 2 and "hybridkex kme pki" in result.output and "Traceback" not in result.output
+    assert result.output.startswith("hybridkex: error: ")
 
 
-def test_parse_listen() -> None:
-    assert parse_listen("127.0.0.1:0") == ("127.0.0.1", 0)
-    assert parse_listen("[::1]:8443") == ("::1", 8443)
-    for bad in ("127.0.0.1", ":80", "h:99999", "h:x"):
-        with pytest.raises(ConfigError):
-            parse_listen(bad)
+def test_cli_bad_listen_address_is_a_config_error(pki: TestPKI) -> None:
+    from hybridkex.cli import cli
+
+    for bad in ("127.0.0.1", "h:99999", "h:x"):
+        result = CliRunner().invoke(cli, ["kme", "serve", "--pki", str(pki.directory), "--sae-a", "a", "--sae-b", "b",
+                                          "--listen-a", bad])
+        assert result.exit_code == 2, result.output
+        assert f"hybridkex: error: --listen-a {bad!r} is not HOST:PORT" in result.output
 
 
 def test_port_in_use_is_a_config_error(pki: TestPKI) -> None:

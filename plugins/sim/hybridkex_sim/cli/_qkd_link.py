@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 
 import click
-
-from .._errors import HybridKexError
+from hybridkex import ConfigError
+from hybridkex.cli.options import handle_errors
 
 __all__ = ["qkd_link"]
 
@@ -18,9 +18,6 @@ _PROBABILITY = click.FloatRange(0.0, 1.0)
 #: Blocks simulated after 'tap' to show what the eavesdropper does to the key rate.
 _TAP_TRIAL_BLOCKS = 8
 
-
-def _fail(exc: Exception) -> click.ClickException:
-    return click.ClickException(str(exc))
 
 
 @click.group("qkd-link")
@@ -35,15 +32,16 @@ def qkd_link() -> None:
 @click.option("--eve", type=_PROBABILITY, default=0.0, show_default=True,
               help="Fraction of pulses an intercept-resend eavesdropper measures and resends.")
 @click.option("--force", is_flag=True, help="Overwrite an existing link file (its keys become unrecoverable).")
+@handle_errors
 def init(file: str, channel_error: float, eve: float, force: bool) -> None:
     """Create link FILE with a fresh random seed (mode 0600); copy it to the peer over a secure channel."""
-    from ..qkd._bb84 import LinkParameters
-    from ..qkd._simlink import init_link_file
+    from .._bb84 import LinkParameters
+    from .._simlink import init_link_file
 
     try:
         link = init_link_file(file, LinkParameters(channel_error=channel_error, eve=eve), force=force)
-    except (HybridKexError, ValueError) as exc:
-        raise _fail(exc) from None
+    except ValueError as exc:  # a parameter out of range
+        raise ConfigError(str(exc)) from None
     click.echo(f"created simulated QKD link {file} (BB84, channel error {channel_error:.1%}, "
                f"eve {eve * 100:g}%, fingerprint {link.fingerprint}); copy it to the peer over a secure channel")
 
@@ -52,15 +50,16 @@ def init(file: str, channel_error: float, eve: float, force: bool) -> None:
 @click.argument("file", type=click.Path(dir_okay=False, path_type=str))
 @click.option("--eve", type=_PROBABILITY, required=True,
               help="Fraction of pulses the eavesdropper intercepts and resends (0 removes her).")
+@handle_errors
 def tap(file: str, eve: float) -> None:
     """Put an intercept-resend eavesdropper on link FILE (rewrites its parameters, keeps its seed)."""
-    from ..qkd._bb84 import BB84Link, expected_qber
-    from ..qkd._simlink import update_link_file
+    from .._bb84 import BB84Link, expected_qber
+    from .._simlink import update_link_file
 
     try:
         link = update_link_file(file, eve=eve)
-    except (HybridKexError, ValueError) as exc:
-        raise _fail(exc) from None
+    except ValueError as exc:  # a parameter out of range
+        raise ConfigError(str(exc)) from None
     stats = BB84Link(link.params, link.seed).statistics(_TAP_TRIAL_BLOCKS, int.from_bytes(os.urandom(7), "big"))
     click.echo(f"link {file}: eavesdropper on {eve * 100:g}% of pulses; expected QBER "
                f"{expected_qber(link.params):.1%}; {stats.aborted_blocks} of {stats.blocks} trial blocks aborted, "
@@ -69,15 +68,16 @@ def tap(file: str, eve: float) -> None:
 
 @qkd_link.command("show")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=str))
+@handle_errors
 def show(file: str) -> None:
     """Print the parameters of link FILE and the statistics of one fresh block (never the seed)."""
-    from ..qkd._bb84 import BB84Link, expected_qber
-    from ..qkd._simlink import load_link_file
+    from .._bb84 import BB84Link, expected_qber
+    from .._simlink import load_link_file
 
     try:
         link = load_link_file(file)
-    except (HybridKexError, ValueError) as exc:
-        raise _fail(exc) from None
+    except ValueError as exc:  # a parameter out of range
+        raise ConfigError(str(exc)) from None
     p = link.params
     block = BB84Link(p, link.seed).block(int.from_bytes(os.urandom(8), "big"))
     lines = [

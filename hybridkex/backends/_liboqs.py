@@ -38,9 +38,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._backend_cryptography import CryptographyBackend
-from ._errors import BackendUnavailable
-from ._primitives import KEM, KEM_NAMES, KEM_SIZES, SIG_NAMES, SIG_SIZES, Backend, KeyAgreement, SignatureScheme
+from .._errors import BackendUnavailable
+from ._cryptography import CryptographyBackend
+from ._interface import KEM, KEM_NAMES, KEM_SIZES, SIG_NAMES, SIG_SIZES, Backend, KeyAgreement, SignatureScheme
 
 __all__ = ["LiboqsBackend", "probe"]
 
@@ -400,6 +400,10 @@ class LiboqsBackend(Backend):
     """
 
     name = "liboqs"
+
+    @classmethod
+    def probe(cls) -> str | None:
+        return probe()
 
     def __init__(self) -> None:
         reason = probe()

@@ -13,52 +13,14 @@ import contextlib
 import socket
 import time
 
-from ._errors import (
-    HandshakeTimeout,
-    HybridKexError,
-    PeerAlertError,
-    QKDError,
-    QKDSourceMissing,
-    RemoteProtocolError,
-    TransportError,
-)
-from ._handshake import (
-    Connection,
-    Event,
-    HandshakeComplete,
-    HandshakeResult,
-    Initiator,
-    NeedChannelConfirmation,
-    NeedQKDKeys,
-    SendMessage,
-)
-from ._wire import HEADER_SIZE, Alert, decode, parse_header
-from .qkd._source import QKDKey, QKDKeySource
+from .._errors import HandshakeTimeout, HybridKexError, TransportError
+from ..protocol._handshake import Connection, HandshakeResult
+from ..protocol._qkd import QKDKeySource
+from ..protocol._wire import HEADER_SIZE, parse_header
+from ._backoff import Backoff
+from ._pump import AWAIT_CLOSE_SECONDS, READ, AskQKD, Send, ask_qkd, pump
 
-__all__ = ["run_handshake", "run_handshake_async", "connect", "parse_address", "listen", "read_frame", "recv_exact",
-           "send_all"]
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[V6]:PORT`` -> (host, port)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{text!r} is not HOST:PORT")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    return host or "127.0.0.1", int(port)
-
-
-def _ask_qkd(source: QKDKeySource | None, request: NeedQKDKeys) -> list[QKDKey] | QKDError:
-    if source is None:
-        return QKDSourceMissing("no QKD key source is configured on this side")
-    try:
-        if request.role == "master":
-            return source.get_new_keys(request.number, request.size_bits)
-        if request.peer_sae_id:
-            return source.get_keys_from(list(request.key_ids), request.peer_sae_id)
-        return source.get_keys_by_id(list(request.key_ids))
-    except QKDError as exc:
-        return exc
+__all__ = ["run_handshake", "run_handshake_async", "connect", "listen", "read_frame", "recv_exact", "send_all"]
 
 
 def recv_exact(sock: socket.socket, n: int, deadline: float, what: str) -> bytes:
@@ -109,19 +71,11 @@ def _send_alert(sock: socket.socket, conn: Connection) -> None:
             send_all(sock, conn.error_alert, time.monotonic() + 1.0)
 
 
-def _await_close(sock: socket.socket, deadline: float) -> None:
-    """After sending the last message: the peer either closes (it accepted the message) or sends an
-    alert (its check of that message failed, so no key).  The close is not the proof of the peer's
-    key (that came before); it only rules out the alert.  Silence until the deadline counts as closed."""
+def _frame_or_close(sock: socket.socket, deadline: float) -> bytes | None:
     try:
-        frame = read_frame(sock, deadline)
+        return read_frame(sock, deadline)
     except (TransportError, HandshakeTimeout):
-        return
-    message = decode(frame)
-    if isinstance(message, Alert):
-        raise PeerAlertError(f"peer aborted the handshake after this side's last message: {message.text}",
-                             int(message.code))
-    raise RemoteProtocolError("peer sent data after the handshake instead of closing")
+        return None
 
 
 def run_handshake(sock: socket.socket, conn: Connection, qkd_source: QKDKeySource | None = None, *,
@@ -129,41 +83,29 @@ def run_handshake(sock: socket.socket, conn: Connection, qkd_source: QKDKeySourc
     """Run ``conn`` (an Initiator or Responder) to completion over a connected socket.
 
     ``timeout`` bounds the whole handshake (default: the config's).  The socket is left
-    open and blocking; the caller closes it.  Each side returns only once it holds the
-    peer's proof of the final session secret (a closed connection never counts as one).
-    An initiator with channel confirmation returns at :class:`NeedChannelConfirmation`
-    with the provisional result: the caller's channel (TLS) then confirms it.
-
-    With ``await_close`` the side that sent the handshake's last message waits (up to 5 s) for
-    the peer to close or to send an alert, so that altering that last message leaves neither
-    side with a key (use it when nothing follows on the connection, as for ``hybridkex
-    exchange``; the other side closes at once).
+    open and blocking; the caller closes it.  ``await_close`` is the pump's (use it when
+    nothing follows on the connection, as for ``hybridkex exchange``; the other side closes
+    at once).  The steps are :func:`~hybridkex.io.pump`'s.
     """
     deadline = time.monotonic() + (timeout if timeout is not None else conn.config.timeout)
     previous_timeout = sock.gettimeout()
+    steps = pump(conn, await_close=await_close)
+    answer: object = None
     try:
-        events: list[Event] = conn.initiate() if isinstance(conn, Initiator) else []
-        if not isinstance(conn, Initiator):
-            events = conn.receive(read_frame(sock, deadline))
         while True:
-            follow_up: list[Event] = []
-            sent_last = False
-            for event in events:
-                if isinstance(event, SendMessage):
-                    send_all(sock, event.data, deadline)
-                    sent_last = True
-                elif isinstance(event, NeedQKDKeys):
-                    answer = _ask_qkd(qkd_source, event)
-                    follow_up += conn.qkd_failed(answer) if isinstance(answer, QKDError) \
-                        else conn.qkd_keys(answer)
-                elif isinstance(event, (HandshakeComplete, NeedChannelConfirmation)):
-                    if await_close and sent_last and isinstance(event, HandshakeComplete):
-                        _await_close(sock, min(deadline, time.monotonic() + 5.0))
-                    return event.result
-            if follow_up:
-                events = follow_up
-                continue
-            events = conn.receive(read_frame(sock, deadline))
+            try:
+                step = steps.send(answer)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            if isinstance(step, Send):
+                send_all(sock, step.data, deadline)
+                answer = None
+            elif isinstance(step, AskQKD):
+                answer = ask_qkd(qkd_source, step.request)
+            elif step is READ:
+                answer = read_frame(sock, deadline)
+            else:  # AWAIT_CLOSE
+                answer = _frame_or_close(sock, min(deadline, time.monotonic() + AWAIT_CLOSE_SECONDS))
     except HybridKexError:
         _send_alert(sock, conn)
         raise
@@ -172,9 +114,14 @@ def run_handshake(sock: socket.socket, conn: Connection, qkd_source: QKDKeySourc
             sock.settimeout(previous_timeout)
 
 
+#: Refused connections are retried quickly at first (the peer is starting), then every half second.
+_CONNECT_RETRY = Backoff(0.05, 0.5, jitter=0.2)
+
+
 def connect(address: tuple[str, int], timeout: float = 10.0, *, retry_for: float = 0.0) -> socket.socket:
     """Connect over TCP, retrying refused connections for ``retry_for`` seconds (peer still starting)."""
     give_up = time.monotonic() + retry_for
+    attempt = 0
     while True:
         try:
             sock = socket.create_connection(address, timeout=timeout)
@@ -184,7 +131,8 @@ def connect(address: tuple[str, int], timeout: float = 10.0, *, retry_for: float
             if time.monotonic() >= give_up:
                 raise TransportError(f"connection to {address[0]}:{address[1]} refused; is the peer listening?") \
                     from None
-            time.sleep(0.1)
+            attempt += 1
+            time.sleep(min(_CONNECT_RETRY.delay(attempt), max(0.0, give_up - time.monotonic())))
         except TimeoutError:
             raise TransportError(f"connecting to {address[0]}:{address[1]} timed out after {timeout:g} s") from None
         except OSError as exc:
@@ -218,28 +166,38 @@ async def _read_frame_async(reader: asyncio.StreamReader) -> bytes:
         raise TransportError(f"connection failed during the handshake: {exc.strerror or exc}") from None
 
 
+async def _frame_or_close_async(reader: asyncio.StreamReader) -> bytes | None:
+    try:
+        return await asyncio.wait_for(_read_frame_async(reader), AWAIT_CLOSE_SECONDS)
+    except (TransportError, TimeoutError):
+        return None
+
+
 async def run_handshake_async(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: Connection,
                               qkd_source: QKDKeySource | None = None, *,
-                              timeout: float | None = None) -> HandshakeResult:
-    """asyncio version of :func:`run_handshake`.  QKD source calls (blocking HTTPS) run in a thread."""
+                              timeout: float | None = None, await_close: bool = False) -> HandshakeResult:
+    """asyncio version of :func:`run_handshake`, the same pump.  QKD source calls (blocking HTTPS)
+    run in the default executor."""
 
     async def drive() -> HandshakeResult:
         loop = asyncio.get_running_loop()
-        events: list[Event] = conn.initiate() if isinstance(conn, Initiator) else \
-            conn.receive(await _read_frame_async(reader))
+        steps = pump(conn, await_close=await_close)
+        answer: object = None
         while True:
-            follow_up: list[Event] = []
-            for event in events:
-                if isinstance(event, SendMessage):
-                    writer.write(event.data)
-                    await writer.drain()
-                elif isinstance(event, NeedQKDKeys):
-                    answer = await loop.run_in_executor(None, _ask_qkd, qkd_source, event)
-                    follow_up += conn.qkd_failed(answer) if isinstance(answer, QKDError) \
-                        else conn.qkd_keys(answer)
-                elif isinstance(event, (HandshakeComplete, NeedChannelConfirmation)):
-                    return event.result
-            events = follow_up or conn.receive(await _read_frame_async(reader))
+            try:
+                step = steps.send(answer)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            if isinstance(step, Send):
+                writer.write(step.data)
+                await writer.drain()
+                answer = None
+            elif isinstance(step, AskQKD):
+                answer = await loop.run_in_executor(None, ask_qkd, qkd_source, step.request)
+            elif step is READ:
+                answer = await _read_frame_async(reader)
+            else:  # AWAIT_CLOSE
+                answer = await _frame_or_close_async(reader)
 
     try:
         return await asyncio.wait_for(drive(), timeout if timeout is not None else conn.config.timeout)

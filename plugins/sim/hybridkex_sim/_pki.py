@@ -31,9 +31,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-from .._errors import ConfigError
-from .._files import atomic_write
+from hybridkex import ConfigError
+from hybridkex.io import atomic_write
 
 __all__ = ["TestPKI", "create_test_pki", "load_test_pki", "check_sae_id", "KME_NAMES", "DEFAULT_HOSTS"]
 

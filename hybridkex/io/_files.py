@@ -14,7 +14,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from ._errors import ConfigError
+from .._errors import ConfigError
 
 __all__ = ["atomic_write", "read_secret_file", "locked", "check_not_world_readable"]
 

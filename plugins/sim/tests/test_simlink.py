@@ -15,17 +15,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from hybridkex._errors import ConfigError, QKDKeyReplay, QKDUnavailable
-from hybridkex.cli._qkd_link import qkd_link
-from hybridkex.qkd import (
-    LinkParameters,
-    QKDKeySource,
-    SimulatedLinkSource,
-    init_link_file,
-    load_link_file,
-)
-from hybridkex.qkd._simlink import MAX_KEY_BITS, update_link_file
+from hybridkex.qkd import QKDKeySource
+
+from hybridkex_sim import LinkParameters, SimulatedLinkSource, init_link_file, load_link_file
+from hybridkex_sim._simlink import MAX_KEY_BITS, update_link_file
+from hybridkex_sim.cli._qkd_link import qkd_link
 
 
 def counter_rng() -> Callable[[int], bytes]:
@@ -176,7 +171,7 @@ def test_one_block_serves_several_keys_with_disjoint_material(link: Path, tmp_pa
             assert all(end <= s or e <= start for s, e in spans.get(block, [])), line
             spans.setdefault(block, []).append((start, end))
     # A new master process (no memory of the open block) never reuses a reserved block.
-    from hybridkex.qkd import _simlink
+    from hybridkex_sim import _simlink
     _simlink._ALLOCATORS.clear()
     again = SimulatedLinkSource(link, consumed_path=tmp_path / "master").get_new_keys(4)
     assert not {k.key for k in again} & {k.key for k in keys}
@@ -337,7 +332,7 @@ def test_bad_requests(pair: tuple[SimulatedLinkSource, SimulatedLinkSource], num
 
 _END = """
 import hashlib, sys, uuid
-from hybridkex.qkd import SimulatedLinkSource
+from hybridkex_sim import SimulatedLinkSource
 source = SimulatedLinkSource(sys.argv[1])
 if sys.argv[2] == "master":
     (key,) = source.get_new_keys()
@@ -395,7 +390,7 @@ def test_cli_init_show_tap(tmp_path: Path) -> None:
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(qkd_link, ["show", str(tmp_path / "missing.json")])
-    assert result.exit_code == 1 and "does not exist" in result.output and result.exception is not None
-    assert "Traceback" not in result.output
+    assert result.exit_code == 2 and "does not exist" in result.output
+    assert result.output.startswith("hybridkex: error: ") and "Traceback" not in result.output
     result = runner.invoke(qkd_link, ["tap", str(tmp_path / "missing.json"), "--eve", "0.5"])
-    assert result.exit_code == 1 and "does not exist" in result.output
+    assert result.exit_code == 2 and "does not exist" in result.output

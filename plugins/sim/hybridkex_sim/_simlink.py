@@ -48,10 +48,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._errors import ConfigError, QKDKeyReplay, QKDUnavailable
-from .._files import atomic_write, locked, read_secret_file
+from hybridkex import ConfigError, QKDKeyReplay, QKDUnavailable
+from hybridkex.io import atomic_write, locked, read_secret_file
+from hybridkex.qkd import QKD_KEY_BYTES, QKDKey, QKDKeySource
+
 from ._bb84 import BB84Link, LinkParameters
-from ._source import QKD_KEY_BYTES, QKDKey, QKDKeySource
 
 __all__ = [
     "LinkFile",

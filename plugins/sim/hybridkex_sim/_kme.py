@@ -55,8 +55,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
-from .._errors import ConfigError
-from ._etsi014 import API_PREFIX, Etsi014Client
+from hybridkex import ConfigError
+from hybridkex.qkd import API_PREFIX, Etsi014Client
+
 from ._pki import TestPKI, check_sae_id, create_test_pki, load_test_pki
 
 __all__ = [
@@ -69,7 +70,6 @@ __all__ = [
     "Faults",
     "Reply",
     "DEFAULT_KEY_RATE",
-    "parse_listen",
 ]
 
 _log = logging.getLogger("hybridkex.qkd.kme")
@@ -936,11 +936,3 @@ class KMEPair:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the pool did not reach {count} keys in {timeout:g} s")
             time.sleep(0.005)
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """Parse ``HOST:PORT`` (``[v6]:PORT`` for IPv6) for ``--listen-a/--listen-b``."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"listen address {value!r} is not HOST:PORT; e.g. 127.0.0.1:8443 (port 0: any free port)")
-    return host.strip("[]"), int(port)

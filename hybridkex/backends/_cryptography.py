@@ -7,8 +7,8 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import mldsa, mlkem, x25519
 
-from ._errors import BackendUnavailable
-from ._primitives import KEM, KEM_SIZES, SIG_SIZES, Backend, KeyAgreement, SignatureScheme
+from .._errors import BackendUnavailable
+from ._interface import KEM, KEM_SIZES, SIG_SIZES, Backend, KeyAgreement, SignatureScheme
 
 __all__ = ["CryptographyBackend", "probe"]
 
@@ -105,6 +105,10 @@ class _CryptographyMLDSA(SignatureScheme):
 
 class CryptographyBackend(Backend):
     name = "cryptography"
+
+    @classmethod
+    def probe(cls) -> str | None:
+        return probe()
 
     def kem(self, name: str) -> KEM:
         if name not in _KEM_CLASSES:

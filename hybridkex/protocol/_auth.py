@@ -18,11 +18,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
+from .._errors import AuthenticationError, ConfigError, NegotiationError, UnknownPeerError
+from ..backends import Backend
 from . import _labels
 from ._catkdf import hmac_digest
-from ._errors import AuthenticationError, ConfigError, NegotiationError, UnknownPeerError
 from ._identity import Identity, PublicIdentity, fingerprint
-from ._primitives import Backend
 from ._state import Role
 from ._suites import AUTH_PSK, AUTH_SIG_CODES, auth_name
 from ._wire import BLIND_SIZE, MAX_PSK_OFFER, NO_PSK

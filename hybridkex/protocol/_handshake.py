@@ -48,11 +48,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
-from . import _labels
-from ._auth import Authenticator, PeerInfo, Purpose
-from ._catkdf import catkdf_unchecked, hmac_digest, new_hash
-from ._dos import DoSGuard
-from ._errors import (
+from .._errors import (
     AuthenticationError,
     ContextMismatch,
     HandshakeTimeout,
@@ -70,7 +66,12 @@ from ._errors import (
     UnknownPeerError,
     UnverifiedMessage,
 )
-from ._primitives import Backend, get_backend
+from ..backends import Backend, get_backend
+from . import _labels
+from ._auth import Authenticator, PeerInfo, Purpose
+from ._catkdf import catkdf_unchecked, hmac_digest, new_hash
+from ._dos import DoSGuard
+from ._qkd import QKD_KEY_BYTES, QKDKey
 from ._state import Input, Role, State, lookup
 from ._suites import QKD_POLICIES, QKD_POLICY_CODES, SUITES, Suite, auth_name
 from ._wire import (
@@ -106,7 +107,6 @@ from ._wire import (
     vec8,
     vec16,
 )
-from .qkd._source import QKD_KEY_BYTES, QKDKey
 
 __all__ = [
     "HandshakeConfig", "Initiator", "Responder", "Connection", "HandshakeResult", "QKDOutcome",

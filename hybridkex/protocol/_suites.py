@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._errors import ConfigError
+from .._errors import ConfigError
 
 __all__ = ["Suite", "SUITES", "suite_by_name", "suites_for_kem", "AUTH_PSK", "AUTH_SIG_CODES", "auth_name",
            "QKD_POLICIES", "QKD_POLICY_CODES"]

@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from hybridkex.qkd._bb84 import (
+from hybridkex_sim._bb84 import (
     VERIFY_TAG_BITS,
     BB84Link,
     BlockResult,

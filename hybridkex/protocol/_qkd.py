@@ -1,11 +1,12 @@
-"""The QKD key-source interface.
+"""The QKD key-source interface: what the protocol asks of a QKD link (public as ``hybridkex.qkd``).
 
 A QKD key source is the application's view of a QKD link: it hands out keys as the
 *master* SAE (ETSI GS QKD 014 §5.2 ``enc_keys``: new keys plus their key_IDs) and looks
 keys up as the *slave* SAE (§5.3 ``dec_keys``: keys by key_ID, each delivered once).
 
-Implementations: the simulated BB84 link (``sim``), the ETSI 014 client (``etsi014``).
-They do I/O; the handshake never calls them -- the transport adapter does, when the
+Implementations: the ETSI 014 client (``etsi014``), the simulated BB84 link (``sim``, from
+hybridkex-sim), any other registered through ``hybridkex.qkd_sources``.  They do I/O; the
+handshake never calls them -- the transport adapter does, when the
 sans-I/O state machine asks for keys.
 """
 

@@ -1,4 +1,4 @@
-"""Primitive interfaces and the registry that picks an implementation by name.
+"""The primitive interfaces every backend implements.
 
 Algorithms are named as users type them: ``x25519``, ``ml-kem-768``, ``ml-kem-1024``,
 ``ml-dsa-44``, ``ml-dsa-65``, ``ml-dsa-87``.  A *backend* (``cryptography`` or ``liboqs``)
@@ -13,16 +13,13 @@ on disk as their FIPS 204 32-byte seed (xi), the form every backend can load.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-from ._errors import BackendUnavailable
 
 __all__ = [
     "KEM", "KeyAgreement", "SignatureScheme",
     "KEM_SIZES", "SIG_SIZES", "KEM_NAMES", "SIG_NAMES",
-    "Backend", "get_backend", "available_backends", "register_backend",
+    "Backend",
 ]
 
 
@@ -111,9 +108,18 @@ class SignatureScheme(abc.ABC):
 
 
 class Backend(abc.ABC):
-    """A source of primitive implementations."""
+    """A source of primitive implementations.
+
+    A backend is registered under the entry-point group ``hybridkex.backends`` as its class;
+    the class is constructed once per process, after :meth:`probe` said it is usable.
+    """
 
     name: str
+
+    @classmethod
+    def probe(cls) -> str | None:
+        """None when this backend is usable here, else a sentence saying why not and what to do."""
+        return None
 
     @abc.abstractmethod
     def kem(self, name: str) -> KEM: ...
@@ -123,60 +129,3 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def signature(self, name: str) -> SignatureScheme: ...
-
-
-# name -> (probe returning None when usable or a reason string, factory)
-_BACKENDS: dict[str, tuple[Callable[[], str | None], Callable[[], Backend]]] = {}
-_CACHE: dict[str, Backend] = {}
-#: order in which ``auto`` tries backends
-AUTO_ORDER = ("liboqs", "cryptography")
-
-
-def register_backend(name: str, probe: Callable[[], str | None], factory: Callable[[], Backend]) -> None:
-    _BACKENDS[name] = (probe, factory)
-    _PROBED.pop(name, None)
-    _CACHE.pop(name, None)
-
-
-def _load_builtin() -> None:
-    if _BACKENDS:
-        return
-    from . import _backend_cryptography, _backend_liboqs
-
-    register_backend("cryptography", _backend_cryptography.probe, _backend_cryptography.CryptographyBackend)
-    register_backend("liboqs", _backend_liboqs.probe, _backend_liboqs.LiboqsBackend)
-
-
-_PROBED: dict[str, str | None] = {}
-
-
-def _probe(name: str) -> str | None:
-    """A backend's probe result, computed once per process (probes build keys; that is not free)."""
-    if name not in _PROBED:
-        _PROBED[name] = _BACKENDS[name][0]()
-    return _PROBED[name]
-
-
-def available_backends() -> dict[str, str | None]:
-    """Map each known backend to None (usable) or the reason it is not."""
-    _load_builtin()
-    return {name: _probe(name) for name in _BACKENDS}
-
-
-def get_backend(name: str = "auto") -> Backend:
-    """Return a backend by name: ``auto``, ``cryptography`` or ``liboqs``."""
-    _load_builtin()
-    if name == "auto":
-        for candidate in AUTO_ORDER:
-            if candidate in _BACKENDS and _probe(candidate) is None:
-                return get_backend(candidate)
-        raise BackendUnavailable("no crypto backend is usable; install 'cryptography>=48'")
-    if name not in _BACKENDS:
-        raise BackendUnavailable(f"unknown backend {name!r}; choose one of: auto, {', '.join(sorted(_BACKENDS))}")
-    if name not in _CACHE:
-        factory = _BACKENDS[name][1]
-        reason = _probe(name)
-        if reason is not None:
-            raise BackendUnavailable(f"backend {name!r} is not usable here: {reason}")
-        _CACHE[name] = factory()
-    return _CACHE[name]

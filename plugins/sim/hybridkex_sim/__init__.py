@@ -1,0 +1,45 @@
+"""hybridkex-sim: simulators for testing and demonstrating hybridkex without QKD hardware.
+
+- a BB84 QKD link with an eavesdropper knob (``BB84Link``, ``run_block``), shared by two
+  sites through a link file (``init_link_file``) and registered as the ``sim`` QKD source;
+- a pair of ETSI GS QKD 014 key-management servers over HTTPS with mutual TLS, with fault
+  injection (``KMEPair``), and a throw-away test PKI for them (``create_test_pki``);
+- the commands ``hybridkex demo``, ``hybridkex qkd-link`` and ``hybridkex kme``.
+
+Nothing here is meant for production: the test PKI writes unencrypted keys, and the link is
+a simulation.  numpy is imported on first use of the link.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._bb84 import BB84Link, BlockResult, LinkParameters, run_block
+    from ._demo import run_demo
+    from ._kme import KMEConfig, KMEPair
+    from ._pki import TestPKI, create_test_pki, load_test_pki
+    from ._simlink import SimulatedLinkSource, init_link_file, load_link_file, update_link_file
+
+__all__ = [
+    "BB84Link", "LinkParameters", "BlockResult", "run_block",
+    "SimulatedLinkSource", "init_link_file", "load_link_file", "update_link_file",
+    "KMEPair", "KMEConfig", "TestPKI", "create_test_pki", "load_test_pki", "run_demo",
+]
+
+_LAZY = {
+    "BB84Link": "._bb84", "LinkParameters": "._bb84", "BlockResult": "._bb84", "run_block": "._bb84",
+    "SimulatedLinkSource": "._simlink", "init_link_file": "._simlink", "load_link_file": "._simlink",
+    "update_link_file": "._simlink", "KMEPair": "._kme", "KMEConfig": "._kme", "TestPKI": "._pki",
+    "create_test_pki": "._pki", "load_test_pki": "._pki", "run_demo": "._demo",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
