@@ -1,4 +1,4 @@
-"""The process one cell runs in, and the context a scenario function gets.
+"""The context a scenario function gets, and how one cell is run (the process is :mod:`._run_cell`).
 
 The runner starts ``python -m hybridkex_interop._run_cell CELL_ID ...`` in a new process group
 for every cell, so a cell that hangs or crashes is stopped (SIGTERM, then SIGKILL to the
@@ -14,10 +14,7 @@ runner can remove them even after a SIGKILL.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
-import os
 import signal
 import time
 import traceback
@@ -29,7 +26,7 @@ from typing import NoReturn
 
 from ._model import Cell
 
-__all__ = ["CellContext", "CellFailed", "CellSkipped", "Scenario", "main", "NETNS_FILE"]
+__all__ = ["CellContext", "CellFailed", "CellSkipped", "Scenario", "run_cell", "NETNS_FILE"]
 
 #: File in the cell's work directory that lists the network namespaces the cell created.
 NETNS_FILE = "netns.txt"
@@ -141,27 +138,3 @@ def run_cell(ctx: CellContext, scenario: Scenario) -> dict[str, str]:
         traceback.print_exc()
         outcome, error = "E", f"{type(exc).__name__}: {_first_line(str(exc))}"
     return {"outcome": outcome, "detail": "; ".join(ctx.notes), "error": error}
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of a cell process (``python -m hybridkex_interop._run_cell``)."""
-    from ._catalogue import find_cell, scenario_for
-
-    parser = argparse.ArgumentParser(prog="python -m hybridkex_interop._run_cell")
-    parser.add_argument("cell_id")
-    parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("--cache", type=Path, required=True)
-    parser.add_argument("--fixtures", type=Path, required=True)
-    parser.add_argument("--result", type=Path, required=True)
-    parser.add_argument("--timeout", type=float, required=True)
-    args = parser.parse_args(argv)
-    cell = find_cell(args.cell_id)
-    args.work.mkdir(parents=True, exist_ok=True)
-    ctx = CellContext(cell=cell, work=args.work, cache=args.cache, fixtures=args.fixtures,
-                      deadline=time.monotonic() + args.timeout,
-                      ci=os.environ.get("CI", "").lower() == "true")
-    print(f"cell {cell.id}: {cell.row} / {cell.column}", flush=True)
-    record = run_cell(ctx, scenario_for(cell))
-    print(f"result: {record['outcome']} {record['error']}", flush=True)
-    args.result.write_text(json.dumps(record), encoding="utf-8")
-    return 0
