@@ -37,8 +37,8 @@ from hybridkex.protocol import (
     Responder,
     SendMessage,
 )
-from hybridkex.protocol._state import REMOTE_INPUTS, TRANSITIONS, Input, Role, State, lookup
-from hybridkex.protocol._wire import HEADER_SIZE, MAC_SIZE, Alert, AlertCode, decode
+from hybridkex.protocol._state import TRANSITIONS, Input, Role, State, lookup
+from hybridkex.protocol._wire import HEADER_SIZE, MAC_SIZE, Alert, AlertCode, decode, encode
 
 BACKEND = get_backend("cryptography")
 PSK = bytes(range(32))
@@ -248,13 +248,24 @@ def test_the_real_sequences_reach_done() -> None:
             assert drive.ini.result.key() == drive.res.result.key()
 
 
-def test_alert_is_accepted_before_the_end_and_only_then() -> None:
-    assert {(r, s) for r, s, i in TRANSITIONS if i is Input.ALERT} == \
-        {(r, s) for r, s, i in TRANSITIONS if i is not Input.ALERT}
-    assert all(TRANSITIONS[(r, s, Input.ALERT)].targets == {State.ERROR}
-               for r, s, i in TRANSITIONS if i is Input.ALERT)
-    assert not any(s in (State.DONE, State.ERROR) for _, s, _ in TRANSITIONS)
-    assert Input.ALERT in REMOTE_INPUTS
+@pytest.mark.parametrize("role, state, how", REACHABLE, ids=PAIR_IDS)
+def test_an_alert_ends_every_unfinished_state_and_none_after_the_end(role: Role, state: State, how: str) -> None:
+    """A real alert frame fed to a real handshake paused in each reachable state: before the end
+    it ends the handshake (ERROR, a PeerAlertError with the peer's code, no result, no alert of
+    its own in answer); after the end nothing changes."""
+    drive = Drive(role, state, how)
+    conn = drive.conn
+    alert = encode(Alert(AlertCode.AUTH_FAILED))
+    if state is State.DONE:
+        result = conn.result
+        with pytest.raises(LocalProtocolError):
+            conn.receive(alert)
+        assert conn.state is State.DONE and conn.result is result
+        return
+    with pytest.raises(PeerAlertError) as raised:
+        conn.receive(alert)
+    assert raised.value.code == AlertCode.AUTH_FAILED
+    assert conn.state is State.ERROR and conn.result is None and not conn.error_alert
 
 
 def test_an_exception_inside_a_handler_ends_in_error_with_an_internal_alert(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,12 +12,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from hybridkex import ConfigError
 
-from hybridkex import HandshakeTimeout, RemoteProtocolError, TransportError, UnverifiedMessage
+from hybridkex import ConfigError, HandshakeTimeout, RemoteProtocolError, TransportError, UnverifiedMessage
 from hybridkex.backends import get_backend
-from hybridkex.io import run_handshake, run_handshake_async
-from hybridkex.io import connect, listen, parse_address
+from hybridkex.io import connect, listen, parse_address, run_handshake, run_handshake_async
 from hybridkex.protocol import HandshakeConfig, Initiator, PSKAuthenticator, Responder
 
 PSK = os.urandom(32)

@@ -37,8 +37,8 @@ from ..io._address import parse_address
 from ..protocol._suites import QKD_POLICIES
 from ..protocol._wire import AlertCode
 
-__all__ = ["address", "exchange_options", "settings_from_options", "fail", "exit_code_for", "handle_errors", "EXIT_CODES",
-           "EXCHANGE_KEYS"]
+__all__ = ["address", "exchange_options", "settings_from_options", "fail", "exit_code_for", "handle_errors",
+           "EXIT_CODES", "EXCHANGE_KEYS"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from .._errors import ConfigError
 
-__all__ = ["Suite", "SUITES", "suite_by_name", "suites_for_kem", "AUTH_PSK", "AUTH_SIG_CODES", "auth_name",
+__all__ = ["Suite", "SUITES", "suites_for_kem", "AUTH_PSK", "AUTH_SIG_CODES", "auth_name",
            "QKD_POLICIES", "QKD_POLICY_CODES"]
 
 
@@ -41,13 +41,6 @@ SUITES: dict[int, Suite] = {
         Suite(0x0004, "x25519+ml-kem-1024/hmac-sha384", "ml-kem-1024", "x25519", "sha384", "hmac"),
     )
 }
-
-
-def suite_by_name(name: str) -> Suite:
-    for suite in SUITES.values():
-        if suite.name == name:
-            return suite
-    raise ConfigError(f"unknown suite {name!r}; choose one of: {', '.join(s.name for s in SUITES.values())}")
 
 
 def suites_for_kem(kem: str) -> tuple[int, ...]:

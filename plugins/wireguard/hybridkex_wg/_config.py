@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from hybridkex import ConfigError, ExchangeSettings, load_public_identity
+from hybridkex.io import parse_address
 
 from ._keys import PeerRef, default_initiator, parse_wg_key, wg_key_text
 from ._rotation import FailurePolicy, Role, RotationPolicy
