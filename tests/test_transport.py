@@ -16,7 +16,7 @@ import pytest
 from hybridkex import ConfigError, HandshakeTimeout, RemoteProtocolError, TransportError, UnverifiedMessage
 from hybridkex.backends import get_backend
 from hybridkex.io import connect, listen, parse_address, run_handshake, run_handshake_async
-from hybridkex.protocol import HandshakeConfig, Initiator, PSKAuthenticator, Responder
+from hybridkex.protocol import HandshakeConfig, Initiator, PSKAuthenticator, Responder, SendMessage
 
 PSK = os.urandom(32)
 #: A frame header of this version for an InitHello (magic, version 2, type 1).
@@ -181,3 +181,69 @@ def test_asyncio_timeout() -> None:
         server.close()
 
     asyncio.run(main())
+
+
+def _initiator_that_answers_the_last_message_with(answer: bytes | None, sock: socket.socket) -> None:
+    """A real initiator over ``sock`` that, after the responder's last message, sends ``answer``
+    (an alert: its check of that message failed) or closes (``None``: it accepted it)."""
+    from hybridkex.io import read_frame
+
+    conn = Initiator(iconfig())
+    deadline = time.monotonic() + 10
+    events = conn.initiate()
+    while True:
+        for event in events:
+            if isinstance(event, SendMessage):
+                sock.sendall(event.data)
+        if conn.state.value == "done":
+            break
+        events = conn.receive(read_frame(sock, deadline))
+    if answer is not None:
+        sock.sendall(answer)
+    sock.close()
+
+
+@pytest.mark.parametrize("driver", ["blocking", "asyncio"])
+@pytest.mark.parametrize("alert", [False, True], ids=["closed", "alert"])
+def test_both_drivers_await_the_close_after_the_last_message(driver: str, alert: bool) -> None:
+    """The one pump drives both adapters: with await_close, the responder (which sends the last
+    message) keeps its key only when the initiator closes, and fails on the initiator's alert."""
+    from hybridkex import PeerAlertError
+    from hybridkex.protocol import Alert, AlertCode
+    from hybridkex.protocol._wire import encode
+
+    answer = encode(Alert(AlertCode.AUTH_FAILED)) if alert else None
+    with pair() as (a, b):
+        peer = threading.Thread(target=_initiator_that_answers_the_last_message_with, args=(answer, a))
+        peer.start()
+        try:
+            if driver == "blocking":
+                run = lambda: run_handshake(b, Responder(config()), await_close=True)  # noqa: E731
+            else:
+                async def main() -> object:
+                    reader, writer = await asyncio.open_connection(sock=b.dup())
+                    try:
+                        return await run_handshake_async(reader, writer, Responder(config()), await_close=True)
+                    finally:
+                        writer.close()
+                run = lambda: asyncio.run(main())  # noqa: E731
+            if alert:
+                with pytest.raises(PeerAlertError, match="after this side's last message"):
+                    run()
+            else:
+                assert len(run().key()) == 32  # type: ignore[attr-defined]
+        finally:
+            peer.join(10)
+
+
+def test_backoff_doubles_to_its_cap_with_bounded_jitter() -> None:
+    from hybridkex.io import Backoff
+
+    plain = Backoff(0.5, 4.0)
+    assert [plain.delay(n) for n in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    assert plain.delay(10_000) == 4.0  # no overflow for a peer that has been down for days
+    jittered = Backoff(1.0, 8.0, jitter=0.25)
+    assert jittered.delay(2, lambda lo, hi: hi) == 2.5 and jittered.delay(2, lambda lo, hi: lo) == 2.0
+    for bad in ((0.0, 1.0), (2.0, 1.0)):
+        with pytest.raises(ValueError):
+            Backoff(*bad)

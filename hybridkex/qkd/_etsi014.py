@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 from .._errors import ConfigError, KMEAnswer, KMEError, QKDKeyReplay, QKDUnavailable
+from ..io._backoff import Backoff
 from ..io._files import check_not_world_readable
 from ..protocol._qkd import QKD_KEY_BYTES, QKDKey, QKDKeySource
 from ._registry import QKDSourceKind
@@ -567,7 +568,7 @@ class Etsi014Client(QKDKeySource):
 
     def _call(self, op: str, method: str, path: str, request: dict[str, object] | None) -> object:
         body = None if request is None else json.dumps(request, separators=(",", ":")).encode()
-        delay = self.backoff
+        schedule = Backoff(self.backoff, max(self.backoff, self.max_backoff)) if self.backoff > 0 else None
         with self._lock:
             for attempt in range(self.retries + 1):
                 t0 = time.perf_counter()
@@ -580,7 +581,7 @@ class Etsi014Client(QKDKeySource):
                     except (ValueError, UnicodeDecodeError) as exc:
                         raise self._bad_answer(op, f"the body is not JSON ({_shown(str(exc))[:80]})") from None
                 if status == 503 and attempt < self.retries:
-                    wait = delay
+                    wait = schedule.delay(attempt + 1) if schedule is not None else 0.0
                     retry_after = headers.get("Retry-After", "")
                     if retry_after.strip().isdigit():
                         wait = max(wait, float(retry_after))
@@ -588,7 +589,6 @@ class Etsi014Client(QKDKeySource):
                     _log.info("KME %s answered 503 to %s; retry %d/%d in %.2f s", self.kme_url, op,
                               attempt + 1, self.retries, wait)
                     self._sleep(wait)
-                    delay *= 2
                     continue
                 raise self._kme_error(op, status, reason, data, attempt)
         raise AssertionError("unreachable")  # pragma: no cover

@@ -73,6 +73,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from hybridkex import LocalProtocolError, RemoteProtocolError
+from hybridkex.io import Backoff
 from hybridkex.protocol import key_fingerprint
 
 from . import _labels
@@ -385,8 +386,8 @@ class PeerRotation:
 
     def _backoff(self, now: float) -> None:
         self.failures += 1
-        delay = min(self.policy.retry_max, self.policy.retry_initial * 2 ** min(self.failures - 1, 30))
-        self.next_due = now + delay * (1 + self._uniform(0.0, self.policy.jitter))
+        schedule = Backoff(self.policy.retry_initial, self.policy.retry_max, jitter=self.policy.jitter)
+        self.next_due = now + schedule.delay(self.failures, self._uniform)
 
     def _check_remote_epoch(self, remote: int) -> None:
         if remote > self.highest_epoch + MAX_EPOCH_GAP or remote >= MAX_EPOCH:
