@@ -4,7 +4,8 @@
 - the event pump (:func:`pump`) and its two drivers, :func:`run_handshake` (blocking) and
   :func:`run_handshake_async` (asyncio);
 - files: :func:`atomic_write`, :func:`read_secret_file`, :func:`write_key_file`, :func:`locked`;
-- :func:`parse_address` for every ``HOST:PORT``, and :class:`Backoff` for every retry loop.
+- :func:`parse_address` for every ``HOST:PORT``, :class:`Backoff` for every retry loop, and
+  :func:`lazy_exports` for a plugin package whose names should load on first use.
 """
 
 from ._address import parse_address
@@ -18,6 +19,7 @@ from ._files import (
     read_secret_file,
     write_key_file,
 )
+from ._lazy import lazy_exports
 from ._pump import AWAIT_CLOSE, AWAIT_CLOSE_SECONDS, READ, AskQKD, Send, Step, ask_qkd, pump
 from ._transport import connect, listen, read_frame, recv_exact, run_handshake, run_handshake_async, send_all
 
@@ -26,5 +28,5 @@ __all__ = [
     "pump", "Step", "Send", "AskQKD", "READ", "AWAIT_CLOSE", "AWAIT_CLOSE_SECONDS", "ask_qkd",
     "run_handshake", "run_handshake_async",
     "atomic_write", "read_secret_file", "check_not_world_readable", "write_key_file", "encode_key", "KEY_FORMATS",
-    "locked", "parse_address", "Backoff",
+    "locked", "parse_address", "Backoff", "lazy_exports",
 ]
