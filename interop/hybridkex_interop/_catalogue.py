@@ -29,6 +29,13 @@ def _modules() -> list[ModuleType]:
     return [_hkx, _oqsjs, _openssl, _etsi014, _netfaults, _wgdaemon, _vectors, _jspeer]
 
 
+def _scenario_modules() -> list[ModuleType]:
+    """The matrices' modules, and modules that hold scenarios for another module's cells."""
+    from . import _integrations
+
+    return [*_modules(), _integrations]
+
+
 def sections() -> list[Section]:
     """Every matrix, in report order."""
     return [s for m in _modules() for s in m.SECTIONS]
@@ -62,7 +69,7 @@ def find_cell(cell_id: str) -> Cell:
 
 
 def scenario_for(cell: Cell) -> Scenario:
-    for m in _modules():
+    for m in _scenario_modules():
         fn = m.SCENARIOS.get(cell.scenario)
         if fn is not None:
             return fn  # type: ignore[no-any-return]

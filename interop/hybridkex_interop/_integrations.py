@@ -140,3 +140,6 @@ def wg_pair(ctx: CellContext) -> None:
         check_ratchet(ctx, p["qkd"], rounds)
         ctx.check(psks[0] != psks[1], "the second rotation installed the same PSK")
         ctx.note("a second rotation installed a new PSK; the authentication ratchet advanced")
+
+
+SCENARIOS = {"hkx-tls": tls_pair, "hkx-wg": wg_pair}
