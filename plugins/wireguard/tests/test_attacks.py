@@ -13,7 +13,6 @@ import logging
 import os
 import socket
 import struct
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from wg_support import Lines, wait
 
 from hybridkex_wg._config import parse_config
 from hybridkex_wg._daemon import PER_SOURCE, Daemon
-from hybridkex_wg._session import LIMITER, REQUEST_TIMEOUT, Reporter
+from hybridkex_wg._session import LIMITER, REQUEST_TIMEOUT
 from hybridkex_wg._wire import Accept, AcceptStatus, Request, encode, read_message
 
 FAST = {"interval": 0.5, "jitter": 0.0, "deadline": 60.0, "retry_initial": 0.2, "retry_max": 0.5,
@@ -56,37 +55,18 @@ def fresh_limiter() -> Iterator[None]:
     LIMITER._last.clear()
 
 
-@pytest.fixture
-def run_daemon() -> Iterator[Callable[[dict[str, Any], Path], Daemon]]:
-    running: list[tuple[Daemon, threading.Thread]] = []
-
-    def start(document: dict[str, Any], base: Path) -> Daemon:
-        config = parse_config(document, base=base, min_interval=0.1)
-        daemon = Daemon(config, reporter=Reporter(Lines()))  # type: ignore[arg-type]
-        ready = threading.Event()
-        thread = threading.Thread(target=daemon.run, kwargs={"on_ready": ready.set}, daemon=True)
-        thread.start()
-        assert ready.wait(10), "daemon did not start"
-        running.append((daemon, thread))
-        return daemon
-
-    yield start
-    for daemon, thread in running:
-        daemon.request_stop()
-        thread.join(30)
-        assert not thread.is_alive(), "daemon did not stop"
-
 
 class Pair:
     """Responder daemon B for WireGuard peer A; A's initiator daemon is started on demand."""
 
-    def __init__(self, tmp_path: Path, run_daemon: Callable[[dict[str, Any], Path], Daemon], port: int) -> None:
+    def __init__(self, tmp_path: Path, run_daemon: Callable[[dict[str, Any], Path], tuple[Daemon, Lines]],
+                 port: int) -> None:
         self.tmp = tmp_path
         self.run = run_daemon
         self.ka, self.kb = wg_key(), wg_key()
         self.port = port
         psk = own_psk(tmp_path, "ab")
-        self.b = run_daemon({
+        self.b, _ = run_daemon({
             "listen": f"127.0.0.1:{port}", "rotation": FAST, "exchange": {"psk_file": psk, "timeout": 3.0},
             "interface": [{"name": "wgB", "public_key": b64(self.kb),
                            "sink": [{"type": "file", "path": str(tmp_path / "b" / "{name}.psk")}]}],
@@ -103,7 +83,7 @@ class Pair:
         return next(iter(self.b.peers.values())).state
 
     def start_a(self) -> Daemon:
-        return self.run(self.a_doc, self.tmp)
+        return self.run(self.a_doc, self.tmp)[0]
 
     def request(self, **changes: Any) -> Request:
         values: dict[str, Any] = dict(initiator_public=self.ka, responder_public=self.kb, installed_epoch=0,
@@ -117,7 +97,7 @@ class Pair:
 
 
 @pytest.fixture
-def pair(tmp_path: Path, run_daemon: Callable[[dict[str, Any], Path], Daemon],
+def pair(tmp_path: Path, run_daemon: Callable[[dict[str, Any], Path], tuple[Daemon, Lines]],
          port: Callable[[], int]) -> Pair:
     return Pair(tmp_path, run_daemon, port())
 
@@ -232,8 +212,8 @@ def test_a_flood_writes_a_few_log_lines(pair: Pair, caplog: pytest.LogCaptureFix
     assert pair.b_state.failures == 0 and pair.b_state.highest_epoch == 0
 
 
-def test_another_pinned_partner_cannot_rotate_a_peer_it_is_not_bound_to(tmp_path: Path, port: Callable[[], int],
-                                                                         run_daemon: Callable[..., Daemon]) -> None:
+def test_another_pinned_partner_cannot_rotate_a_peer_it_is_not_bound_to(
+        tmp_path: Path, port: Callable[[], int], run_daemon: Callable[..., tuple[Daemon, Lines]]) -> None:
     ids = {}
     for name in ("a", "b", "c"):
         ids[name] = write_identity(generate_identity("ml-dsa-44"), tmp_path / name)
@@ -258,12 +238,12 @@ def test_another_pinned_partner_cannot_rotate_a_peer_it_is_not_bound_to(tmp_path
     with pytest.raises(ConfigError, match="share one pinned identity"):
         Daemon(parse_config(same, base=tmp_path, min_interval=0.1))
     # Each bound to its own: C, authenticated as itself, asks to rotate A's pair and is refused.
-    b = run_daemon({**base_b, "exchange": {"identity": str(ids["b"][0])},
+    b, _ = run_daemon({**base_b, "exchange": {"identity": str(ids["b"][0])},
                     "peer": [{"public_key": b64(ka), "name": "a", "role": "responder",
                               "exchange": {"pinned_peers": [str(ids["a"][1])]}},
                              {"public_key": b64(kc), "name": "c", "role": "responder",
                               "exchange": {"pinned_peers": [str(ids["c"][1])]}}]}, tmp_path)
-    attacker = run_daemon({"rotation": FAST, "exchange": {"identity": str(ids["c"][0]),
+    attacker, _ = run_daemon({"rotation": FAST, "exchange": {"identity": str(ids["c"][0]),
                                                           "pinned_peers": [str(ids["b"][1])]},
                            # C claims A's WireGuard key for its side of the pair.
                            "interface": [{"name": "wgX", "public_key": b64(ka),
