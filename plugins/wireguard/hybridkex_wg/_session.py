@@ -57,7 +57,7 @@ from ._rotation import (
 from ._wire import Accept, AcceptStatus, Commit, Done, DoneStatus, Request, read_message, send_message
 
 __all__ = ["PeerRuntime", "Reporter", "SocketSet", "run_initiator", "serve_connection", "install", "handle_stale",
-           "RateLimiter", "Counters", "REQUEST_TIMEOUT", "rotator_guard"]
+           "RateLimiter", "Counters", "REQUEST_TIMEOUT", "rotator_guard", "prepare_qkd"]
 
 log = logging.getLogger("hybridkex_wg")
 
@@ -297,6 +297,18 @@ def _qkd_source_for(rt: PeerRuntime) -> tuple[QKDKeySource | None, bool]:
         _SHARED_SOURCES[key] = (state, source)
         # An older source for this link is left to the garbage collector: another exchange may still use it.
         return source, False
+
+
+def prepare_qkd(settings: ExchangeSettings) -> None:
+    """Do a simulated link's one-time work at start-up, not in the first rotation: import numpy, read and
+    check the link file, set up its BB84 link (several hundred milliseconds of CPU).  Touches no key_ID
+    journal; a link that cannot be opened is left for the exchanges to report under their QKD policy."""
+    if settings.qkd != "sim" or settings.qkd_link is None or settings.effective_qkd_policy == "off":
+        return
+    from hybridkex.qkd import SimulatedLinkSource
+
+    with contextlib.suppress(HybridKexError, OSError):
+        SimulatedLinkSource(settings.qkd_link)
 
 
 def _open_qkd(rt: PeerRuntime) -> QKDKeySource | None:
