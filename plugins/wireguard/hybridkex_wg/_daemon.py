@@ -14,7 +14,9 @@ A dead peer costs one worker for at most its timeout and then backs off exponent
 a malformed message, a KME outage or a failing sink affects only the peer concerned.
 Strangers are held off before they cost a worker for long: a source address may hold at
 most :data:`PER_SOURCE` connections at once, a Request must arrive within
-``REQUEST_TIMEOUT`` seconds, and their trouble is logged through a rate limiter.
+``REQUEST_TIMEOUT`` seconds (read by the accept loop, without a worker), the handshake
+after it -- the partner is not authenticated before its end -- within ``preauth_timeout``
+seconds, and their trouble is logged through a rate limiter.
 
 Under ``fail-closed`` a peer starts with a random key (and a forced WireGuard handshake), so
 no traffic flows on a session without a hybrid key -- unless WireGuard still holds the
@@ -425,7 +427,8 @@ class Daemon:
         try:
             with self._sockets.track(conn):
                 rt = serve_connection(conn, self._lookup, self.reporter, clock=self._clock, peer_address=address,
-                                      request=request, guard=self.guard)
+                                      request=request, guard=self.guard,
+                                      preauth_timeout=self.config.preauth_timeout)
                 if rt is not None:
                     self._agenda.poke(rt)
         except HybridKexError:

@@ -358,12 +358,17 @@ def rotator_guard(peers: int) -> DoSGuard:
 
 
 def _exchange(rt: PeerRuntime, sock: socket.socket, role: Role, epoch: int, clock: Callable[[], float],
-              guard: DoSGuard | None = None) -> EpochKey:
-    """Run the hybridkex handshake for ``epoch``, check who the partner is, and export the epoch's keys."""
+              guard: DoSGuard | None = None, preauth_timeout: float | None = None) -> EpochKey:
+    """Run the hybridkex handshake for ``epoch``, check who the partner is, and export the epoch's keys.
+
+    ``preauth_timeout`` bounds the handshake (the partner is not authenticated before its end) below the
+    exchange's own timeout, so a partner that sent a Request and then stalls frees the worker early."""
     initiator_public, responder_public = rt.state.binding_keys()
     settings = rt.config.settings
     context = _labels.exchange_context(initiator_public, responder_public, epoch)
     config = dataclasses.replace(rt.handshake, context=context)
+    if preauth_timeout is not None and preauth_timeout < config.timeout:
+        config = dataclasses.replace(config, timeout=preauth_timeout)
     if settings.psk_ratchet is not None:
         # The ratchet's keys change with every exchange: read them now, not from the cached config.
         config = dataclasses.replace(config, authenticator=settings.authenticator())
@@ -458,13 +463,14 @@ def run_initiator(rt: PeerRuntime, request: Request, reporter: Reporter, sockets
 def serve_connection(sock: socket.socket, lookup: Callable[[bytes, bytes], PeerRuntime | None],
                      reporter: Reporter, *, clock: Callable[[], float] = time.monotonic,
                      peer_address: str = "?", raise_errors: bool = False,
-                     request: Request | None = None, guard: DoSGuard | None = None) -> PeerRuntime | None:
+                     request: Request | None = None, guard: DoSGuard | None = None,
+                     preauth_timeout: float | None = None) -> PeerRuntime | None:
     """Answer one incoming rotation on an accepted socket (``request``: already read).  Returns the peer it
     was for.
 
     Failures after authentication are recorded on the peer and logged; failures before it
     only counted and logged (rate-limited).  With ``raise_errors`` (one-shot use) errors
-    are raised afterwards too.
+    are raised afterwards too.  ``preauth_timeout`` bounds the handshake (see :func:`_exchange`).
     """
     source = peer_address.rsplit(":", 1)[0]
     rt: PeerRuntime | None = None
@@ -498,7 +504,7 @@ def serve_connection(sock: socket.socket, lookup: Callable[[bytes, bytes], PeerR
                         "%s: refused a rotation request from %s (%s)", rt.label, peer_address,
                         accept.status.name.lower().replace("_", " "))
             return rt
-        key = _exchange(rt, sock, Role.RESPONDER, epoch, clock, guard)
+        key = _exchange(rt, sock, Role.RESPONDER, epoch, clock, guard, preauth_timeout)
         # Authenticated as this peer's partner: from here on, failures are the peer's.
         with rt.lock:
             rt.state.derived(key, clock(), timing)

@@ -60,14 +60,15 @@ class Pair:
     """Responder daemon B for WireGuard peer A; A's initiator daemon is started on demand."""
 
     def __init__(self, tmp_path: Path, run_daemon: Callable[[dict[str, Any], Path], tuple[Daemon, Lines]],
-                 port: int) -> None:
+                 port: int, b_timeout: float = 3.0, **b_top: Any) -> None:
         self.tmp = tmp_path
         self.run = run_daemon
         self.ka, self.kb = wg_key(), wg_key()
         self.port = port
         psk = own_psk(tmp_path, "ab")
         self.b, _ = run_daemon({
-            "listen": f"127.0.0.1:{port}", "rotation": FAST, "exchange": {"psk_file": psk, "timeout": 3.0},
+            **b_top, "listen": f"127.0.0.1:{port}", "rotation": FAST,
+            "exchange": {"psk_file": psk, "timeout": b_timeout},
             "interface": [{"name": "wgB", "public_key": b64(self.kb),
                            "sink": [{"type": "file", "path": str(tmp_path / "b" / "{name}.psk")}]}],
             "peer": [{"public_key": b64(self.ka), "name": "a", "role": "responder"}]}, tmp_path)
@@ -133,6 +134,31 @@ def test_a_stalled_request_does_not_make_the_pair_busy(pair: Pair) -> None:
         assert pair.b_state.highest_epoch == pair.b_state.current.epoch < 5 + 2  # the stranger's 5 was not used
     finally:
         stalled.close()
+
+
+def test_stalled_handshakes_after_a_request_free_the_workers_within_preauth_timeout(
+        tmp_path: Path, run_daemon: Callable[..., tuple[Daemon, Lines]], port: Callable[[], int]) -> None:
+    # One responder worker and a long exchange timeout: a stranger who knows the two (public) WireGuard keys
+    # sends a valid Request, gets its Accept and then stalls in the handshake, twice.  Unauthenticated, each
+    # may hold the worker for preauth_timeout (1 s), not for the exchange's 20 s.
+    pair = Pair(tmp_path, run_daemon, port(), b_timeout=20.0, workers=1, preauth_timeout=1.0)
+    stalled = []
+    try:
+        for _ in range(2):
+            s = pair.connect(source="127.0.0.2")
+            stalled.append(s)
+            s.sendall(encode(pair.request(highest_epoch=5)))
+            accept = read_message(s, time.monotonic() + 5, Accept, "Accept")
+            assert isinstance(accept, Accept) and accept.status is AcceptStatus.OK
+        started = time.monotonic()
+        pair.start_a()
+        wait(lambda: pair.b_state.rotations >= 1 and keys_match(pair), 8, "a rotation next to stalled handshakes")
+        assert time.monotonic() - started < 8
+        # Neither stall changed the pair: the stranger's epoch 5 was never taken, no failure was recorded.
+        assert pair.b_state.highest_epoch < 5 and pair.b_state.failures == 0
+    finally:
+        for s in stalled:
+            s.close()
 
 
 def test_request_then_tcp_reset_leaves_the_pair_idle(pair: Pair) -> None:
