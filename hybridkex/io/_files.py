@@ -27,21 +27,25 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600
     """
     target = Path(path)
     directory = target.parent if str(target.parent) else Path(".")
-    if not directory.is_dir():
-        raise ConfigError(f"cannot write {target}: directory {directory} does not exist; create it first")
     if not overwrite and target.exists():
         raise ConfigError(f"{target} already exists; remove it or pass --force to overwrite")
     tmp = directory / f".{target.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     except OSError as exc:
+        if not directory.is_dir():  # checked only now: a daemon writes key files many times a second
+            raise ConfigError(f"cannot write {target}: directory {directory} does not exist; create it first") \
+                from None
         raise ConfigError(f"cannot write {target}: {exc.strerror}; check the directory's permissions") from None
     try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), mode)  # the umask may have narrowed or widened it
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            os.fchmod(fd, mode)  # the umask may have narrowed or widened it
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         if overwrite:
             os.replace(tmp, target)
         else:

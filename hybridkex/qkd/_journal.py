@@ -61,26 +61,39 @@ class KeyIdJournal:
         link); raise :class:`QKDKeyReplay` (recording nothing) if any was used before in that role."""
         entries = [f"{role} {k}" for k in key_ids]
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            with self._lock, locked(self.path):
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-                with os.fdopen(fd, "r+b") as f:
-                    # Read only what other processes appended since our last look.
-                    f.seek(self._offset)
-                    self._seen.update(line.decode("ascii", "replace").strip() for line in f.read().splitlines())
-                    for key_id, entry in zip(key_ids, entries, strict=True):
-                        if entry in self._seen:
-                            raise QKDKeyReplay(f"the QKD key_ID {key_id} was already used on this side (local "
-                                               "journal): the KME delivered it twice or an old key_ID was replayed; "
-                                               "the key is refused")
-                    f.write("".join(f"{e}\n" for e in entries).encode("ascii"))
-                    f.flush()
-                    os.fsync(f.fileno())
-                    self._offset = f.seek(0, os.SEEK_END)
-                    self._seen.update(entries)
+            with self._lock:
+                try:
+                    self._record(key_ids, entries)
+                except FileNotFoundError:  # the directory: made on first use, not at every record
+                    self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                    self._record(key_ids, entries)
         except OSError as exc:
             raise ConfigError(f"cannot update the QKD key_ID journal {self.path}: {exc.strerror or exc}; set "
                               "HYBRIDKEX_STATE_DIR or --qkd-journal to a writable place") from None
+
+    def _record(self, key_ids: Sequence[uuid.UUID], entries: list[str]) -> None:
+        with locked(self.path):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            try:
+                # Read only what other processes appended since our last look.
+                new = b""
+                while chunk := os.pread(fd, 1 << 16, self._offset + len(new)):
+                    new += chunk
+                self._seen.update(line.decode("ascii", "replace").strip() for line in new.splitlines())
+                for key_id, entry in zip(key_ids, entries, strict=True):
+                    if entry in self._seen:
+                        raise QKDKeyReplay(f"the QKD key_ID {key_id} was already used on this side (local "
+                                           "journal): the KME delivered it twice or an old key_ID was replayed; "
+                                           "the key is refused")
+                data = "".join(f"{e}\n" for e in entries).encode("ascii")
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+                self._offset += len(new) + len(data)
+                self._seen.update(entries)
+            finally:
+                os.close(fd)
 
 
 class JournaledSource(QKDKeySource):

@@ -393,13 +393,16 @@ class SimulatedLinkSource(QKDKeySource):
     def _catch_up_consumed(self) -> None:
         path = self._consumed_path
         try:
-            with open(path, "rb") as fh:
-                st = os.fstat(fh.fileno())
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                st = os.fstat(fd)
                 if st.st_ino != self._j.inode or st.st_size < self._j.offset:
                     self._forget()  # replaced or cut by someone else: read it again from the start
                     self._j.inode = st.st_ino
-                fh.seek(self._j.offset)
-                data = fh.read()
+                data = os.pread(fd, st.st_size - self._j.offset, self._j.offset) if st.st_size > self._j.offset \
+                    else b""
+            finally:
+                os.close(fd)
         except FileNotFoundError:
             self._forget()
             return

@@ -39,10 +39,13 @@ __all__ = ["DaemonConfig", "PeerConfig", "load_config", "parse_config", "parse_e
 DEFAULT_INTERVAL = 120.0
 #: WireGuard retries a handshake only every 5 s; below 10 s a forced handshake may not finish before the next key.
 MIN_INTERVAL = 10.0
+#: Default seconds an unauthenticated partner may hold a responder worker (the handshake after its Request):
+#: a few round trips, plus the initiator's and our own QKD key fetches (an ETSI 014 KME may take seconds).
+PREAUTH_TIMEOUT = 10.0
 #: What a clean stop (SIGTERM) does to the installed keys.
 ON_STOP = ("keep", "cut")
 _TOP_KEYS = {"listen", "status_file", "workers", "wg", "rotation", "exchange", "interface", "peer", "metrics",
-             "on_stop"}
+             "on_stop", "preauth_timeout"}
 _ROTATION_KEYS = {"interval", "jitter", "deadline", "retry_initial", "retry_max", "failure_policy", "startup_spread"}
 _INTERFACE_KEYS = {"name", "public_key", "sink"}
 _PEER_KEYS = {"interface", "public_key", "name", "endpoint", "role", "rotation", "exchange", "sink"}
@@ -102,6 +105,9 @@ class DaemonConfig:
     """Where to serve Prometheus metrics (``/metrics``), or None."""
     on_stop: str = "keep"
     """``keep``: a clean stop leaves the keys installed (restarts do not cut tunnels); ``cut``: random keys."""
+    preauth_timeout: float = PREAUTH_TIMEOUT
+    """Seconds a partner that has not authenticated yet may hold a responder worker: from our Accept to the
+    end of the handshake (at most the exchange's ``timeout``)."""
 
 
 def parse_endpoint(text: object, where: str) -> tuple[str, int]:
@@ -257,6 +263,7 @@ def parse_config(document: Mapping[str, Any], *, base: Path = Path("."), source:
     wg = _string(document.get("wg", "wg"), "wg")
     listen = parse_endpoint(document["listen"], "listen") if "listen" in document else None
     status_file = base / _string(document["status_file"], "status_file") if "status_file" in document else None
+    preauth_timeout = _number(document.get("preauth_timeout", PREAUTH_TIMEOUT), "preauth_timeout", strict=True)
     workers_raw = document.get("workers", 16)
     if isinstance(workers_raw, bool) or not isinstance(workers_raw, int) or not 1 <= workers_raw <= 1024:
         raise ConfigError("workers must be an integer between 1 and 1024")
@@ -333,7 +340,7 @@ def parse_config(document: Mapping[str, Any], *, base: Path = Path("."), source:
         sinks = _sinks(item["sink"], f"{where}.sink", base, wg) if "sink" in item else interface_sinks
         peers.append(PeerConfig(interface, local_public, public, name, Role.INITIATOR if initiates else Role.RESPONDER,
                                 endpoint, settings, policy, sinks))
-    return DaemonConfig(tuple(peers), listen, status_file, workers_raw, source, metrics, on_stop)
+    return DaemonConfig(tuple(peers), listen, status_file, workers_raw, source, metrics, on_stop, preauth_timeout)
 
 
 def _file_digest(path: Path) -> str:

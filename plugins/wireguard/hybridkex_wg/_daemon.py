@@ -14,7 +14,9 @@ A dead peer costs one worker for at most its timeout and then backs off exponent
 a malformed message, a KME outage or a failing sink affects only the peer concerned.
 Strangers are held off before they cost a worker for long: a source address may hold at
 most :data:`PER_SOURCE` connections at once, a Request must arrive within
-``REQUEST_TIMEOUT`` seconds, and their trouble is logged through a rate limiter.
+``REQUEST_TIMEOUT`` seconds (read by the accept loop, without a worker), the handshake
+after it -- the partner is not authenticated before its end -- within ``preauth_timeout``
+seconds, and their trouble is logged through a rate limiter.
 
 Under ``fail-closed`` a peer starts with a random key (and a forced WireGuard handshake), so
 no traffic flows on a session without a hybrid key -- unless WireGuard still holds the
@@ -25,7 +27,10 @@ installs random keys (``on_stop = "cut"``).
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import heapq
+import itertools
 import logging
 import os
 import selectors
@@ -57,6 +62,7 @@ from ._session import (
     handle_stale,
     handshake_for,
     install,
+    prepare_qkd,
     rotator_guard,
     run_initiator,
     serve_connection,
@@ -97,6 +103,58 @@ class _Pending:
 _WG_POLL = 2.0
 
 
+class _Agenda:
+    """Which peers the scheduler must poll, so that a tick costs O(due peers), not O(all peers).
+
+    A heap holds each peer's next wake-up time (``state.next_wakeup()``); a queue holds the
+    peers an exchange, a reload or the start just changed (polled at the next tick).  Heap
+    entries whose peer has since been rescheduled are dropped when they come up.  A hub of
+    1000 peers finishes exchanges hundreds of times a second; scanning every peer at each of
+    those wake-ups cost more CPU than the rotations' own bookkeeping.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, PeerRuntime]] = []
+        self._order = itertools.count()
+        self._poked: collections.deque[PeerRuntime] = collections.deque()  # append/popleft are thread-safe
+
+    def poke(self, rt: PeerRuntime) -> None:
+        """Poll ``rt`` at the next tick (any thread)."""
+        rt.wake_at = float("-inf")
+        self._poked.append(rt)
+
+    def schedule(self, rt: PeerRuntime, when: float) -> None:
+        """Poll ``rt`` again at ``when`` (scheduler thread)."""
+        rt.wake_at = when
+        if when != float("inf") and when != float("-inf"):
+            heapq.heappush(self._heap, (when, next(self._order), rt))
+        elif when == float("-inf"):
+            self._poked.append(rt)
+
+    def due(self, now: float) -> list[PeerRuntime]:
+        """The peers to poll at ``now``, each once (scheduler thread)."""
+        due: dict[int, PeerRuntime] = {}
+        while self._poked:
+            rt = self._poked.popleft()
+            due[id(rt)] = rt
+        while self._heap and self._heap[0][0] <= now:
+            when, _, rt = heapq.heappop(self._heap)
+            if rt.wake_at == when:  # not rescheduled since
+                due[id(rt)] = rt
+        return list(due.values())
+
+    def next_time(self) -> float:
+        """The earliest wake-up (perhaps of an entry since rescheduled: then a tick finds nothing due)."""
+        return float("-inf") if self._poked else self._heap[0][0] if self._heap else float("inf")
+
+    def compact(self, peers: dict[tuple[bytes, bytes], PeerRuntime]) -> None:
+        """Drop the stale entries once they outnumber the peers (they are cheap, but need not pile up)."""
+        if len(self._heap) > 4 * len(peers) + 64:
+            self._heap = [(rt.wake_at, next(self._order), rt) for rt in peers.values()
+                          if rt.wake_at not in (float("inf"), float("-inf"))]
+            heapq.heapify(self._heap)
+
+
 def _listen(address: tuple[str, int], backlog: int) -> socket.socket:
     sock = listen(address, backlog)
     sock.setblocking(False)  # the accept loop selects on it with a timeout, to notice a stop or a reload
@@ -128,6 +186,9 @@ class Daemon:
         self.metrics_address: tuple[str, int] | None = None
         self.started_wall = time.time()
         self.peers: dict[tuple[bytes, bytes], PeerRuntime] = self._build(config, {})[0]
+        self._agenda = _Agenda()
+        for rt in self.peers.values():
+            self._agenda.poke(rt)
         self.guard = rotator_guard(len(self.peers))
         self._initiators = ThreadPoolExecutor(config.workers, thread_name_prefix="hkwg-init")
         self._responders = ThreadPoolExecutor(config.workers, thread_name_prefix="hkwg-resp")
@@ -161,6 +222,8 @@ class Daemon:
                                                  expected_identity=identities[peer.key], cut_at_start=cut)
             except ConfigError as exc:
                 raise ConfigError(f"peer {peer.ref.label}: {exc}") from None
+        for settings in cache:
+            prepare_qkd(settings)
         return result, cache
 
     @staticmethod
@@ -193,7 +256,6 @@ class Daemon:
                 rt.config = peer
                 rt.handshake = handshakes[peer.settings]
                 rt.state.update_policy(peer.policy, now)
-                rt.wake_at = float("-inf")
         removed = 0
         for key, rt in self.peers.items():
             if runtimes.get(key) is not rt:
@@ -201,6 +263,8 @@ class Daemon:
                 if key not in runtimes:
                     removed += 1
         self.peers = runtimes
+        for rt in runtimes.values():
+            self._agenda.poke(rt)
         return added, removed, changed
 
     def reload(self) -> bool:
@@ -365,9 +429,10 @@ class Daemon:
         try:
             with self._sockets.track(conn):
                 rt = serve_connection(conn, self._lookup, self.reporter, clock=self._clock, peer_address=address,
-                                      request=request, guard=self.guard)
+                                      request=request, guard=self.guard,
+                                      preauth_timeout=self.config.preauth_timeout)
                 if rt is not None:
-                    rt.wake_at = float("-inf")
+                    self._agenda.poke(rt)
         except HybridKexError:
             pass  # stopping
         finally:
@@ -379,32 +444,31 @@ class Daemon:
         try:
             run_initiator(rt, action.request, self.reporter, self._sockets, clock=self._clock)
         finally:
-            rt.wake_at = float("-inf")
+            self._agenda.poke(rt)
             self._wake.set()
 
     def tick(self) -> float:
-        """Poll every peer once; returns the clock value of the next thing due."""
+        """Poll the peers that are due (or that an exchange changed); returns the clock value of the next
+        thing due."""
         now = self._clock()
-        wake = now + _MAX_TICK
         cuts = 0
-        for rt in list(self.peers.values()):
-            if now < rt.wake_at:  # nothing due, and no exchange changed it since the last poll
-                wake = min(wake, rt.wake_at)
-                continue
+        for rt in self._agenda.due(now):
+            if self.peers.get(rt.config.key) is not rt:
+                continue  # removed by a reload
             with rt.lock:
                 actions = rt.state.poll(now)
                 for action in actions:
                     if isinstance(action, Stale):
                         handle_stale(rt, action, self.reporter)
                         cuts += action.startup
-                rt.wake_at = rt.state.next_wakeup()
-                wake = min(wake, rt.wake_at)
+                self._agenda.schedule(rt, rt.state.next_wakeup())
             for action in actions:
                 if isinstance(action, StartExchange):
                     self._initiators.submit(self._initiate, rt, action)
+        self._agenda.compact(self.peers)
         if cuts:
             log.warning("fail-closed start-up: installed random keys for %d peer(s) until their first rotation", cuts)
-        return wake
+        return min(now + _MAX_TICK, self._agenda.next_time())
 
     def read_wg_handshakes(self, force: bool = False) -> None:
         """Refresh WireGuard's latest handshake per peer (one ``wg show`` per interface, at most every 2 s)."""

@@ -56,7 +56,7 @@ from ._rotation import (
 from ._wire import Accept, AcceptStatus, Commit, Done, DoneStatus, Request, read_message, send_message
 
 __all__ = ["PeerRuntime", "Reporter", "SocketSet", "run_initiator", "serve_connection", "install", "handle_stale",
-           "RateLimiter", "Counters", "REQUEST_TIMEOUT", "rotator_guard"]
+           "RateLimiter", "Counters", "REQUEST_TIMEOUT", "rotator_guard", "prepare_qkd"]
 
 log = logging.getLogger("hybridkex_wg")
 
@@ -298,6 +298,18 @@ def _qkd_source_for(rt: PeerRuntime) -> tuple[QKDKeySource | None, bool]:
         return source, False
 
 
+def prepare_qkd(settings: ExchangeSettings) -> None:
+    """Do a simulated link's one-time work at start-up, not in the first rotation: import numpy, read and
+    check the link file, set up its BB84 link (several hundred milliseconds of CPU).  Touches no key_ID
+    journal; a link that cannot be opened is left for the exchanges to report under their QKD policy."""
+    if settings.qkd != "sim" or settings.qkd_link is None or settings.effective_qkd_policy == "off":
+        return
+    from hybridkex.qkd import SimulatedLinkSource
+
+    with contextlib.suppress(HybridKexError, OSError):
+        SimulatedLinkSource(settings.qkd_link)
+
+
 def _open_qkd(rt: PeerRuntime) -> QKDKeySource | None:
     """The QKD source for one exchange.  ``preferred`` goes on without one when it cannot be opened (link file
     missing or unreadable, KME unreachable), with a warning; ``required`` fails: no key without QKD."""
@@ -345,12 +357,17 @@ def rotator_guard(peers: int) -> DoSGuard:
 
 
 def _exchange(rt: PeerRuntime, sock: socket.socket, role: Role, epoch: int, clock: Callable[[], float],
-              guard: DoSGuard | None = None) -> EpochKey:
-    """Run the hybridkex handshake for ``epoch``, check who the partner is, and export the epoch's keys."""
+              guard: DoSGuard | None = None, preauth_timeout: float | None = None) -> EpochKey:
+    """Run the hybridkex handshake for ``epoch``, check who the partner is, and export the epoch's keys.
+
+    ``preauth_timeout`` bounds the handshake (the partner is not authenticated before its end) below the
+    exchange's own timeout, so a partner that sent a Request and then stalls frees the worker early."""
     initiator_public, responder_public = rt.state.binding_keys()
     settings = rt.config.settings
     context = _labels.exchange_context(initiator_public, responder_public, epoch)
     config = dataclasses.replace(rt.handshake, context=context)
+    if preauth_timeout is not None and preauth_timeout < config.timeout:
+        config = dataclasses.replace(config, timeout=preauth_timeout)
     if settings.psk_ratchet is not None:
         # The ratchet's keys change with every exchange: read them now, not from the cached config.
         config = dataclasses.replace(config, authenticator=settings.authenticator())
@@ -445,13 +462,14 @@ def run_initiator(rt: PeerRuntime, request: Request, reporter: Reporter, sockets
 def serve_connection(sock: socket.socket, lookup: Callable[[bytes, bytes], PeerRuntime | None],
                      reporter: Reporter, *, clock: Callable[[], float] = time.monotonic,
                      peer_address: str = "?", raise_errors: bool = False,
-                     request: Request | None = None, guard: DoSGuard | None = None) -> PeerRuntime | None:
+                     request: Request | None = None, guard: DoSGuard | None = None,
+                     preauth_timeout: float | None = None) -> PeerRuntime | None:
     """Answer one incoming rotation on an accepted socket (``request``: already read).  Returns the peer it
     was for.
 
     Failures after authentication are recorded on the peer and logged; failures before it
     only counted and logged (rate-limited).  With ``raise_errors`` (one-shot use) errors
-    are raised afterwards too.
+    are raised afterwards too.  ``preauth_timeout`` bounds the handshake (see :func:`_exchange`).
     """
     source = peer_address.rsplit(":", 1)[0]
     rt: PeerRuntime | None = None
@@ -485,7 +503,7 @@ def serve_connection(sock: socket.socket, lookup: Callable[[bytes, bytes], PeerR
                         "%s: refused a rotation request from %s (%s)", rt.label, peer_address,
                         accept.status.name.lower().replace("_", " "))
             return rt
-        key = _exchange(rt, sock, Role.RESPONDER, epoch, clock, guard)
+        key = _exchange(rt, sock, Role.RESPONDER, epoch, clock, guard, preauth_timeout)
         # Authenticated as this peer's partner: from here on, failures are the peer's.
         with rt.lock:
             rt.state.derived(key, clock(), timing)

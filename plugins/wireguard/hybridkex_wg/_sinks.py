@@ -229,8 +229,14 @@ class FileSink:
                 force_handshake: bool = False) -> None:
         target = self.path_for(peer)
         try:
-            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            write_key_file(target, key, self.fmt)
+            try:
+                write_key_file(target, key, self.fmt)
+            except ConfigError:
+                if target.parent.is_dir():
+                    raise
+                # Made on first use (and again if someone removed it), not checked at every install.
+                target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                write_key_file(target, key, self.fmt)
         except (HybridKexError, OSError) as exc:
             raise SinkError(f"file sink ({peer.label}): {exc}") from None
 

@@ -173,3 +173,32 @@ def spawn() -> Iterator[Callable[..., DaemonProcess]]:
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+def run_daemon() -> Iterator[Callable[[dict[str, Any], Path], tuple[Any, Any]]]:
+    """Start in-process daemons in threads, each with its own Reporter; returns (daemon, its result lines).
+    All are stopped and joined afterwards, and each must have stopped."""
+    from wg_support import Lines
+
+    from hybridkex_wg._config import parse_config
+    from hybridkex_wg._daemon import Daemon
+    from hybridkex_wg._session import Reporter
+
+    running: list[tuple[Daemon, threading.Thread]] = []
+
+    def start(document: dict[str, Any], base: Path) -> tuple[Daemon, Lines]:
+        out = Lines()
+        daemon = Daemon(parse_config(document, base=base, min_interval=0.1), reporter=Reporter(out))  # type: ignore[arg-type]
+        ready = threading.Event()
+        thread = threading.Thread(target=daemon.run, kwargs={"on_ready": ready.set}, daemon=True)
+        thread.start()
+        assert ready.wait(10), "daemon did not start"
+        running.append((daemon, thread))
+        return daemon, out
+
+    yield start
+    for daemon, thread in running:
+        daemon.request_stop()
+        thread.join(30)
+        assert not thread.is_alive(), "daemon did not stop"

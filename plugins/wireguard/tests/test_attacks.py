@@ -13,7 +13,6 @@ import logging
 import os
 import socket
 import struct
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from wg_support import Lines, wait
 
 from hybridkex_wg._config import parse_config
 from hybridkex_wg._daemon import PER_SOURCE, Daemon
-from hybridkex_wg._session import LIMITER, REQUEST_TIMEOUT, Reporter
+from hybridkex_wg._session import LIMITER, REQUEST_TIMEOUT
 from hybridkex_wg._wire import Accept, AcceptStatus, Request, encode, read_message
 
 FAST = {"interval": 0.5, "jitter": 0.0, "deadline": 60.0, "retry_initial": 0.2, "retry_max": 0.5,
@@ -56,38 +55,20 @@ def fresh_limiter() -> Iterator[None]:
     LIMITER._last.clear()
 
 
-@pytest.fixture
-def run_daemon() -> Iterator[Callable[[dict[str, Any], Path], Daemon]]:
-    running: list[tuple[Daemon, threading.Thread]] = []
-
-    def start(document: dict[str, Any], base: Path) -> Daemon:
-        config = parse_config(document, base=base, min_interval=0.1)
-        daemon = Daemon(config, reporter=Reporter(Lines()))  # type: ignore[arg-type]
-        ready = threading.Event()
-        thread = threading.Thread(target=daemon.run, kwargs={"on_ready": ready.set}, daemon=True)
-        thread.start()
-        assert ready.wait(10), "daemon did not start"
-        running.append((daemon, thread))
-        return daemon
-
-    yield start
-    for daemon, thread in running:
-        daemon.request_stop()
-        thread.join(30)
-        assert not thread.is_alive(), "daemon did not stop"
-
 
 class Pair:
     """Responder daemon B for WireGuard peer A; A's initiator daemon is started on demand."""
 
-    def __init__(self, tmp_path: Path, run_daemon: Callable[[dict[str, Any], Path], Daemon], port: int) -> None:
+    def __init__(self, tmp_path: Path, run_daemon: Callable[[dict[str, Any], Path], tuple[Daemon, Lines]],
+                 port: int, b_timeout: float = 3.0, **b_top: Any) -> None:
         self.tmp = tmp_path
         self.run = run_daemon
         self.ka, self.kb = wg_key(), wg_key()
         self.port = port
         psk = own_psk(tmp_path, "ab")
-        self.b = run_daemon({
-            "listen": f"127.0.0.1:{port}", "rotation": FAST, "exchange": {"psk_file": psk, "timeout": 3.0},
+        self.b, _ = run_daemon({
+            **b_top, "listen": f"127.0.0.1:{port}", "rotation": FAST,
+            "exchange": {"psk_file": psk, "timeout": b_timeout},
             "interface": [{"name": "wgB", "public_key": b64(self.kb),
                            "sink": [{"type": "file", "path": str(tmp_path / "b" / "{name}.psk")}]}],
             "peer": [{"public_key": b64(self.ka), "name": "a", "role": "responder"}]}, tmp_path)
@@ -103,7 +84,7 @@ class Pair:
         return next(iter(self.b.peers.values())).state
 
     def start_a(self) -> Daemon:
-        return self.run(self.a_doc, self.tmp)
+        return self.run(self.a_doc, self.tmp)[0]
 
     def request(self, **changes: Any) -> Request:
         values: dict[str, Any] = dict(initiator_public=self.ka, responder_public=self.kb, installed_epoch=0,
@@ -117,7 +98,7 @@ class Pair:
 
 
 @pytest.fixture
-def pair(tmp_path: Path, run_daemon: Callable[[dict[str, Any], Path], Daemon],
+def pair(tmp_path: Path, run_daemon: Callable[[dict[str, Any], Path], tuple[Daemon, Lines]],
          port: Callable[[], int]) -> Pair:
     return Pair(tmp_path, run_daemon, port())
 
@@ -153,6 +134,31 @@ def test_a_stalled_request_does_not_make_the_pair_busy(pair: Pair) -> None:
         assert pair.b_state.highest_epoch == pair.b_state.current.epoch < 5 + 2  # the stranger's 5 was not used
     finally:
         stalled.close()
+
+
+def test_stalled_handshakes_after_a_request_free_the_workers_within_preauth_timeout(
+        tmp_path: Path, run_daemon: Callable[..., tuple[Daemon, Lines]], port: Callable[[], int]) -> None:
+    # One responder worker and a long exchange timeout: a stranger who knows the two (public) WireGuard keys
+    # sends a valid Request, gets its Accept and then stalls in the handshake, twice.  Unauthenticated, each
+    # may hold the worker for preauth_timeout (1 s), not for the exchange's 20 s.
+    pair = Pair(tmp_path, run_daemon, port(), b_timeout=20.0, workers=1, preauth_timeout=1.0)
+    stalled = []
+    try:
+        for _ in range(2):
+            s = pair.connect(source="127.0.0.2")
+            stalled.append(s)
+            s.sendall(encode(pair.request(highest_epoch=5)))
+            accept = read_message(s, time.monotonic() + 5, Accept, "Accept")
+            assert isinstance(accept, Accept) and accept.status is AcceptStatus.OK
+        started = time.monotonic()
+        pair.start_a()
+        wait(lambda: pair.b_state.rotations >= 1 and keys_match(pair), 8, "a rotation next to stalled handshakes")
+        assert time.monotonic() - started < 8
+        # Neither stall changed the pair: the stranger's epoch 5 was never taken, no failure was recorded.
+        assert pair.b_state.highest_epoch < 5 and pair.b_state.failures == 0
+    finally:
+        for s in stalled:
+            s.close()
 
 
 def test_request_then_tcp_reset_leaves_the_pair_idle(pair: Pair) -> None:
@@ -232,8 +238,8 @@ def test_a_flood_writes_a_few_log_lines(pair: Pair, caplog: pytest.LogCaptureFix
     assert pair.b_state.failures == 0 and pair.b_state.highest_epoch == 0
 
 
-def test_another_pinned_partner_cannot_rotate_a_peer_it_is_not_bound_to(tmp_path: Path, port: Callable[[], int],
-                                                                         run_daemon: Callable[..., Daemon]) -> None:
+def test_another_pinned_partner_cannot_rotate_a_peer_it_is_not_bound_to(
+        tmp_path: Path, port: Callable[[], int], run_daemon: Callable[..., tuple[Daemon, Lines]]) -> None:
     ids = {}
     for name in ("a", "b", "c"):
         ids[name] = write_identity(generate_identity("ml-dsa-44"), tmp_path / name)
@@ -258,12 +264,12 @@ def test_another_pinned_partner_cannot_rotate_a_peer_it_is_not_bound_to(tmp_path
     with pytest.raises(ConfigError, match="share one pinned identity"):
         Daemon(parse_config(same, base=tmp_path, min_interval=0.1))
     # Each bound to its own: C, authenticated as itself, asks to rotate A's pair and is refused.
-    b = run_daemon({**base_b, "exchange": {"identity": str(ids["b"][0])},
+    b, _ = run_daemon({**base_b, "exchange": {"identity": str(ids["b"][0])},
                     "peer": [{"public_key": b64(ka), "name": "a", "role": "responder",
                               "exchange": {"pinned_peers": [str(ids["a"][1])]}},
                              {"public_key": b64(kc), "name": "c", "role": "responder",
                               "exchange": {"pinned_peers": [str(ids["c"][1])]}}]}, tmp_path)
-    attacker = run_daemon({"rotation": FAST, "exchange": {"identity": str(ids["c"][0]),
+    attacker, _ = run_daemon({"rotation": FAST, "exchange": {"identity": str(ids["c"][0]),
                                                           "pinned_peers": [str(ids["b"][1])]},
                            # C claims A's WireGuard key for its side of the pair.
                            "interface": [{"name": "wgX", "public_key": b64(ka),

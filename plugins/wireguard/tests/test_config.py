@@ -39,7 +39,7 @@ def test_minimal_configuration_and_defaults(tmp_path: Path) -> None:
     config = parse_config(document(), base=tmp_path, public_key_of=no_wg)
     (peer,) = config.peers
     assert peer.role is Role.RESPONDER  # the peer's key is the smaller one: it initiates
-    assert config.listen == ("127.0.0.1", 7443) and config.workers == 16
+    assert config.listen == ("127.0.0.1", 7443) and config.workers == 16 and config.preauth_timeout == 10.0
     assert peer.settings.psk_file == tmp_path / "psk.key"
     assert peer.policy.interval == 120 and peer.policy.deadline == 180 and peer.policy.jitter == 0.1
     assert peer.policy.failure_policy is FailurePolicy.KEEP  # QKD off
@@ -121,6 +121,7 @@ def test_interface_public_key_is_read_from_wg_when_absent(tmp_path: Path) -> Non
     (dict(interface=[{"name": "wg0", "public_key": LOW, "sink": [{"type": "pipe"}]}]), "type must be one of"),
     (dict(interface=[{"name": "wg0", "public_key": LOW, "sink": []}]), "non-empty list"),
     (dict(workers=0), "workers"),
+    (dict(preauth_timeout=0), "preauth_timeout must be greater than 0"),
 ])
 def test_errors_say_where_and_what(tmp_path: Path, change: dict[str, Any], match: str) -> None:
     doc = document(**change)

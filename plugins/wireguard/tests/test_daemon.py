@@ -7,19 +7,15 @@ import json
 import os
 import signal
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from wg_support import Lines, wait
 
-from hybridkex_wg._config import parse_config
 from hybridkex_wg._daemon import Daemon
 from hybridkex_wg._keys import PeerRef
-from hybridkex_wg._session import Reporter
 from hybridkex_wg._status import read_status
 from hybridkex_wg._wire import Request, encode
 
@@ -29,27 +25,6 @@ FAST = {"interval": 0.5, "jitter": 0.0, "deadline": 30.0, "retry_initial": 0.2, 
 def key() -> str:
     return base64.b64encode(os.urandom(32)).decode()
 
-
-@pytest.fixture
-def run_daemon() -> Iterator[Callable[[dict[str, Any], Path], tuple[Daemon, Lines]]]:
-    """Start in-process daemons in threads; all are stopped and joined afterwards."""
-    running: list[tuple[Daemon, threading.Thread]] = []
-
-    def start(document: dict[str, Any], base: Path) -> tuple[Daemon, Lines]:
-        out = Lines()
-        daemon = Daemon(parse_config(document, base=base, min_interval=0.1), reporter=Reporter(out))  # type: ignore[arg-type]
-        ready = threading.Event()
-        thread = threading.Thread(target=daemon.run, kwargs={"on_ready": ready.set}, daemon=True)
-        thread.start()
-        assert ready.wait(10), "daemon did not start"
-        running.append((daemon, thread))
-        return daemon, out
-
-    yield start
-    for daemon, thread in running:
-        daemon.request_stop()
-        thread.join(30)
-        assert not thread.is_alive(), "daemon did not stop"
 
 
 def own_psk(directory: Path, name: str) -> dict[str, str]:

@@ -11,7 +11,6 @@ import logging
 import os
 import shutil
 import subprocess
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -25,7 +24,7 @@ from wg_support import Lines, wait
 
 from hybridkex_wg._config import parse_config
 from hybridkex_wg._daemon import Daemon
-from hybridkex_wg._session import LIMITER, Reporter
+from hybridkex_wg._session import LIMITER
 from hybridkex_wg._status import problems, read_status
 
 FAST = {"interval": 0.5, "jitter": 0.0, "deadline": 60.0, "retry_initial": 0.2, "retry_max": 0.5,
@@ -41,25 +40,6 @@ def fresh_limiter() -> Iterator[None]:
     LIMITER._last.clear()
     yield
 
-
-@pytest.fixture
-def run_daemon() -> Iterator[Callable[[dict[str, Any], Path], tuple[Daemon, Lines]]]:
-    running: list[tuple[Daemon, threading.Thread]] = []
-
-    def start(document: dict[str, Any], base: Path) -> tuple[Daemon, Lines]:
-        out = Lines()
-        daemon = Daemon(parse_config(document, base=base, min_interval=0.1), reporter=Reporter(out))  # type: ignore[arg-type]
-        ready = threading.Event()
-        thread = threading.Thread(target=daemon.run, kwargs={"on_ready": ready.set}, daemon=True)
-        thread.start()
-        assert ready.wait(10), "daemon did not start"
-        running.append((daemon, thread))
-        return daemon, out
-
-    yield start
-    for daemon, thread in running:
-        daemon.request_stop()
-        thread.join(30)
 
 
 def two_ends(tmp_path: Path, port: int, qkd_policy: str, **top: Any) -> tuple[dict[str, Any], dict[str, Any]]:
