@@ -10,11 +10,11 @@ from __future__ import annotations
 from ..protocol._qkd import QKD_KEY_BYTES, QKDKey, QKDKeySource
 from ._etsi014 import API_PREFIX, Etsi014Client, KeyContainer, KMEStatus
 from ._journal import JournaledSource, KeyIdJournal, default_journal_path
-from ._registry import QKDSourceKind, check_source, open_source, register_source, source_names
+from ._registry import QKDSourceKind, check_source, open_source, prepare_source, register_source, source_names
 
 __all__ = [
     "QKDKey", "QKDKeySource", "QKD_KEY_BYTES",
-    "QKDSourceKind", "open_source", "check_source", "register_source", "source_names",
+    "QKDSourceKind", "open_source", "check_source", "prepare_source", "register_source", "source_names",
     "Etsi014Client", "KMEStatus", "KeyContainer", "API_PREFIX",
     "KeyIdJournal", "JournaledSource", "default_journal_path",
 ]

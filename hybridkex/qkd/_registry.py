@@ -18,7 +18,7 @@ from ..protocol._qkd import QKDKeySource
 if TYPE_CHECKING:
     from .._config import ExchangeSettings
 
-__all__ = ["QKDSourceKind", "open_source", "register_source", "source_names", "check_source"]
+__all__ = ["QKDSourceKind", "open_source", "register_source", "source_names", "check_source", "prepare_source"]
 
 
 def _no_check(settings: ExchangeSettings) -> None:
@@ -37,6 +37,9 @@ class QKDSourceKind:
     """Raise :class:`ConfigError` naming what the settings lack, without opening anything."""
     description: str = ""
     """One line for ``--help``."""
+    prepare: Callable[[ExchangeSettings], None] = _no_check
+    """Do the source's one-time work ahead of the first key (a long-running daemon calls it at
+    start-up); it must not consume keys, and failures are left for :attr:`open` to report."""
 
 
 def _check_kind(value: object) -> QKDSourceKind:
@@ -76,3 +79,9 @@ def check_source(settings: ExchangeSettings) -> None:
 def open_source(settings: ExchangeSettings) -> QKDKeySource:
     """Open the source that ``settings.qkd`` names."""
     return _kind(settings.qkd).open(settings)
+
+
+def prepare_source(settings: ExchangeSettings) -> None:
+    """Let the source that ``settings.qkd`` names do its one-time work now (nothing for ``off``)."""
+    if settings.qkd != "off" and settings.effective_qkd_policy != "off":
+        _kind(settings.qkd).prepare(settings)

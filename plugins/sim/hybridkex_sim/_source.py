@@ -6,9 +6,10 @@ link itself is imported only when a source is opened.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
-from hybridkex import ConfigError
+from hybridkex import ConfigError, HybridKexError
 from hybridkex.qkd import QKDKeySource, QKDSourceKind
 
 if TYPE_CHECKING:
@@ -31,6 +32,18 @@ def _open(settings: ExchangeSettings) -> QKDKeySource:
     return SimulatedLinkSource(settings.qkd_link)
 
 
+def _prepare(settings: ExchangeSettings) -> None:
+    """Import numpy, read and check the link file, set up its BB84 link (several hundred milliseconds of
+    CPU, cached per process).  Touches no key_ID journal; a link that cannot be opened is left for the
+    exchanges to report under their QKD policy."""
+    if settings.qkd_link is None:
+        return
+    from ._simlink import SimulatedLinkSource
+
+    with contextlib.suppress(HybridKexError, OSError):
+        SimulatedLinkSource(settings.qkd_link)
+
+
 #: Registered under ``hybridkex.qkd_sources`` as ``sim``.
-SOURCE = QKDSourceKind("sim", open=_open, check=_check,
+SOURCE = QKDSourceKind("sim", open=_open, check=_check, prepare=_prepare,
                        description="a simulated BB84 link shared through a link file (for tests and demos)")

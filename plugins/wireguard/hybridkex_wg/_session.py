@@ -40,6 +40,7 @@ from hybridkex import (
 )
 from hybridkex.io import connect
 from hybridkex.protocol import DoSGuard, HandshakeConfig
+from hybridkex.qkd import prepare_source
 
 from . import _labels
 from ._config import PeerConfig
@@ -299,15 +300,10 @@ def _qkd_source_for(rt: PeerRuntime) -> tuple[QKDKeySource | None, bool]:
 
 
 def prepare_qkd(settings: ExchangeSettings) -> None:
-    """Do a simulated link's one-time work at start-up, not in the first rotation: import numpy, read and
-    check the link file, set up its BB84 link (several hundred milliseconds of CPU).  Touches no key_ID
-    journal; a link that cannot be opened is left for the exchanges to report under their QKD policy."""
-    if settings.qkd != "sim" or settings.qkd_link is None or settings.effective_qkd_policy == "off":
-        return
-    from hybridkex.qkd import SimulatedLinkSource
-
+    """Let the QKD source do its one-time work at start-up, not in the first rotation (a simulated link
+    imports numpy and sets up its BB84 link: several hundred milliseconds of CPU)."""
     with contextlib.suppress(HybridKexError, OSError):
-        SimulatedLinkSource(settings.qkd_link)
+        prepare_source(settings)
 
 
 def _open_qkd(rt: PeerRuntime) -> QKDKeySource | None:
