@@ -320,3 +320,27 @@ def test_bad_limits_are_config_errors(field: str, value: object) -> None:
 
     with pytest.raises(ConfigError, match=field):
         KMEConfig(**{field: value})
+
+
+def test_cli_serve_takes_the_limits(pki: TestPKI) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from hybridkex.cli import main; main()", "kme", "serve", "--pki", str(pki.directory),
+         "--sae-a", SAE_A, "--sae-b", SAE_B, "--max-connections", "2", "--workers", "1", "--queue-size", "0",
+         "--idle-timeout", "0.3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split()[3]
+        with _tls(pki, url) as sock:
+            sock.sendall(_request("GET", f"{KEYS}/{SAE_B}/status"))
+            assert _answer(sock)[0] == 200
+            t0 = time.monotonic()
+            assert sock.recv(1) == b"" and time.monotonic() - t0 < 3  # --idle-timeout
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
