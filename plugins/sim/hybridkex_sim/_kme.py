@@ -813,7 +813,8 @@ def _wire(reply: Reply, *, close: bool, head: bool) -> bytes:
 class _Conn:
     """One client connection; owned by the I/O thread or by one worker at a time."""
 
-    __slots__ = ("sock", "addr", "handshaken", "caller", "buf", "deadline", "request_started", "requests", "eof")
+    __slots__ = ("sock", "addr", "handshaken", "caller", "buf", "deadline", "request_started", "requests", "eof",
+                 "continued")
 
     def __init__(self, sock: socket.socket, addr: str, deadline: float, tls: bool) -> None:
         self.sock = sock
@@ -825,6 +826,7 @@ class _Conn:
         self.request_started: float | None = None
         self.requests = 0
         self.eof = False
+        self.continued = False
 
 
 class _KMEServer:
@@ -999,14 +1001,29 @@ class _KMEServer:
         if parsed is None:
             if conn.eof:
                 self._close(conn)
-            elif conn.buf and conn.request_started is None:
-                conn.request_started = now
-                conn.deadline = now + self.config.request_timeout
+            elif conn.buf:
+                if conn.request_started is None:
+                    conn.request_started = now
+                    conn.deadline = now + self.config.request_timeout
+                self._continue(conn)
             return
         item, used = parsed
         del conn.buf[:used]
         conn.request_started = None
+        conn.continued = False
         self._dispatch(conn, item)
+
+    @staticmethod
+    def _continue(conn: _Conn) -> None:
+        """Send ``100 Continue`` to a client that waits for it before sending the body (RFC 9110 §10.1.1)."""
+        end = conn.buf.find(b"\r\n\r\n")
+        if conn.continued or end < 0:
+            return
+        head = bytes(conn.buf[:end]).lower()
+        if b"\r\nexpect:" in head and b"100-continue" in head and b" http/1.1\r\n" in head + b"\r\n":
+            conn.continued = True
+            with contextlib.suppress(OSError, ssl.SSLError):
+                conn.sock.send(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def _dispatch(self, conn: _Conn, item: _Request | _Bad) -> None:
         self._unwatch(conn)

@@ -191,6 +191,18 @@ def test_a_body_that_never_comes_is_408(pki: TestPKI) -> None:
         assert_error_body(resp, body)
 
 
+def test_expect_100_continue_is_answered(pair: KMEPair, pki: TestPKI) -> None:
+    body = b'{"number": 2}'
+    with _tls(pki, pair.url_a) as sock:
+        sock.sendall(_request("POST", f"{KEYS}/{SAE_B}/enc_keys", b"",
+                              {"Content-Type": "application/json", "Content-Length": str(len(body)),
+                               "Expect": "100-continue"}))
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        status, _, got = _answer(sock)
+        assert status == 200 and len(json.loads(got)["keys"]) == 2
+
+
 def test_errors_keep_the_connection_when_the_stream_is_sound(pair: KMEPair, pki: TestPKI) -> None:
     with _tls(pki, pair.url_a) as sock:
         for request, code in ((_request("PUT", f"{KEYS}/{SAE_B}/enc_keys", b"{}"), 405),
