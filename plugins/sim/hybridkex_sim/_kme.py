@@ -17,7 +17,16 @@ Everything a client observes follows ETSI GS QKD 014 V1.1.1:
 * errors 400 (bad request: size not a multiple of 8 or outside [min_key_size, max_key_size],
   number above max_key_per_request, unknown or consumed key_ID, malformed body), 401 (an SAE
   asking for keys it is not entitled to) and 503 (no key: pool exhausted, or the link aborted
-  on high QBER), each with an Error body ``{"message", "details"}`` (§6.5).
+  on high QBER; or the KME busy, with ``Retry-After``), each with an Error body
+  ``{"message", "details"}`` (§6.5);
+* every other answer too is ``application/json`` with that Error body: 404 (no such method),
+  405 with ``Allow`` (a method the resource does not take), 501 (a method HTTP does not
+  define), 408/411/413/414/415/431/505 for requests that are slow, chunked, too large, not JSON
+  or not HTTP/1.x.
+
+Connections are bounded (:class:`KMEConfig`): one I/O thread per KME accepts, handshakes and
+reads without blocking, a fixed pool of workers answers complete requests, and handshake,
+request and keep-alive idle times are limited, so idle connections cost no thread.
 
 The message for a consumed key_ID says "has already been consumed", which
 :class:`hybridkex.qkd._etsi014.Etsi014Client` maps to :class:`hybridkex.QKDKeyReplay`.
