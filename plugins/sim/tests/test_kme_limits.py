@@ -249,14 +249,14 @@ def test_idle_flood_keeps_threads_bounded_and_a_client_served(pki: TestPKI) -> N
             for _ in range(20):
                 held.append(_tls(pki, pair.url_a))
             assert len(held) >= 900
-            assert _threads() == started, "a connection must not cost a thread"
+            assert _threads() <= started, "a connection must not cost a thread"
             assert pair.a.connections_open <= config.max_connections
             t0 = time.monotonic()
             with pair.client(SAE_A, timeout=5, retries=0) as alice, pair.client(SAE_B, timeout=5) as bob:
                 key = alice.get_new_keys(1)[0]
                 assert bob.get_keys_by_id([key.key_id]) == [key]
             assert time.monotonic() - t0 < 3
-            assert _threads() == started
+            assert _threads() <= started
         finally:
             for sock in held:
                 sock.close()
