@@ -426,6 +426,33 @@ def test_503_after_the_retries_is_a_kme_error(pair: KMEPair) -> None:
     assert isinstance(info.value, QKDUnavailable)
 
 
+def test_busy_kme_503_is_retried_after_its_retry_after(pki: TestPKI) -> None:
+    # One worker, no queue: while it answers a slow request, the KME says 503 with Retry-After: 1.
+    with KMEPair.start(pki, sae_a=SAE_A, sae_b=SAE_B, config=KMEConfig(workers=1, queue_size=0)) as pair:
+        pair.a.faults.delay = 0.3
+
+        def slow_status() -> None:
+            with pair.client(SAE_A) as c:
+                c.status()
+
+        slow = threading.Thread(target=slow_status)
+        slow.start()
+        deadline = time.monotonic() + 5
+        while pair.a.requests_in_progress != 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        waits: list[float] = []
+
+        def sleep(seconds: float) -> None:
+            waits.append(seconds)
+            pair.a.faults.delay = 0.0
+            slow.join(timeout=5)
+
+        with pair.client(SAE_A, retries=2, backoff=0.01, max_backoff=2.0, sleep=sleep) as a:
+            assert a.status().source_kme_id == "kme-a"
+        assert waits == [1.0]  # the KME's Retry-After, not the client's 10 ms
+
+
 def test_exhausted_pool_gives_503_then_retry_succeeds_after_refill(pki: TestPKI) -> None:
     config = KMEConfig(max_key_count=8, max_key_per_request=8)
     with KMEPair.start(pki, sae_a=SAE_A, sae_b=SAE_B, key_rate=2000, config=config) as pair:

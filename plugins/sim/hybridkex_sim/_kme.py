@@ -17,7 +17,16 @@ Everything a client observes follows ETSI GS QKD 014 V1.1.1:
 * errors 400 (bad request: size not a multiple of 8 or outside [min_key_size, max_key_size],
   number above max_key_per_request, unknown or consumed key_ID, malformed body), 401 (an SAE
   asking for keys it is not entitled to) and 503 (no key: pool exhausted, or the link aborted
-  on high QBER), each with an Error body ``{"message", "details"}`` (§6.5).
+  on high QBER; or the KME busy, with ``Retry-After``), each with an Error body
+  ``{"message", "details"}`` (§6.5);
+* every other answer too is ``application/json`` with that Error body: 404 (no such method),
+  405 with ``Allow`` (a method the resource does not take), 501 (a method HTTP does not
+  define), 408/411/413/414/415/431/505 for requests that are slow, chunked, too large, not JSON
+  or not HTTP/1.x.
+
+Connections are bounded (:class:`KMEConfig`): one I/O thread per KME accepts, handshakes and
+reads without blocking, a fixed pool of workers answers complete requests, and handshake,
+request and keep-alive idle times are limited, so idle connections cost no thread.
 
 The message for a consumed key_ID says "has already been consumed", which
 :class:`hybridkex.qkd._etsi014.Etsi014Client` maps to :class:`hybridkex.QKDKeyReplay`.
@@ -38,11 +47,16 @@ Use in-process::
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
+import http
 import json
 import logging
+import math
 import os
+import queue
 import re
+import selectors
 import socket
 import ssl
 import threading
@@ -52,7 +66,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from email.utils import formatdate
 from typing import Any, Protocol
 
 from hybridkex import ConfigError
@@ -79,6 +93,8 @@ DEFAULT_KEY_RATE = 64_000.0
 _MAX_REQUEST_BODY = 64 << 10
 _PATH_RE = re.compile(re.escape(API_PREFIX) + r"/([^/]+)/(status|enc_keys|dec_keys)")
 _UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+# Methods HTTP defines (RFC 9110 §9, RFC 5789): anything else is 501, these are 405 where not served.
+_HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 # Bits of link time an aborted block costs before the first good block tells us its size.
 _DEFAULT_BLOCK_BITS = 2048
 
@@ -100,13 +116,35 @@ class KMEConfig:
     max_key_count: int = 1024
     #: keys handed out but not yet fetched by the slave are kept at most this many per KME
     max_pending: int = 65536
+    #: open connections per KME; a new one beyond this closes the longest-idle one (or, if every
+    #: connection is busy, is closed at once)
+    max_connections: int = 256
+    #: threads per KME that answer requests (plus one thread per KME for all socket I/O)
+    workers: int = 8
+    #: complete requests that may wait for a busy worker; beyond this the answer is 503 with
+    #: ``Retry-After``
+    queue_size: int = 64
+    #: seconds from accepting a connection to a finished TLS handshake
+    handshake_timeout: float = 5.0
+    #: seconds from the first byte of a request to its last (then 408)
+    request_timeout: float = 10.0
+    #: seconds a kept-alive connection may wait for its next request
+    idle_timeout: float = 30.0
+    #: requests on one connection before the KME closes it (``Connection: close``)
+    max_requests_per_connection: int = 1000
 
     def __post_init__(self) -> None:
         for name in ("key_size", "min_key_size", "max_key_size", "max_key_per_request", "max_key_count",
-                     "max_pending"):
+                     "max_pending", "max_connections", "workers", "max_requests_per_connection"):
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise ConfigError(f"KME setting {name} must be a positive integer, not {value!r}")
+        if type(self.queue_size) is not int or self.queue_size < 0:
+            raise ConfigError(f"KME setting queue_size must be an integer >= 0, not {self.queue_size!r}")
+        for name in ("handshake_timeout", "request_timeout", "idle_timeout"):
+            value = getattr(self, name)
+            if type(value) not in (int, float) or not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"KME setting {name} must be a positive number of seconds, not {value!r}")
         if not self.min_key_size <= self.key_size <= self.max_key_size or any(
                 v % 8 for v in (self.min_key_size, self.key_size, self.max_key_size)):
             raise ConfigError("KME key sizes must be multiples of 8 with min_key_size <= key_size <= max_key_size")
@@ -334,11 +372,16 @@ class Reply:
 class _Refusal(Exception):
     """A request refused with an ETSI GS QKD 014 §6.5 Error body."""
 
-    def __init__(self, status: int, message: str, **details: object) -> None:
+    def __init__(self, status: int, message: str, *, headers: tuple[tuple[str, str], ...] = (),
+                 **details: object) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.details = details
+        self.headers = headers
+
+    def reply(self) -> Reply:
+        return _error(self.status, self.message, self.headers, **self.details)
 
 
 @dataclass
@@ -350,8 +393,18 @@ class _Handed:
     key: bytes = field(repr=False)
 
 
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
 def _json(obj: object) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _error(status: int, message: str, headers: tuple[tuple[str, str], ...] = (), /, **details: object) -> Reply:
+    """An ETSI GS QKD 014 §6.5 Error answer: ``{"message": ..., "details": [...]}``."""
+    return Reply(status, _json({"message": message, "details": [details] if details else []}), headers)
 
 
 def _b64(key: bytes) -> str:
@@ -375,6 +428,10 @@ class KME:
         self.faults = Faults()
         #: TCP connections accepted so far (shows whether clients reuse connections)
         self.connections_accepted = 0
+        #: connections open now, requests waiting for a worker, requests being answered
+        self.connections_open = 0
+        self.requests_waiting = 0
+        self.requests_in_progress = 0
         self.peer: KME | None = None
         # key_IDs for this KME's SAE as slave, and key_IDs already delivered (bounded memory).
         self._pending: OrderedDict[uuid.UUID, _Handed] = OrderedDict()
@@ -396,35 +453,43 @@ class KME:
 
     # -- request entry ---------------------------------------------------------------------------
 
-    def handle(self, method: str, target: str, body: bytes | None, caller: str | None) -> Reply:
-        """Answer one request.  ``caller`` is the SAE ID authenticated by TLS."""
+    def handle(self, method: str, target: str, body: bytes | None, caller: str | None, *,
+               content_type: str | None = None) -> Reply:
+        """Answer one request.  ``caller`` is the SAE ID authenticated by TLS; ``content_type`` the
+        request's Content-Type header, if it had one."""
         if self.faults.delay > 0:
             time.sleep(self.faults.delay)
         try:
             if self.faults.take("status_503"):
                 raise _Refusal(503, "the KME is temporarily unavailable (injected fault); retry later")
-            obj = self._route(method, target, body, caller)
+            obj = self._route(method, target, body, caller, content_type)
         except _Refusal as r:
-            err: dict[str, object] = {"message": r.message}
-            if r.details:
-                err["details"] = [r.details]
             _log.info("%s %s %s -> %d %s", self.kme_id, caller, method, r.status, r.message)
-            return Reply(r.status, _json(err))
+            return r.reply()
         data = _json(obj)
         if self.faults.take("malformed_json"):
             data = data[: max(1, len(data) // 2)]
         return Reply(200, data)
 
-    def _route(self, method: str, target: str, body: bytes | None, caller: str | None) -> object:
+    def _route(self, method: str, target: str, body: bytes | None, caller: str | None,
+               content_type: str | None) -> object:
+        if method not in _HTTP_METHODS:
+            raise _Refusal(501, f"method {method[:20]!r} is not implemented by this KME; ETSI GS QKD 014 uses "
+                                f"GET and POST", method=method[:20])
         parts = urllib.parse.urlsplit(target)
         m = _PATH_RE.fullmatch(parts.path)
         if not m:
             raise _Refusal(404, f"no ETSI GS QKD 014 method at {parts.path[:100]!r}; use "
-                                f"{API_PREFIX}/{{SAE_ID}}/status, enc_keys or dec_keys")
+                                f"{API_PREFIX}/{{SAE_ID}}/status, enc_keys or dec_keys", path=parts.path[:100])
         sae, op = urllib.parse.unquote(m.group(1)), m.group(2)
-        if op == "status" and method != "GET" or method not in ("GET", "POST"):
-            raise _Refusal(405, f"{op} does not take {method}; use {'GET' if op == 'status' else 'POST or GET'}")
+        allowed = ("GET",) if op == "status" else ("GET", "POST")
+        if method not in allowed:
+            raise _Refusal(405, f"{op} does not take {method}; use {' or '.join(reversed(allowed))}",
+                           headers=(("Allow", ", ".join(allowed)),), method=method, allow=list(allowed))
         self._authorise(caller, sae, op)
+        if method == "POST" and content_type is not None and not _is_json(content_type):
+            raise _Refusal(415, f"the request body must be application/json, not {content_type[:60]!r}",
+                           content_type=content_type[:60])
         query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
         if op == "status":
             return self._status()
@@ -637,121 +702,466 @@ def _peer_cn(sock: socket.socket) -> str | None:
     return None
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive
-    server_version = "hybridkex-kme/1"
-    sys_version = ""
-    timeout = 60  # idle keep-alive connections are closed after this many seconds
-    # Buffer the answer so headers and body leave in one segment (flushed per request by
-    # http.server); two small writes would meet Nagle and delayed ACKs (~40 ms per request).
-    wbufsize = -1
-    server: _KMEServer
+# One KME's HTTP/1.1 server.  A single I/O thread owns every socket that waits for bytes (accept,
+# non-blocking TLS handshake, reading a request head and body), so an idle or slow connection costs
+# a file descriptor and a buffer, never a thread.  Only a complete request goes to a fixed pool of
+# worker threads, which answer it and hand the connection back.  Every answer, error or not, is
+# application/json; every error carries an ETSI GS QKD 014 §6.5 Error body.
 
-    def _dispatch(self, method: str) -> None:
-        kme = self.server.kme
-        body: bytes | None = None
-        length = self.headers.get("Content-Length")
-        if self.headers.get("Transfer-Encoding"):
-            self._send(Reply(411, _json({"message": "send the body with Content-Length, not chunked"})), close=True)
-            return
-        if length is not None:
-            if not length.isdigit() or int(length) > _MAX_REQUEST_BODY:
-                self._send(Reply(413, _json({"message": f"request body over {_MAX_REQUEST_BODY} bytes"})),
-                           close=True)
-                return
-            body = self.rfile.read(int(length))
-        caller = _peer_cn(self.connection) if self.server.tls else kme.sae_id
-        try:
-            reply = kme.handle(method, self.path, body, caller)
-        except Exception:
-            _log.exception("%s: internal error on %s %s", kme.kme_id, method, self.path.split("?")[0])
-            reply = Reply(500, _json({"message": "internal KME error; see the KME log"}))
-        self._send(reply)
-
-    def _send(self, reply: Reply, *, close: bool = False) -> None:
-        self.send_response(reply.status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(reply.body)))
-        self.send_header("Cache-Control", "no-store")
-        for name, value in reply.headers:
-            self.send_header(name, value)
-        if close:
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        self.end_headers()
-        self.wfile.write(reply.body)
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:  # noqa: N802
-        self._dispatch("POST")
-
-    def do_PUT(self) -> None:  # noqa: N802
-        self._dispatch("PUT")
-
-    def do_DELETE(self) -> None:  # noqa: N802
-        self._dispatch("DELETE")
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        # The request line names SAE IDs and key_IDs, never keys.
-        _log.debug("%s %s %s -> %s", self.server.kme.kme_id, self.address_string(), self.requestline, code)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
-        _log.info("%s %s: %s", self.server.kme.kme_id, self.address_string(), format % args)
+_MAX_LINE = 8192  # request line
+_MAX_HEAD = 16 << 10  # request line and header fields
+_MAX_FIELDS = 100
+_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_VERSION_RE = re.compile(r"HTTP/[0-9]\.[0-9]")
+# Read at most this much ahead of the request being parsed.
+_READ_CAP = _MAX_HEAD + _MAX_REQUEST_BODY + 4
+_TICK = 0.05
 
 
-class _KMEServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 64
+@dataclass(frozen=True)
+class _Request:
+    method: str
+    target: str
+    headers: dict[str, str]
+    body: bytes | None
+    keep_alive: bool
+
+    def line(self) -> str:
+        return f"{self.method} {self.target[:200]}"
+
+
+@dataclass(frozen=True)
+class _Bad:
+    """A request that cannot be parsed: answered with ``reply``, then the connection is closed."""
+
+    reply: Reply
+    method: str = ""
+
+    def line(self) -> str:
+        return f"(unparsable request, {self.reply.status})"
+
+
+def _bad(status: int, message: str, **details: object) -> _Bad:
+    return _Bad(_error(status, message, **details))
+
+
+def _parse(buf: bytearray) -> tuple[_Request | _Bad, int] | None:
+    """The first request in ``buf`` and the bytes it takes, or None while it is incomplete."""
+    end = buf.find(b"\r\n\r\n", 0, _MAX_HEAD + 4)
+    if end < 0:
+        line_end = buf.find(b"\r\n", 0, _MAX_LINE + 2)
+        if line_end < 0 and len(buf) > _MAX_LINE:
+            return _bad(414, f"request line over {_MAX_LINE} bytes", limit=_MAX_LINE), len(buf)
+        if len(buf) > _MAX_HEAD:
+            return _bad(431, f"request header fields over {_MAX_HEAD} bytes", limit=_MAX_HEAD), len(buf)
+        return None
+    lines = bytes(buf[:end]).split(b"\r\n")
+    if len(lines[0]) > _MAX_LINE:
+        return _bad(414, f"request line over {_MAX_LINE} bytes", limit=_MAX_LINE), end + 4
+    try:
+        request_line = lines[0].decode("ascii")
+    except UnicodeDecodeError:
+        return _bad(400, "the request line is not ASCII"), end + 4
+    parts = request_line.split(" ")
+    if len(parts) != 3 or not _TOKEN_RE.fullmatch(parts[0]) or not parts[1]:
+        return _bad(400, "malformed request line; send METHOD /path HTTP/1.1", line=request_line[:100]), end + 4
+    method, target, version = parts
+    if not _VERSION_RE.fullmatch(version):
+        return _bad(400, f"malformed HTTP version {version[:20]!r}", line=request_line[:100]), end + 4
+    if version not in ("HTTP/1.1", "HTTP/1.0"):
+        return _Bad(_error(505, f"{version} is not supported; use HTTP/1.1", version=version), method), end + 4
+    if not target.startswith("/"):
+        return _Bad(_error(400, "the request target must be a path starting with /", target=target[:100]),
+                    method), end + 4
+    if len(lines) - 1 > _MAX_FIELDS:
+        return _Bad(_error(431, f"more than {_MAX_FIELDS} header fields", limit=_MAX_FIELDS), method), end + 4
+    headers: dict[str, str] = {}
+    lengths: set[str] = set()
+    for raw_field in lines[1:]:
+        name, colon, value = raw_field.decode("latin-1").partition(":")
+        if not colon or not _TOKEN_RE.fullmatch(name):
+            return _Bad(_error(400, "malformed header field; send Name: value", field=name[:40]), method), end + 4
+        name = name.lower()
+        value = value.strip(" \t")
+        if name == "content-length":
+            lengths.add(value)
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    if "transfer-encoding" in headers:
+        return _Bad(_error(411, "send the body with Content-Length, not a transfer coding"), method), end + 4
+    body: bytes | None = None
+    size = 0
+    if lengths:
+        value = lengths.pop()
+        if lengths or not value.isascii() or not value.isdigit():
+            return _Bad(_error(400, "Content-Length must be one non-negative integer"), method), end + 4
+        size = int(value)
+        if size > _MAX_REQUEST_BODY:
+            return _Bad(_error(413, f"request body over {_MAX_REQUEST_BODY} bytes", limit=_MAX_REQUEST_BODY),
+                        method), end + 4
+        if len(buf) < end + 4 + size:
+            return None
+        body = bytes(buf[end + 4:end + 4 + size])
+    tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
+    keep_alive = "keep-alive" in tokens if version == "HTTP/1.0" else "close" not in tokens
+    return _Request(method, target, headers, body, keep_alive), end + 4 + size
+
+
+def _wire(reply: Reply, *, close: bool, head: bool) -> bytes:
+    try:
+        phrase = http.HTTPStatus(reply.status).phrase
+    except ValueError:
+        phrase = "Unknown"
+    lines = [f"HTTP/1.1 {reply.status} {phrase}", "Server: hybridkex-kme/1", f"Date: {formatdate(usegmt=True)}",
+             "Content-Type: application/json", f"Content-Length: {len(reply.body)}", "Cache-Control: no-store"]
+    lines += [f"{name}: {value}" for name, value in reply.headers]
+    if close:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head else reply.body)
+
+
+class _Conn:
+    """One client connection; owned by the I/O thread or by one worker at a time."""
+
+    __slots__ = ("sock", "addr", "handshaken", "caller", "buf", "deadline", "request_started", "requests", "eof",
+                 "continued")
+
+    def __init__(self, sock: socket.socket, addr: str, deadline: float, tls: bool) -> None:
+        self.sock = sock
+        self.addr = addr
+        self.handshaken = not tls
+        self.caller: str | None = None
+        self.buf = bytearray()
+        self.deadline = deadline
+        self.request_started: float | None = None
+        self.requests = 0
+        self.eof = False
+        self.continued = False
+
+
+class _KMEServer:
+    """Serves one :class:`KME`: the I/O thread runs :meth:`serve_forever`, ``config.workers``
+    threads answer requests, at most ``config.max_connections`` connections are open."""
 
     def __init__(self, address: tuple[str, int], kme: KME, ctx: ssl.SSLContext | None) -> None:
         self.kme = kme
+        self.config = kme.config
         self.ctx = ctx
         self.tls = ctx is not None
-        self._conns: set[socket.socket] = set()
-        self._conns_lock = threading.Lock()
-        super().__init__(address, _Handler)
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.socket = socket.create_server(address, family=family, backlog=128)
+        self.socket.setblocking(False)
+        self.server_address: tuple[Any, ...] = self.socket.getsockname()
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._returned: collections.deque[_Conn] = collections.deque()
+        # Connections waiting for bytes, oldest activity first (the first to give way when full).
+        self._idle: OrderedDict[_Conn, None] = OrderedDict()
+        self._conns: set[_Conn] = set()
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[tuple[_Conn, _Request | _Bad] | None] = queue.SimpleQueue()
+        self._workers: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self._stopped = threading.Event()
+        self._stopped.set()
+        #: set once the workers run and the listening socket is watched
+        self.running = threading.Event()
 
-    def get_request(self) -> tuple[socket.socket, Any]:
-        sock, addr = self.socket.accept()
-        self.kme.connections_accepted += 1
-        if self.kme.faults.refuse:
-            sock.close()
-            raise OSError("connection refused by fault injection")
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.ctx is not None:
-            # The handshake runs in the request's thread, so a slow client cannot stall accept().
-            sock = self.ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        return sock, addr
+    # -- the I/O thread ------------------------------------------------------------------------
 
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        with self._conns_lock:
-            self._conns.add(request)
+    def serve_forever(self) -> None:
+        self._stopped.clear()
+        self._stop.clear()
+        for i in range(self.config.workers):
+            t = threading.Thread(target=self._work, name=f"{self.kme.kme_id}-worker-{i}", daemon=True)
+            t.start()
+            self._workers.append(t)
+        self._sel.register(self.socket, selectors.EVENT_READ, "accept")
+        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self.running.set()
         try:
-            if isinstance(request, ssl.SSLSocket):
-                request.settimeout(10)
-                try:
-                    request.do_handshake()
-                except (ssl.SSLError, OSError) as exc:
-                    _log.info("%s: TLS handshake with %s failed: %s", self.kme.kme_id, client_address[0],
-                              getattr(exc, "reason", None) or exc)
-                    return
-            super().finish_request(request, client_address)
+            while not self._stop.is_set():
+                for key, _ in self._sel.select(_TICK):
+                    if key.data == "accept":
+                        self._accept()
+                    elif key.data == "wake":
+                        self._take_returned()
+                    elif isinstance(key.data, _Conn) and key.data in self._idle:
+                        self._readable(key.data)
+                self._sweep()
         finally:
-            with self._conns_lock:
-                self._conns.discard(request)
+            for conn in list(self._idle):
+                self._close(conn)
+            for _ in self._workers:
+                self._queue.put(None)
+            for t in self._workers:
+                t.join(timeout=5)
+            self._workers.clear()
+            for conn in self._take_all():
+                with contextlib.suppress(OSError):
+                    conn.sock.close()
+            self._sel.close()
+            self.running.clear()
+            self._stopped.set()
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        _log.info("%s: connection from %s ended with an error", self.kme.kme_id, client_address[0], exc_info=True)
+    def _accept(self) -> None:
+        c = self.config
+        for _ in range(64):  # a batch, then the other sockets get their turn
+            try:
+                sock, addr = self.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of descriptors: make room, accept later
+                _log.warning("%s: cannot accept a connection: %s", self.kme.kme_id, exc.strerror or exc)
+                if self._idle:
+                    self._close(next(iter(self._idle)))
+                return
+            self.kme.connections_accepted += 1
+            if self.kme.faults.refuse:
+                sock.close()
+                continue
+            with self._lock:
+                full = len(self._conns) >= c.max_connections
+            if full:
+                if not self._idle:
+                    _log.warning("%s: %d connections, all busy; closing a new one from %s", self.kme.kme_id,
+                                 c.max_connections, addr[0])
+                    sock.close()
+                    continue
+                victim = next(iter(self._idle))
+                _log.info("%s: %d connections open; closing the longest idle one (%s)", self.kme.kme_id,
+                          c.max_connections, victim.addr)
+                self._close(victim)
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.ctx is not None:
+                sock = self.ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            conn = _Conn(sock, str(addr[0]), time.monotonic() + c.handshake_timeout, self.tls)
+            with self._lock:
+                self._conns.add(conn)
+                self.kme.connections_open = len(self._conns)
+            self._watch(conn, selectors.EVENT_READ)
+
+    def _watch(self, conn: _Conn, events: int) -> None:
+        try:
+            self._sel.register(conn.sock, events, conn)
+        except KeyError:
+            self._sel.modify(conn.sock, events, conn)
+        except (OSError, ValueError):  # closed meanwhile (drop_connections)
+            self._forget(conn)
+            return
+        self._idle[conn] = None
+
+    def _unwatch(self, conn: _Conn) -> None:
+        self._idle.pop(conn, None)
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self._sel.unregister(conn.sock)
+
+    def _close(self, conn: _Conn) -> None:
+        self._unwatch(conn)
+        self._forget(conn)
+
+    def _forget(self, conn: _Conn) -> None:
+        with contextlib.suppress(OSError):
+            conn.sock.close()
+        with self._lock:
+            self._conns.discard(conn)
+            self.kme.connections_open = len(self._conns)
+
+    def _readable(self, conn: _Conn) -> None:
+        now = time.monotonic()
+        if not conn.handshaken:
+            assert isinstance(conn.sock, ssl.SSLSocket)
+            try:
+                conn.sock.do_handshake()
+            except ssl.SSLWantReadError:
+                self._sel.modify(conn.sock, selectors.EVENT_READ, conn)
+                return
+            except ssl.SSLWantWriteError:
+                self._sel.modify(conn.sock, selectors.EVENT_WRITE, conn)
+                return
+            except (ssl.SSLError, OSError) as exc:
+                _log.info("%s: TLS handshake with %s failed: %s", self.kme.kme_id, conn.addr,
+                          getattr(exc, "reason", None) or exc)
+                self._close(conn)
+                return
+            self._sel.modify(conn.sock, selectors.EVENT_READ, conn)
+            conn.handshaken = True
+            conn.caller = _peer_cn(conn.sock)
+            conn.deadline = now + self.config.idle_timeout
+        while len(conn.buf) <= _READ_CAP:
+            try:
+                data = conn.sock.recv(65536)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, InterruptedError):
+                break
+            except (ssl.SSLError, OSError):
+                self._close(conn)
+                return
+            if not data:
+                conn.eof = True
+                break
+            conn.buf += data
+        self._idle.move_to_end(conn)
+        self._next_request(conn, now)
+
+    def _next_request(self, conn: _Conn, now: float) -> None:
+        parsed = _parse(conn.buf) if conn.buf else None
+        if parsed is None:
+            if conn.eof:
+                self._close(conn)
+            elif conn.buf:
+                if conn.request_started is None:
+                    conn.request_started = now
+                    conn.deadline = now + self.config.request_timeout
+                self._continue(conn)
+            return
+        item, used = parsed
+        del conn.buf[:used]
+        conn.request_started = None
+        conn.continued = False
+        self._dispatch(conn, item)
+
+    @staticmethod
+    def _continue(conn: _Conn) -> None:
+        """Send ``100 Continue`` to a client that waits for it before sending the body (RFC 9110 §10.1.1)."""
+        end = conn.buf.find(b"\r\n\r\n")
+        if conn.continued or end < 0:
+            return
+        head = bytes(conn.buf[:end]).lower()
+        if b"\r\nexpect:" in head and b"100-continue" in head and b" http/1.1\r\n" in head + b"\r\n":
+            conn.continued = True
+            with contextlib.suppress(OSError, ssl.SSLError):
+                conn.sock.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _dispatch(self, conn: _Conn, item: _Request | _Bad) -> None:
+        self._unwatch(conn)
+        c = self.config
+        with self._lock:
+            busy = self.kme.requests_waiting + self.kme.requests_in_progress >= c.workers + c.queue_size
+            if not busy:
+                self.kme.requests_waiting += 1
+        if not busy:
+            self._queue.put((conn, item))
+            return
+        # Overloaded: say so at once, from here, and close (a few hundred bytes fit any send buffer).
+        _log.warning("%s: %d requests in hand; answering 503 to %s", self.kme.kme_id,
+                     c.workers + c.queue_size, conn.addr)
+        reply = _error(503, "the KME is busy; retry after the time in Retry-After", (("Retry-After", "1"),),
+                       workers=c.workers, queue_size=c.queue_size)
+        with contextlib.suppress(OSError, ssl.SSLError):
+            conn.sock.send(_wire(reply, close=True, head=getattr(item, "method", "") == "HEAD"))
+        self._forget(conn)
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        expired = [conn for conn in self._idle if conn.deadline <= now]
+        for conn in expired:
+            if conn.handshaken and conn.request_started is not None:
+                self._unwatch(conn)
+                conn.buf.clear()
+                self._dispatch(conn, _bad(408, f"the request did not arrive in full within "
+                                               f"{self.config.request_timeout:g} s",
+                                          timeout=self.config.request_timeout))
+            else:
+                self._close(conn)
+
+    def _take_returned(self) -> None:
+        with contextlib.suppress(OSError):
+            while self._wake_r.recv(4096):
+                pass
+        while self._returned:
+            conn = self._returned.popleft()
+            self._watch(conn, selectors.EVENT_READ)
+            if conn in self._idle:
+                self._readable(conn)  # the next request may be buffered already (pipelining, TLS)
+
+    def _give_back(self, conn: _Conn) -> None:
+        self._returned.append(conn)
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    def _take_all(self) -> list[_Conn]:
+        with self._lock:
+            conns = list(self._conns)
+            self._conns.clear()
+            self.kme.connections_open = 0
+        return conns
+
+    # -- the workers -----------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            conn, request = item
+            with self._lock:
+                self.kme.requests_waiting -= 1
+                self.kme.requests_in_progress += 1
+            try:
+                self._answer(conn, request)
+            except Exception:
+                _log.exception("%s: error answering %s", self.kme.kme_id, conn.addr)
+                self._forget(conn)
+            finally:
+                with self._lock:
+                    self.kme.requests_in_progress -= 1
+
+    def _answer(self, conn: _Conn, request: _Request | _Bad) -> None:
+        kme, c = self.kme, self.config
+        conn.requests += 1
+        if isinstance(request, _Bad):
+            reply, close, head = request.reply, True, request.method == "HEAD"
+        else:
+            caller = conn.caller if self.tls else kme.sae_id
+            try:
+                reply = kme.handle(request.method, request.target, request.body, caller,
+                                   content_type=request.headers.get("content-type"))
+            except Exception:
+                _log.exception("%s: internal error on %s %s", kme.kme_id, request.method,
+                               request.target.split("?")[0][:200])
+                reply = _error(500, "internal KME error; see the KME log")
+            close = (not request.keep_alive or conn.requests >= c.max_requests_per_connection
+                     or self._stop.is_set())
+            head = request.method == "HEAD"
+        # The request line names SAE IDs and key_IDs, never keys.
+        _log.debug("%s %s %s -> %d", kme.kme_id, conn.addr, request.line(), reply.status)
+        try:
+            conn.sock.settimeout(c.request_timeout)
+            conn.sock.sendall(_wire(reply, close=close, head=head))
+            conn.sock.setblocking(False)
+        except (OSError, ssl.SSLError) as exc:
+            _log.info("%s: cannot answer %s: %s", kme.kme_id, conn.addr, exc)
+            close = True
+        if close or self._stop.is_set():
+            self._forget(conn)
+            return
+        conn.deadline = time.monotonic() + c.idle_timeout
+        self._give_back(conn)
+
+    # -- control, from other threads ---------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Stop :meth:`serve_forever` and wait for it."""
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+        self._stopped.wait(10)
+
+    def server_close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.socket.close()
+        for sock in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                sock.close()
 
     def close_connections(self) -> None:
-        with self._conns_lock:
+        with self._lock:
             conns = list(self._conns)
-        for sock in conns:
+        for conn in conns:
             with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+                conn.sock.shutdown(socket.SHUT_RDWR)
 
 
 def _server_context(pki: TestPKI, kme_name: str) -> ssl.SSLContext:
@@ -854,10 +1264,11 @@ class KMEPair:
         """Start the link and both servers in background threads."""
         self.pump.start()
         for server in self._servers:
-            t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                 name=f"{server.kme.kme_id}-server", daemon=True)
+            t = threading.Thread(target=server.serve_forever, name=f"{server.kme.kme_id}-io", daemon=True)
             t.start()
             self._threads.append(t)
+        for server in self._servers:
+            server.running.wait(5)
 
     def close(self) -> None:
         """Stop the servers and the link; close open connections."""

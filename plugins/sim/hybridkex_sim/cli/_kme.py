@@ -75,6 +75,14 @@ def pki(directory: Path, saes: tuple[str, ...], hosts: tuple[str, ...], force: b
               help="Pool capacity in keys of the default size (256 bits).")
 @click.option("--max-key-per-request", type=click.IntRange(min=1), default=128, show_default=True,
               help="Most keys in one request.")
+@click.option("--max-connections", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Open connections per KME; beyond this the longest-idle one is closed.")
+@click.option("--workers", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Threads per KME answering requests; more waiting than --queue-size get 503.")
+@click.option("--queue-size", type=click.IntRange(min=0), default=64, show_default=True,
+              help="Requests per KME that may wait for a busy worker.")
+@click.option("--idle-timeout", type=click.FloatRange(min=0.01), default=30.0, show_default=True, metavar="SECONDS",
+              help="How long a kept-alive connection may wait for its next request.")
 @click.option("--seed", metavar="HEX", help="Link seed (>= 16 bytes of hex) for a reproducible key stream.")
 @click.option("--empty", is_flag=True, help="Start with an empty pool instead of a full one.")
 @click.option("--insecure-http", is_flag=True,
@@ -82,7 +90,8 @@ def pki(directory: Path, saes: tuple[str, ...], hosts: tuple[str, ...], force: b
 @click.option("-v", "--verbose", count=True, help="Log requests (-v) and more (-vv) to stderr; never keys.")
 @handle_errors
 def serve(pki_dir: Path, listen_a: str, listen_b: str, sae_a: str, sae_b: str, key_rate: float,
-          link_error: float, eve: float, max_key_count: int, max_key_per_request: int, seed: str | None,
+          link_error: float, eve: float, max_key_count: int, max_key_per_request: int, max_connections: int,
+          workers: int, queue_size: int, idle_timeout: float, seed: str | None,
           empty: bool, insecure_http: bool, verbose: int) -> None:
     """Run two KMEs joined by a simulated BB84 link until SIGTERM or SIGINT.
 
@@ -111,7 +120,9 @@ def serve(pki_dir: Path, listen_a: str, listen_b: str, sae_a: str, sae_b: str, k
     try:
         host_a, port_a = parse_address(listen_a, "--listen-a", example="127.0.0.1:8443")
         host_b, port_b = parse_address(listen_b, "--listen-b", example="127.0.0.1:8444")
-        config = KMEConfig(max_key_count=max_key_count, max_key_per_request=max_key_per_request)
+        config = KMEConfig(max_key_count=max_key_count, max_key_per_request=max_key_per_request,
+                           max_connections=max_connections, workers=workers, queue_size=queue_size,
+                           idle_timeout=idle_timeout)
         pair = KMEPair(pki_dir, sae_a=sae_a, sae_b=sae_b, host=host_a, port_a=port_a, host_b=host_b, port_b=port_b,
                        key_rate=key_rate, link_error=link_error, eve=eve, config=config, seed=seed_bytes,
                        prefill=not empty, tls=not insecure_http, create_pki=False)
