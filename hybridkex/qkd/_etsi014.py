@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "API_PREFIX",
+    "parse_key_id",
     "Etsi014Client",
     "KMEStatus",
     "KeyContainer",
@@ -84,6 +85,11 @@ _MAX_SHOWN = 300
 # How a KME says a key_ID was consumed before (no status code for it in ETSI 014 §5.4).
 _REPLAY_RE = re.compile(r"\b(consumed|already\s+(been\s+)?(used|delivered|retrieved|fetched|consumed))\b", re.I)
 _UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def parse_key_id(text: object) -> uuid.UUID | None:
+    """An ETSI GS QKD 014 §6.3 key_ID (a UUID in its canonical 8-4-4-4-12 text form), or None."""
+    return uuid.UUID(text) if isinstance(text, str) and _UUID_RE.fullmatch(text) else None
 
 
 class KMEResponseError(KMEError):
@@ -202,10 +208,10 @@ def parse_status(obj: object) -> KMEStatus:
 
 
 def _parse_key_id(value: object, index: int) -> uuid.UUID:
-    # ETSI GS QKD 014 §6.3: key_ID is a UUID in its canonical 8-4-4-4-12 text form.
-    if not isinstance(value, str) or not _UUID_RE.fullmatch(value):
+    key_id = parse_key_id(value)
+    if key_id is None:
         raise ValueError(f"key {index}: key_ID {_shown(value)} is not a UUID")
-    return uuid.UUID(value)
+    return key_id
 
 
 def _parse_key(value: object, index: int) -> bytes:

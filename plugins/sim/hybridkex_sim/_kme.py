@@ -70,7 +70,7 @@ from email.utils import formatdate
 from typing import Any, Protocol
 
 from hybridkex import ConfigError
-from hybridkex.qkd import API_PREFIX, Etsi014Client
+from hybridkex.qkd import API_PREFIX, Etsi014Client, parse_key_id
 
 from ._pki import TestPKI, check_sae_id, create_test_pki, load_test_pki
 
@@ -92,7 +92,6 @@ _log = logging.getLogger("hybridkex.qkd.kme")
 DEFAULT_KEY_RATE = 64_000.0
 _MAX_REQUEST_BODY = 64 << 10
 _PATH_RE = re.compile(re.escape(API_PREFIX) + r"/([^/]+)/(status|enc_keys|dec_keys)")
-_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 # Methods HTTP defines (RFC 9110 §9, RFC 5789): anything else is 501, these are 405 where not served.
 _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 # Bits of link time an aborted block costs before the first good block tells us its size.
@@ -649,9 +648,10 @@ class KME:
         ids: list[uuid.UUID] = []
         for entry in entries:
             text = entry.get("key_ID") if isinstance(entry, dict) else None
-            if not isinstance(text, str) or not _UUID_RE.fullmatch(text):
+            key_id = parse_key_id(text)
+            if key_id is None:
                 raise _Refusal(400, f"key_ID {str(text)[:60]!r} is not a UUID", parameter="key_ID")
-            ids.append(uuid.UUID(text))
+            ids.append(key_id)
         if len(set(ids)) != len(ids):
             raise _Refusal(400, "the same key_ID is asked for twice", parameter="key_IDs")
         with self.pool.lock:
