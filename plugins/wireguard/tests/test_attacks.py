@@ -24,7 +24,7 @@ from wg_support import Lines, wait
 
 from hybridkex_wg._config import parse_config
 from hybridkex_wg._daemon import PER_SOURCE, Daemon
-from hybridkex_wg._session import LIMITER, REQUEST_TIMEOUT
+from hybridkex_wg._session import COUNTERS, LIMITER, REQUEST_TIMEOUT
 from hybridkex_wg._wire import Accept, AcceptStatus, Request, encode, read_message
 
 FAST = {"interval": 0.5, "jitter": 0.0, "deadline": 60.0, "retry_initial": 0.2, "retry_max": 0.5,
@@ -161,13 +161,20 @@ def test_stalled_handshakes_after_a_request_free_the_workers_within_preauth_time
             s.close()
 
 
+def rejected() -> int:
+    """Connections the daemon has refused or dropped so far, for every reason (process-wide)."""
+    return sum(v for (name, _), v in COUNTERS.snapshot().items() if name == "rejected")
+
+
 def test_request_then_tcp_reset_leaves_the_pair_idle(pair: Pair) -> None:
+    before = rejected()
     for _ in range(3):
         s = pair.connect()
         s.sendall(encode(pair.request()))
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         s.close()  # RST
-    time.sleep(0.3)
+    # Not a pause and a look: the daemon has handled all three before the state is read.
+    wait(lambda: rejected() - before >= 3, 10, "the daemon to drop the three reset connections")
     assert pair.b_state.state.value == "idle" and pair.b_state.failures == 0
     pair.start_a()
     wait(lambda: pair.b_state.rotations >= 2 and keys_match(pair), 15, "rotations after resets")
@@ -185,7 +192,9 @@ def test_a_tampered_proof_changes_nothing(pair: Pair) -> None:
                                       proof=os.urandom(32))))
         accept = read_message(s, time.monotonic() + 5, Accept, "Accept")
         assert isinstance(accept, Accept)
-    time.sleep(0.2)
+        dropped = rejected()
+    # Not a pause and a look: the daemon has given up on the forged exchange before the state is read.
+    wait(lambda: rejected() > dropped and not pair.b_state.busy, 10, "the daemon to drop the forged exchange")
     assert (pair.b_state.current, pair.b_state.pending, pair.b_state.highest_epoch) == before
     assert (pair.tmp / "b" / "a.psk").read_bytes() == key_before
 
@@ -217,6 +226,7 @@ def test_idle_connections_cannot_starve_the_workers(pair: Pair, caplog: pytest.L
 def test_a_flood_writes_a_few_log_lines(pair: Pair, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="hybridkex_wg")
     give_up = time.monotonic() + 2.0
+    before = rejected()
     sent = 0
     stranger = wg_key()
     while time.monotonic() < give_up and sent < 400:
@@ -231,7 +241,8 @@ def test_a_flood_writes_a_few_log_lines(pair: Pair, caplog: pytest.LogCaptureFix
         except OSError:
             pass
         sent += 1
-    time.sleep(0.5)
+    # Every connection of the flood was refused and counted before the log is read.
+    wait(lambda: rejected() - before >= sent, 10, "the daemon to refuse every connection of the flood")
     lines = [r for r in caplog.records if r.name == "hybridkex_wg"]
     assert sent >= 50
     assert len(lines) <= 6, [r.getMessage() for r in lines]
