@@ -11,10 +11,10 @@ exchange (both ends, in-process over a socket pair, same KEM, authentication and
 source), which no rotator can go below.  Each peer has its own PSK file: the rotator refuses
 two WireGuard peers that share one credential.
 
-    python plugins/wireguard/bench/bench_rotate.py              # 1000 peers, QKD off and sim
-    python plugins/wireguard/bench/bench_rotate.py --quick      # 200 peers
-    python plugins/wireguard/bench/bench_rotate.py --peers 500 --qkd sim --workers 8
-    python plugins/wireguard/bench/bench_rotate.py --qkd both --runs 3   # medians, best wall
+    python benchmarks/bench_wg_rotate.py              # 1000 peers, QKD off and sim
+    python benchmarks/bench_wg_rotate.py --quick      # 200 peers
+    python benchmarks/bench_wg_rotate.py --peers 500 --qkd sim --workers 8
+    python benchmarks/bench_wg_rotate.py --qkd both --runs 3   # medians, best wall
 
 The goal: 1000 peers with the simulated QKD link rotated within 5 s of wall time on 2 cores.
 The last output line is one JSON object with the figures: every run, and per case the median
