@@ -65,3 +65,16 @@ def test_replay_refuses_inputs_it_did_not_record() -> None:
         # Another clock: another InitHello timestamp, so other transcripts to sign.
         run_handshake(*setup.replay_configs, None, REPLAY_RNGS, lambda: REPLAY_WALL() + 1)
     assert isinstance(info.value.__cause__, RuntimeError) and "replay" in str(info.value.__cause__)
+
+
+def test_timed_handshakes_time_every_primitive_call() -> None:
+    # The headline ratio divides by the primitives each handshake called: all of them must be timed,
+    # and the protocol's own work must be left out of them.
+    from hybridkex.bench import _time_handshakes
+
+    setup = make_setup(get_backend("cryptography"), "ml-kem-768", "ml-dsa-44")
+    total, primitives = _time_handshakes(setup.configs, [None, None], setup.stopwatch)
+    assert 0 < primitives < total
+    per_handshake = {op: n // 2 for op, n in setup.stopwatch.calls.items()}
+    assert per_handshake == {"kem-generate": 1, "kem-encapsulate": 1, "kem-decapsulate": 1, "ka-generate": 2,
+                             "ka-exchange": 2, "sign": 2, "verify": 2, "catkdf": 4, "chacha20-poly1305": 6}

@@ -68,9 +68,14 @@ def test_fast_hmac_equals_the_standard_one(hash_name: str, key_len: int) -> None
     import hmac
     import os
 
-    from hybridkex.protocol._catkdf import hmac_digest, new_hash
+    from hybridkex.protocol._catkdf import HMACKey, hmac_digest, new_hash
 
+    prepared = None
     for msg_len in (0, 1, 55, 64, 1000):
         key, msg = os.urandom(key_len), os.urandom(msg_len)
         assert hmac_digest(key, msg, hash_name) == hmac.digest(key, msg, hash_name)
+        assert HMACKey(key, hash_name).digest(msg) == hmac.digest(key, msg, hash_name)
+        # One prepared key, reused: each MAC starts from the key's state, not the previous message's.
+        prepared = prepared or (key, HMACKey(key, hash_name))
+        assert prepared[1].digest(msg) == hmac.digest(prepared[0], msg, hash_name)
         assert new_hash(hash_name, msg).digest() == __import__("hashlib").new(hash_name, msg).digest()

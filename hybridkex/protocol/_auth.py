@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from .._errors import AuthenticationError, ConfigError, NegotiationError, UnknownPeerError
-from ..backends import Backend
+from ..backends import Backend, SignatureScheme
 from . import _labels
 from ._catkdf import hmac_digest
 from ._identity import Identity, PublicIdentity, fingerprint
@@ -151,6 +151,7 @@ class SignatureAuthenticator(Authenticator):
         self.expected = expected
         self._backend = backend
         self._scheme = backend.signature(identity.alg)
+        self._verifiers: dict[str, SignatureScheme] = {identity.alg: self._scheme}
         self._signer, public = self._scheme.from_seed(identity.seed)
         if public != identity.public_key:
             raise ConfigError("identity key is inconsistent: its public key does not match its seed")
@@ -201,10 +202,17 @@ class SignatureAuthenticator(Authenticator):
                                           "connection); refusing to talk to itself")
             raise UnknownPeerError("the peer's ML-DSA key is not pinned here; if you trust it, pin its id.pub "
                                    f"(it presented {self._shown(identity)})")
-        if not self._backend.signature(peer.alg).verify(identity, _SIG_CONTEXT[purpose] + transcript, tag, b""):
+        if not self._verifier(peer.alg).verify(identity, _SIG_CONTEXT[purpose] + transcript, tag, b""):
             raise AuthenticationError(f"the {purpose.value} signature over the transcript is invalid: the handshake "
                                       "was tampered with or the peer's key is wrong")
         return PeerInfo(peer.alg, peer.fingerprint, identity)
+
+    def _verifier(self, alg: str) -> SignatureScheme:
+        """The backend's scheme for a peer's algorithm, made once per algorithm."""
+        scheme = self._verifiers.get(alg)
+        if scheme is None:
+            scheme = self._verifiers[alg] = self._backend.signature(alg)
+        return scheme
 
     def _shown(self, identity: bytes) -> str:
         for alg in AUTH_SIG_CODES:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import struct
 
-__all__ = ["catkdf", "catkdf_unchecked", "HASHES", "KDFS", "new_hash", "hmac_digest"]
+__all__ = ["catkdf", "catkdf_unchecked", "HASHES", "KDFS", "new_hash", "hmac_digest", "HMACKey"]
 
 HASHES = {"sha256": hashlib.sha256, "sha384": hashlib.sha384}
 KDFS = ("hkdf", "hmac")
@@ -33,8 +33,8 @@ def new_hash(hash: str, data: bytes = b"") -> hashlib._Hash:
     return h
 
 
-def hmac_digest(key: bytes, msg: bytes, hash: str) -> bytes:
-    """HMAC (RFC 2104) with ``hash``; equal to ``hmac_digest(key, msg, hash)`` (tests check it), faster."""
+def _keyed(key: bytes, hash: str) -> tuple[hashlib._Hash, hashlib._Hash]:
+    """HMAC's inner and outer hashes with the padded key absorbed (RFC 2104)."""
     inner = _EMPTY[hash].copy()
     outer = _EMPTY[hash].copy()
     block = inner.block_size
@@ -42,10 +42,34 @@ def hmac_digest(key: bytes, msg: bytes, hash: str) -> bytes:
         key = new_hash(hash, key).digest()
     key = key.ljust(block, b"\0")
     inner.update(key.translate(_TRANS_36))
-    inner.update(msg)
     outer.update(key.translate(_TRANS_5C))
+    return inner, outer
+
+
+def hmac_digest(key: bytes, msg: bytes, hash: str) -> bytes:
+    """HMAC (RFC 2104) with ``hash``; equal to :func:`hmac.digest` (tests check it), faster."""
+    inner, outer = _keyed(key, hash)
+    inner.update(msg)
     outer.update(inner.digest())
     return outer.digest()
+
+
+class HMACKey:
+    """HMAC under one key, its padded blocks absorbed once: for a secret that keys several MACs
+    (HKDF-Expand of several labels).  It holds the key's state: drop it with the secret."""
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, key: bytes, hash: str) -> None:
+        self._inner, self._outer = _keyed(key, hash)
+
+    def digest(self, msg: bytes) -> bytes:
+        """HMAC(key, msg); equal to :func:`hmac_digest` with the same key and hash."""
+        inner = self._inner.copy()
+        inner.update(msg)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
 
 def _u32(data: bytes) -> bytes:

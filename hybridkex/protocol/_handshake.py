@@ -32,6 +32,7 @@ and send every :class:`SendMessage`.  Time and randomness are injected.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import os
@@ -69,7 +70,7 @@ from .._errors import (
 from ..backends import Backend, get_backend
 from . import _labels
 from ._auth import Authenticator, PeerInfo, Purpose
-from ._catkdf import catkdf_unchecked, hmac_digest, new_hash
+from ._catkdf import HMACKey, catkdf_unchecked, hmac_digest, new_hash
 from ._dos import DoSGuard
 from ._qkd import QKD_KEY_BYTES, QKDKey
 from ._state import Input, Role, State, lookup
@@ -342,6 +343,8 @@ class Connection:
     """State shared by both roles: state, transcript, secrets, errors, and the table-driven dispatch."""
 
     role: Role
+    #: each secret that keys expansions (handshake, session) with its HMAC state, found by identity
+    _keyed: tuple[tuple[bytes, HMACKey], ...] = ()
 
     def __init__(self, config: HandshakeConfig, *, rng: Callable[[int], bytes] = os.urandom,
                  now: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
@@ -367,6 +370,7 @@ class Connection:
         self._qkd: list[QKDKey] = []
         self._block = QKDBlock(QKDStatus.OFF)
         self._session = b""
+        self._keyed = ()
         self._peer: PeerInfo | None = None
         self._peer_identity = b""
         self._local_reason = ""
@@ -436,8 +440,15 @@ class Connection:
         return self._th
 
     def _expand(self, secret: bytes, label: bytes) -> bytes:
-        # HKDF-Expand for one hash length is T(1) = HMAC(PRK, info || 0x01) (RFC 5869 §2.3).
-        return hmac_digest(secret, label + b"\x01", self.suite.hash)
+        # HKDF-Expand for one hash length is T(1) = HMAC(PRK, info || 0x01) (RFC 5869 §2.3).  A secret
+        # keys several expansions: its HMAC state is made once (looked up by identity, so no secret
+        # is hashed or compared to find it).
+        for known, keyed in self._keyed:
+            if known is secret:
+                return keyed.digest(label + b"\x01")
+        keyed = HMACKey(secret, self.suite.hash)
+        self._keyed += ((secret, keyed),)
+        return keyed.digest(label + b"\x01")
 
     def _mac(self, secret: bytes, label: bytes, data: bytes) -> bytes:
         return hmac_digest(self._expand(secret, label), data, self.suite.hash)
@@ -482,6 +493,7 @@ class Connection:
         """Enter ERROR, drop secrets, and prepare an alert for the peer (none for unverified input)."""
         self.state = State.ERROR
         self._hs = self._k1 = self._k2 = self._session = b""
+        self._keyed = ()
         self._psk = None
         self._qkd = []
         # Never answer an alert with an alert, and give nothing to a sender that proved nothing.
@@ -503,7 +515,7 @@ class Connection:
         return HandshakeResult(
             role=self.role.value, suite=self.suite, auth=self.config.authenticator.mode, peer=self._peer,
             local_fingerprint=self.config.authenticator.local_fingerprint(), qkd=outcome,
-            transcript_hash=self.transcript.hash(), message_sizes=tuple(len(f) for f in frames),
+            transcript_hash=self.transcript.hash(), message_sizes=tuple(map(len, frames)),
             _application=self._expand(session, _labels.SECRET_APPLICATION),
             _exchange_key=self._expand(session, _labels.SECRET_EXCHANGE_KEY)[:32],
             _ratchet=hmac_digest(ratchet_secret, _labels.RATCHET_NEXT_PSK + vec16(id_i) + vec16(id_r) + b"\x01",
@@ -511,6 +523,7 @@ class Connection:
 
     def _finish(self, result: HandshakeResult) -> HandshakeResult:
         self._hs = self._k1 = self._k2 = self._session = b""
+        self._keyed = ()
         self._psk = None
         self._qkd = []
         self.result = result
@@ -698,10 +711,13 @@ class Initiator(Connection):
         return State.DONE, [SendMessage(confirm_frame), HandshakeComplete(self._finish(result))]
 
 
+# Both keys hash a responder's public key (kilobytes for ML-DSA) and are public: made once per key.
+@functools.lru_cache(maxsize=256)
 def _mac1_key(static: bytes) -> bytes:
     return hashlib.sha256(_labels.MAC1 + static).digest()
 
 
+@functools.lru_cache(maxsize=256)
 def _cookie_key(static: bytes) -> bytes:
     return hashlib.sha256(_labels.COOKIE + static).digest()
 
@@ -785,7 +801,8 @@ class Responder(Connection):
                             self.transcript.hash(self._rh_public, vec16(identity)))
         self._rh_plain = vec16(identity) + vec16(tag)
         sealed = self._seal(_labels.KEY_RESP_HELLO, self.transcript.hash(self._rh_public), self._rh_plain)
-        frame_out = encode(replace(reply, sealed=sealed))
+        frame_out = encode(RespHello(reply.nonce, reply.suite, reply.qkd_policy, reply.x25519, reply.kem_ciphertext,
+                                     reply.psk_choice, sealed))
         self.transcript.absorb(frame_out)
         return State.WAIT_INIT_FINISH, [SendMessage(frame_out)]
 

@@ -16,12 +16,19 @@ from .._errors import LocalProtocolError, RemoteProtocolError
 __all__ = ["Role", "State", "Input", "Step", "TRANSITIONS", "REMOTE_INPUTS", "lookup"]
 
 
-class Role(Enum):
+class _Member(Enum):
+    """Members are singletons compared by identity: hash them by identity too (C), not by name (Python),
+    since every step looks up a (role, state, input) key and checks its target."""
+
+    __hash__ = object.__hash__
+
+
+class Role(_Member):
     INITIATOR = "initiator"
     RESPONDER = "responder"
 
 
-class State(Enum):
+class State(_Member):
     START = "start"
     WAIT_RESP_HELLO = "wait-resp-hello"          # initiator sent InitHello
     WAIT_QKD_MASTER = "wait-qkd-master"          # initiator asked its QKD source for a fresh key
@@ -34,7 +41,7 @@ class State(Enum):
     ERROR = "error"
 
 
-class Input(Enum):
+class Input(_Member):
     START = "start"                      # local: begin as initiator
     INIT_HELLO = "InitHello"
     RESP_HELLO = "RespHello"

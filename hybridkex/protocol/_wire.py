@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import TypeVar
 
 from .._errors import RemoteProtocolError
 
@@ -218,6 +219,19 @@ _TYPES: dict[type, MessageType] = {
 }
 
 
+_E = TypeVar("_E", bound=IntEnum)
+#: Each wire enum's members by value, for decoding without the enum's (Python-level) call.
+_MEMBERS: dict[type[IntEnum], dict[int, IntEnum]] = {}
+
+
+def _member(enum: type[_E], raw: int) -> _E | None:
+    members = _MEMBERS.get(enum)
+    if members is None:
+        members = _MEMBERS[enum] = {int(m): m for m in enum}
+    member = members.get(raw)
+    return member  # type: ignore[return-value]  # the map holds members of ``enum`` only
+
+
 class Buffer:
     """A read cursor over a body; every pull checks the bytes are there."""
 
@@ -226,20 +240,32 @@ class Buffer:
         self.pos = 0
         self.what = what
 
+    def _truncated(self, n: int, field_name: str) -> RemoteProtocolError:
+        return RemoteProtocolError(f"truncated {self.what}: field {field_name} needs {n} bytes, "
+                                   f"{len(self.data) - self.pos} left")
+
     def _take(self, n: int, field_name: str) -> bytes:
-        if self.pos + n > len(self.data):
-            raise RemoteProtocolError(f"truncated {self.what}: field {field_name} needs {n} bytes, "
-                                      f"{len(self.data) - self.pos} left")
-        out = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return out
+        pos = self.pos
+        end = pos + n
+        if end > len(self.data):
+            raise self._truncated(n, field_name)
+        self.pos = end
+        return self.data[pos:end]
 
     def pull_u8(self, name: str) -> int:
-        return self._take(1, name)[0]
+        pos = self.pos
+        if pos >= len(self.data):
+            raise self._truncated(1, name)
+        self.pos = pos + 1
+        return self.data[pos]
 
     def pull_u16(self, name: str) -> int:
-        value: int = struct.unpack(">H", self._take(2, name))[0]
-        return value
+        pos = self.pos
+        if pos + 2 > len(self.data):
+            raise self._truncated(2, name)
+        self.pos = pos + 2
+        data = self.data
+        return data[pos] << 8 | data[pos + 1]
 
     def pull_u64(self, name: str) -> int:
         value: int = struct.unpack(">Q", self._take(8, name))[0]
@@ -261,12 +287,12 @@ class Buffer:
         except UnicodeDecodeError:
             raise RemoteProtocolError(f"malformed {self.what}: {name} is not UTF-8") from None
 
-    def pull_enum(self, enum: type[IntEnum], name: str) -> IntEnum:
+    def pull_enum(self, enum: type[_E], name: str) -> _E:
         raw = self.pull_u8(name)
-        try:
-            return enum(raw)
-        except ValueError:
-            raise RemoteProtocolError(f"malformed {self.what}: {name} {raw} is not defined") from None
+        member = _member(enum, raw)
+        if member is None:
+            raise RemoteProtocolError(f"malformed {self.what}: {name} {raw} is not defined")
+        return member
 
     def finish(self) -> None:
         if self.pos != len(self.data):
@@ -294,7 +320,7 @@ def init_hello_prefix(m: InitHello) -> bytes:
     if len(m.nonce) != NONCE_SIZE:
         raise ValueError("nonce must be 32 bytes")
     return (struct.pack(">Q", m.timestamp) + m.nonce + bytes([len(m.suites)])
-            + b"".join(struct.pack(">H", s) for s in m.suites) + bytes([m.auth_kind, m.qkd_policy])
+            + struct.pack(f">{len(m.suites)}H", *m.suites) + bytes([m.auth_kind, m.qkd_policy])
             + vec8(m.context) + vec8(m.x25519) + vec16(m.kem_key))
 
 
@@ -366,8 +392,8 @@ def push_qkd_block(q: QKDBlock) -> bytes:
 
 
 def _pull_qkd_block(buf: Buffer) -> QKDBlock:
-    status = QKDStatus(buf.pull_enum(QKDStatus, "qkd_status"))
-    reason = QKDReason(buf.pull_enum(QKDReason, "qkd_reason"))
+    status = buf.pull_enum(QKDStatus, "qkd_status")
+    reason = buf.pull_enum(QKDReason, "qkd_reason")
     master, slave = buf.pull_text8("master_sae_id"), buf.pull_text8("slave_sae_id")
     bits = buf.pull_u16("key_bits")
     count = buf.pull_u8("qkd_key_ids")
@@ -403,8 +429,8 @@ def push_resp_finish_core(status: QKDStatus, reason: QKDReason) -> bytes:
 
 def pull_resp_finish_payload(data: bytes) -> RespFinishPayload:
     buf = Buffer(data, "RespFinish payload")
-    status = QKDStatus(buf.pull_enum(QKDStatus, "qkd_status"))
-    reason = QKDReason(buf.pull_enum(QKDReason, "qkd_reason"))
+    status = buf.pull_enum(QKDStatus, "qkd_status")
+    reason = buf.pull_enum(QKDReason, "qkd_reason")
     payload = RespFinishPayload(status, reason, buf.pull_vec16("auth_tag"), buf.pull_vec8("confirm"))
     buf.finish()
     # The outcome is OFF ("confirmed as InitFinish declared") or UNAVAILABLE (the responder's signed fallback).
@@ -477,10 +503,9 @@ def parse_header(header: bytes) -> tuple[MessageType, int]:
     if header[2] != PROTOCOL_VERSION:
         raise RemoteProtocolError(f"peer speaks hybridkex wire version {header[2]}, this side speaks "
                                   f"{PROTOCOL_VERSION}; upgrade the older side")
-    try:
-        mtype = MessageType(header[3])
-    except ValueError:
-        raise RemoteProtocolError(f"unknown message type {header[3]}") from None
+    mtype = _member(MessageType, header[3])
+    if mtype is None:
+        raise RemoteProtocolError(f"unknown message type {header[3]}")
     (length,) = struct.unpack(">I", header[4:8])
     if length > MAX_BODY_SIZE:
         raise RemoteProtocolError(f"oversized frame: body of {length} bytes exceeds the {MAX_BODY_SIZE}-byte limit")
