@@ -129,9 +129,10 @@ class Daemon:
 
 def bare_exchange_floor(qkd: str, work: Path, count: int = 100) -> float:
     """CPU seconds (both ends together) of one bare hybrid exchange, in-process over a socket pair."""
+    from hybridkex_sim import init_link_file
+
     from hybridkex import ExchangeSettings, exchange_over_socket
     from hybridkex.protocol import DoSGuard
-    from hybridkex_sim import init_link_file
 
     psk = work / "floor.psk"
     psk.write_bytes(base64.b64encode(os.urandom(32)) + b"\n")

@@ -5,16 +5,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from bench_handshake import REPLAY_RNGS, REPLAY_WALL, ReplayBackend, handshake_pair, make_setup
 
 from hybridkex import LocalProtocolError
 from hybridkex.backends import get_backend
-from hybridkex.bench import REPLAY_RNGS, REPLAY_WALL, ReplayBackend, make_setup, run_handshake
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_handshake.py"
 
 
 def test_quick_run_ends_with_a_json_summary() -> None:
-    proc = subprocess.run([sys.executable, "-m", "hybridkex.bench", "--quick", "--backend", "cryptography"],
+    proc = subprocess.run([sys.executable, str(BENCH), "--quick", "--backend", "cryptography"],
                           capture_output=True, text=True, timeout=240, check=False)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -39,7 +42,7 @@ def test_quick_run_ends_with_a_json_summary() -> None:
 
 
 def test_missing_backend_is_a_clear_error() -> None:
-    proc = subprocess.run([sys.executable, "-m", "hybridkex.bench", "--quick", "--backend", "nonesuch"],
+    proc = subprocess.run([sys.executable, str(BENCH), "--quick", "--backend", "nonesuch"],
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode != 0 and "nonesuch" in proc.stderr
 
@@ -49,11 +52,11 @@ def test_replayed_handshake_is_the_recorded_one(kem: str) -> None:
     # The overhead figure relies on a replaying backend reproducing the handshake byte for byte.
     setup = make_setup(get_backend("cryptography"), kem, "ml-dsa-44")
     assert isinstance(setup.replay_configs[0].backend, ReplayBackend)
-    first, _ = run_handshake(*setup.replay_configs, None, REPLAY_RNGS, REPLAY_WALL)
-    again, peer = run_handshake(*setup.replay_configs, None, REPLAY_RNGS, REPLAY_WALL)
+    first, _ = handshake_pair(*setup.replay_configs, None, REPLAY_RNGS, REPLAY_WALL)
+    again, peer = handshake_pair(*setup.replay_configs, None, REPLAY_RNGS, REPLAY_WALL)
     assert first.transcript_hash == again.transcript_hash and again.key() == peer.key()
-    qkd_first, _ = run_handshake(*setup.replay_qkd_configs, setup.replay_qkd_key, REPLAY_RNGS, REPLAY_WALL)
-    qkd_again, qkd_peer = run_handshake(*setup.replay_qkd_configs, setup.replay_qkd_key, REPLAY_RNGS, REPLAY_WALL)
+    qkd_first, _ = handshake_pair(*setup.replay_qkd_configs, setup.replay_qkd_key, REPLAY_RNGS, REPLAY_WALL)
+    qkd_again, qkd_peer = handshake_pair(*setup.replay_qkd_configs, setup.replay_qkd_key, REPLAY_RNGS, REPLAY_WALL)
     assert qkd_first.transcript_hash == qkd_again.transcript_hash and qkd_again.key() == qkd_peer.key()
     assert qkd_again.qkd.used and qkd_again.key() != again.key()
 
@@ -63,14 +66,14 @@ def test_replay_refuses_inputs_it_did_not_record() -> None:
     setup = make_setup(get_backend("cryptography"), "ml-kem-768", "ml-dsa-44")
     with pytest.raises(LocalProtocolError) as info:
         # Another clock: another InitHello timestamp, so other transcripts to sign.
-        run_handshake(*setup.replay_configs, None, REPLAY_RNGS, lambda: REPLAY_WALL() + 1)
+        handshake_pair(*setup.replay_configs, None, REPLAY_RNGS, lambda: REPLAY_WALL() + 1)
     assert isinstance(info.value.__cause__, RuntimeError) and "replay" in str(info.value.__cause__)
 
 
 def test_timed_handshakes_time_every_primitive_call() -> None:
     # The headline ratio divides by the primitives each handshake called: all of them must be timed,
     # and the protocol's own work must be left out of them.
-    from hybridkex.bench import _time_handshakes
+    from bench_handshake import _time_handshakes
 
     setup = make_setup(get_backend("cryptography"), "ml-kem-768", "ml-dsa-44")
     total, primitives = _time_handshakes(setup.configs, [None, None], setup.stopwatch)

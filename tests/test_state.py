@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 
 import pytest
+from hybridkex_sim import Delivery, Pair, QKDPair
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from test_wire import any_bytes, frames
@@ -32,7 +33,6 @@ from hybridkex.protocol import (
     HandshakeComplete,
     HandshakeConfig,
     Initiator,
-    NeedQKDKeys,
     PSKAuthenticator,
     Responder,
     SendMessage,
@@ -66,13 +66,15 @@ def _configs(channel: bool) -> tuple[HandshakeConfig, HandshakeConfig]:
 
 
 class Drive:
-    """A real handshake paused when ``role`` reaches ``state``; ``next_input`` is what it was about to get."""
+    """A real handshake paused when ``role`` reaches ``state``; ``next_input`` is what it was about to get.
+
+    It is the shared pair driver (:class:`hybridkex_sim.Pair`), stopped before the first delivery
+    after ``role`` reached ``state``; the channel confirmation is left to the test."""
 
     def __init__(self, role: Role, state: State, how: str) -> None:
         i_config, r_config = _configs(how == "channel")
         self.ini, self.res = Initiator(i_config), Responder(r_config)
         self.conn: Initiator | Responder = self.ini if role is Role.INITIATOR else self.res
-        self.issued: dict[uuid.UUID, bytes] = {}
         self.next_input: tuple[Input, object] | None = None
         self.frames: list[bytes] = []
         if self.conn.state is state:
@@ -80,27 +82,13 @@ class Drive:
             if role is Role.RESPONDER:
                 self.next_input = (Input.INIT_HELLO, self._first_hello())
             return
-        queue: list[tuple[Initiator | Responder, object]] = [(self.ini, ("start",))]
-        while queue:
-            conn, job = queue.pop(0)
-            events = self._do(conn, job, how)
-            for event in events:
-                other = self.res if conn is self.ini else self.ini
-                if isinstance(event, SendMessage):
-                    self.frames.append(event.data)
-                    job2: object = ("frame", event.data)
-                    target = other
-                elif isinstance(event, NeedQKDKeys):
-                    job2, target = ("qkd", event), conn
-                else:
-                    continue
-                if target is self.conn and self.conn.state is state:
-                    self.next_input = self._as_input(job2)
-                    return
-                queue.append((target, job2))
-            if self.conn.state is state:
-                self.next_input = None
-                return
+        link = QKDPair(fail_slave=QKDUnavailable("KME down") if how == "fallback" else None)
+        pair = Pair(self.ini, self.res, qkd=link, confirm_channel=False)
+        outcome = pair.run(pause=lambda d: self.conn.state is state)
+        self.frames = outcome.frames
+        side = "i" if role is Role.INITIATOR else "r"
+        if outcome.paused is not None and outcome.paused.to == side:
+            self.next_input = self._as_input(outcome.paused)
         assert self.conn.state is state, f"could not reach {state}"
 
     def _first_hello(self) -> bytes:
@@ -109,29 +97,13 @@ class Drive:
         assert isinstance(first, SendMessage)
         return first.data
 
-    def _as_input(self, job: object) -> tuple[Input, object]:
-        kind, arg = job  # type: ignore[misc]
-        if kind == "frame":
-            message = decode(arg)
+    @staticmethod
+    def _as_input(d: Delivery) -> tuple[Input, object]:
+        if d.kind == "frame":
+            message = decode(d.data)  # type: ignore[arg-type]
             return {"InitHello": Input.INIT_HELLO, "RespHello": Input.RESP_HELLO, "InitFinish": Input.INIT_FINISH,
-                    "RespFinish": Input.RESP_FINISH, "InitConfirm": Input.INIT_CONFIRM}[type(message).__name__], arg
-        return Input.QKD_KEYS, arg
-
-    def _do(self, conn: Initiator | Responder, job: object, how: str) -> list:
-        kind = job[0]  # type: ignore[index]
-        if kind == "start":
-            assert isinstance(conn, Initiator)
-            return conn.initiate()
-        if kind == "frame":
-            return conn.receive(job[1])  # type: ignore[index]
-        need: NeedQKDKeys = job[1]  # type: ignore[index]
-        if need.role == "master":
-            key = QKDKey(uuid.uuid4(), os.urandom(need.size_bits // 8))
-            self.issued[key.key_id] = key.key
-            return conn.qkd_keys([key])
-        if how == "fallback":
-            return conn.qkd_failed(QKDUnavailable("KME down"))
-        return conn.qkd_keys([QKDKey(k, self.issued[k]) for k in need.key_ids])
+                    "RespFinish": Input.RESP_FINISH, "InitConfirm": Input.INIT_CONFIRM}[type(message).__name__], d.data
+        return Input.QKD_KEYS, d.data
 
 
 def _check_refusal(conn: Initiator | Responder, call: Callable[[], object], remote: bool, was: State) -> None:

@@ -29,9 +29,17 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 from vectors import DATA, load
 
-from hybridkex import catkdf
+from hybridkex import QKDKey, QKDUnavailable, catkdf
 from hybridkex.backends import get_backend
-from hybridkex.protocol import HandshakeConfig, Initiator, PSKAuthenticator, key_fingerprint
+from hybridkex.protocol import (
+    HandshakeComplete,
+    HandshakeConfig,
+    Initiator,
+    NeedQKDKeys,
+    PSKAuthenticator,
+    SendMessage,
+    key_fingerprint,
+)
 from hybridkex.protocol import _labels as L
 from hybridkex.protocol._auth import _PSK_LABEL, Purpose
 from hybridkex.protocol._handshake import _cookie_key, _mac1_key, _Transcript
@@ -554,12 +562,12 @@ def test_psk_initiator_answers_the_recorded_frames_byte_for_byte(v: dict[str, An
         events = ini.receive(frame)
         while events:
             ev = events.pop(0)
-            if isinstance(ev, gen.NeedQKDKeys):
-                events += (ini.qkd_failed(gen.QKDUnavailable("the KME did not answer")) if not q["key"]
-                           else ini.qkd_keys([gen.QKDKey(uuid.UUID(q["key_id"]), q["key"])]))
-            elif isinstance(ev, gen.SendMessage):
+            if isinstance(ev, NeedQKDKeys):
+                events += (ini.qkd_failed(QKDUnavailable("the KME did not answer")) if not q["key"]
+                           else ini.qkd_keys([QKDKey(uuid.UUID(q["key_id"]), q["key"])]))
+            elif isinstance(ev, SendMessage):
                 sent.append(ev.data)
-            elif isinstance(ev, gen.HandshakeComplete):
+            elif isinstance(ev, HandshakeComplete):
                 results.append(ev.result)
     assert [s.hex() for s in sent] == [f["hex"] for f in v["frames"] if f["from"] == "initiator"]
     (result,) = results

@@ -27,17 +27,15 @@ from types import SimpleNamespace
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from hybridkex_sim import Pair, QKDPair
 
 from hybridkex import QKDKey, QKDUnavailable, catkdf
 from hybridkex.backends import KEM, Backend, KeyAgreement, SignatureScheme, get_backend
 from hybridkex.protocol import (
-    HandshakeComplete,
     HandshakeConfig,
     Initiator,
-    NeedQKDKeys,
     PSKAuthenticator,
     Responder,
-    SendMessage,
     SignatureAuthenticator,
     key_fingerprint,
 )
@@ -450,26 +448,15 @@ def run_case(case: Case, tape: Tape) -> dict[str, Any]:
     res = WatchedResponder(r_cfg, rng=Script([r[k] for k in ("cookie_nonce", "x25519_private", "nonce") if k in r]),
                            wall=lambda: float(TIMESTAMP), now=lambda: 0.0, guard=guard, source=source)
     ini.log = res.log = log
-    sides: dict[str, Initiator | Responder] = {"initiator": ini, "responder": res}
-    frames: list[tuple[str, bytes]] = []
-    results: dict[str, HandshakeResult] = {}
-    pending: list[tuple[str, list[Any]]] = [("initiator", ini.initiate())]
-    while pending:
-        who, events = pending.pop(0)
-        other = "responder" if who == "initiator" else "initiator"
-        for ev in events:
-            if isinstance(ev, SendMessage):
-                frames.append((who, ev.data))
-                pending.append((other, sides[other].receive(ev.data)))
-            elif isinstance(ev, NeedQKDKeys):
-                key = QKDKey(uuid.UUID(q["key_id"]), q["key"])
-                failing = "initiator" if case.qkd == "initiator-unavailable" else "responder"
-                if case.qkd in ("responder-fallback", "initiator-unavailable") and who == failing:
-                    pending.append((who, sides[who].qkd_failed(QKDUnavailable("the KME did not answer"))))
-                else:
-                    pending.append((who, sides[who].qkd_keys([key])))
-            elif isinstance(ev, HandshakeComplete):
-                results[who] = ev.result
+    down = QKDUnavailable("the KME did not answer")
+    link = QKDPair(keys=[QKDKey(uuid.UUID(q["key_id"]), q["key"])] if q.get("key") else [],
+                   fail_master=down if case.qkd == "initiator-unavailable" else None,
+                   fail_slave=down if case.qkd == "responder-fallback" else None)
+    o = Pair(ini, res, qkd=link).run()
+    assert isinstance(o.initiator, HandshakeResult) and isinstance(o.responder, HandshakeResult), o
+    names = {"i": "initiator", "r": "responder"}
+    frames = [(names[who], frame) for who, frame in zip(o.senders, o.frames, strict=True)]
+    results = {"initiator": o.initiator, "responder": o.responder}
     a, b = results["initiator"], results["responder"]
     assert a.key() == b.key() and a.ratchet_psk() == b.ratchet_psk() and a.transcript_hash == b.transcript_hash
     assert a.export(EXPORT_LABEL, EXPORT_LENGTH) == b.export(EXPORT_LABEL, EXPORT_LENGTH)

@@ -4,7 +4,9 @@ the test-vector generator and the benchmarks.
 :class:`Pair` delivers each side's messages to the other, answers QKD requests from a
 :class:`QKDPair` (both ends of a link as plain data), lets a test alter or drop any frame
 (``tamper``), delivers a failing side's alert to its peer as a real transport would, and can
-stop before a delivery (``pause``) to leave a real handshake in a chosen state.
+stop before a delivery (``pause``) to leave a real handshake in a chosen state.  With channel
+confirmation the initiator's channel (TLS Finished) is taken to confirm, unless
+``confirm_channel=False`` leaves that to the caller.
 """
 
 from __future__ import annotations
@@ -88,8 +90,9 @@ class Pair:
     """An initiator and a responder wired back to back; :meth:`run` drives them to the end."""
 
     def __init__(self, ini: Initiator, res: Responder, *, qkd: QKDPair | None = None,
-                 tamper: Tamper | None = None) -> None:
+                 tamper: Tamper | None = None, confirm_channel: bool = True) -> None:
         self.ini, self.res = ini, res
+        self.confirm_channel = confirm_channel
         self.qkd = qkd or QKDPair()
         self.tamper = tamper
         self.frames: list[bytes] = []
@@ -135,7 +138,7 @@ class Pair:
                     self._queue.append(Delivery(other, "frame", data))
             elif isinstance(ev, NeedQKDKeys):
                 self._queue.append(Delivery(d.to, "qkd", ev))
-            elif isinstance(ev, NeedChannelConfirmation):  # the initiator's channel (TLS) confirms
+            elif isinstance(ev, NeedChannelConfirmation) and self.confirm_channel:  # its channel (TLS) confirms
                 self._queue.append(Delivery("i", "channel"))
             elif isinstance(ev, HandshakeComplete):
                 self.results[d.to] = ev.result

@@ -1,6 +1,6 @@
 """How much the handshake costs beyond the cryptography it cannot avoid.
 
-    python -m hybridkex.bench [--backend cryptography|liboqs|auto] [--iterations N] [--batches B]
+    python benchmarks/bench_handshake.py [--backend cryptography|liboqs|auto] [--iterations N] [--batches B]
                               [--kem ml-kem-768|ml-kem-1024] [--sig ml-dsa-44|ml-dsa-65|ml-dsa-87]
                               [--quick] [--profile]
 
@@ -63,29 +63,30 @@ from typing import Any
 from unittest import mock
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from hybridkex_sim import Pair as PairDriver
+from hybridkex_sim import QKDPair
 
-from ._errors import BackendUnavailable, QKDUnavailable
-from .backends import KEM, KEM_NAMES, SIG_NAMES, Backend, KeyAgreement, SignatureScheme, get_backend
-from .protocol import _handshake, _labels
-from .protocol._auth import PSKAuthenticator, SignatureAuthenticator
-from .protocol._catkdf import catkdf_unchecked
-from .protocol._dos import DoSGuard
-from .protocol._handshake import (
+from hybridkex import BackendUnavailable, PeerAlertError, QKDUnavailable
+from hybridkex.backends import KEM, KEM_NAMES, SIG_NAMES, Backend, KeyAgreement, SignatureScheme, get_backend
+from hybridkex.protocol import _handshake, _labels
+from hybridkex.protocol._auth import PSKAuthenticator, SignatureAuthenticator
+from hybridkex.protocol._catkdf import catkdf_unchecked
+from hybridkex.protocol._dos import DoSGuard
+from hybridkex.protocol._handshake import (
     Event,
     HandshakeComplete,
     HandshakeConfig,
     HandshakeResult,
     Initiator,
-    NeedQKDKeys,
     Responder,
     SendMessage,
 )
-from .protocol._identity import Identity, generate_identity
-from .protocol._qkd import QKD_KEY_BYTES, QKDKey
-from .protocol._suites import SUITES, Suite, suites_for_kem
-from .protocol._wire import QKDBlock, QKDStatus, RespHello, decode, push_qkd_block, resp_hello_public
+from hybridkex.protocol._identity import Identity, generate_identity
+from hybridkex.protocol._qkd import QKD_KEY_BYTES, QKDKey
+from hybridkex.protocol._suites import SUITES, Suite, suites_for_kem
+from hybridkex.protocol._wire import QKDBlock, QKDStatus, RespHello, decode, push_qkd_block, resp_hello_public
 
-__all__ = ["main", "measure", "make_setup", "message_sizes", "cookie_reply_size", "run_handshake", "Floor",
+__all__ = ["main", "measure", "make_setup", "message_sizes", "cookie_reply_size", "handshake_pair", "Floor",
            "Measurement", "ReplayBackend", "REPLAY_RNGS", "REPLAY_WALL"]
 
 #: The overhead the protocol may add on top of its primitives (1.15 = 15 %).
@@ -114,7 +115,7 @@ def _completed(events: Sequence[Event]) -> HandshakeResult:
     return event.result
 
 
-def run_handshake(i_config: HandshakeConfig, r_config: HandshakeConfig, qkd_key: QKDKey | None = None,
+def handshake_pair(i_config: HandshakeConfig, r_config: HandshakeConfig, qkd_key: QKDKey | None = None,
                   rngs: tuple[Callable[[int], bytes], Callable[[int], bytes]] = (os.urandom, os.urandom),
                   wall: Callable[[], float] = time.time, *, responder_qkd_fails: bool = False,
                   ) -> tuple[HandshakeResult, HandshakeResult]:
@@ -138,24 +139,16 @@ def _connections(i_config: HandshakeConfig, r_config: HandshakeConfig,
 
 def _drive(ini: Initiator, res: Responder, qkd_key: QKDKey | None,
            responder_qkd_fails: bool = False) -> tuple[HandshakeResult, HandshakeResult]:
-    resp_hello = _sent(res.receive(_sent(ini.initiate())))
-    events = ini.receive(resp_hello)
-    if isinstance(events[0], NeedQKDKeys):
-        if qkd_key is None:
-            raise RuntimeError("the initiator asked for a QKD key but none was supplied")
-        events = ini.qkd_keys([qkd_key])
-    events = res.receive(_sent(events))
-    if isinstance(events[0], NeedQKDKeys):
-        assert qkd_key is not None
-        if responder_qkd_fails:
-            # RespFinish says "no QKD key here"; the initiator answers with InitConfirm.
-            events = ini.receive(_sent(res.qkd_failed(QKDUnavailable("benchmark: the responder's source failed"))))
-            i_result = _completed(events)
-            return i_result, _completed(res.receive(_sent(events)))
-        events = res.qkd_keys([qkd_key])
-    r_result = _completed(events)
-    i_result = _completed(ini.receive(_sent(events)))
-    return i_result, r_result
+    """The shared in-memory pair driver; both sides' QKD sources deliver ``qkd_key``.  With
+    ``responder_qkd_fails`` RespFinish says "no QKD key here" and the initiator answers with InitConfirm."""
+    link = QKDPair(keys=[qkd_key] if qkd_key is not None else [],
+                   fail_slave=QKDUnavailable("benchmark: the responder's source failed") if responder_qkd_fails
+                   else None)
+    o = PairDriver(ini, res, qkd=link).run()
+    if isinstance(o.initiator, HandshakeResult) and isinstance(o.responder, HandshakeResult):
+        return o.initiator, o.responder
+    failures = [r for r in (o.responder, o.initiator) if isinstance(r, Exception)]
+    raise next((e for e in failures if not isinstance(e, PeerAlertError)), failures[0])  # the side that failed first
 
 
 def _qkd_keys(n: int, qkd: bool) -> list[QKDKey | None]:
@@ -520,11 +513,11 @@ def make_setup(backend: Backend, kem: str, sig: str) -> Setup:
     replay_backend = ReplayBackend(backend)
     replay = _signature_pair(replay_backend, alice, bob, suites)
     qkd_key = QKDKey(uuid.UUID(int=1), bytes(range(QKD_KEY_BYTES)))
-    recorded = (run_handshake(*replay["off"], None, REPLAY_RNGS, REPLAY_WALL),
-                run_handshake(*replay["required"], qkd_key, REPLAY_RNGS, REPLAY_WALL))
+    recorded = (handshake_pair(*replay["off"], None, REPLAY_RNGS, REPLAY_WALL),
+                handshake_pair(*replay["required"], qkd_key, REPLAY_RNGS, REPLAY_WALL))
     replay_backend.tape.recording = False
-    replayed = (run_handshake(*replay["off"], None, REPLAY_RNGS, REPLAY_WALL),
-                run_handshake(*replay["required"], qkd_key, REPLAY_RNGS, REPLAY_WALL))
+    replayed = (handshake_pair(*replay["off"], None, REPLAY_RNGS, REPLAY_WALL),
+                handshake_pair(*replay["required"], qkd_key, REPLAY_RNGS, REPLAY_WALL))
     for (before, _), (after, _) in zip(recorded, replayed, strict=True):
         if before.transcript_hash != after.transcript_hash or before.key() != after.key():
             raise RuntimeError("replay: the replayed handshake differs from the recorded one")
@@ -555,7 +548,7 @@ def _time_handshakes(configs: Pair, keys: Sequence[QKDKey | None], watch: _Stopw
     with _timing_kdf_and_aead(watch):
         start = time.process_time()
         for key in keys:
-            run_handshake(i_config, r_config, key)
+            handshake_pair(i_config, r_config, key)
         elapsed = time.process_time() - start
     for op, least in _MIN_TIMED_CALLS.items():
         if watch.calls.get(op, 0) < least * len(keys):
@@ -568,7 +561,7 @@ def _time_replays(configs: Pair, keys: Sequence[QKDKey | None]) -> float:
     i_config, r_config = configs
     start = time.process_time()
     for key in keys:
-        run_handshake(i_config, r_config, key, REPLAY_RNGS, REPLAY_WALL)
+        handshake_pair(i_config, r_config, key, REPLAY_RNGS, REPLAY_WALL)
     return (time.process_time() - start) / len(keys) * 1e6
 
 
@@ -738,7 +731,7 @@ def message_sizes(backend: Backend) -> list[dict[str, Any]]:
             for case in _SIZE_CASES:
                 policy = {"off": "off", "used": "required", "fallback": "preferred"}[case]
                 key = QKDKey(uuid.uuid4(), os.urandom(QKD_KEY_BYTES)) if case != "off" else None
-                result, _ = run_handshake(HandshakeConfig(i_auth, (suite.code,), policy, backend=backend),
+                result, _ = handshake_pair(HandshakeConfig(i_auth, (suite.code,), policy, backend=backend),
                                           HandshakeConfig(r_auth, (suite.code,), policy, backend=backend), key,
                                           responder_qkd_fails=case == "fallback")
                 ih, rh, if_, rf, *rest = result.message_sizes
@@ -782,7 +775,7 @@ def profile(setup: Setup, iterations: int, top: int = 25) -> None:
     profiler = cProfile.Profile(time.process_time)
     profiler.enable()
     for _ in range(iterations):
-        run_handshake(*setup.replay_configs, None, REPLAY_RNGS, REPLAY_WALL)
+        handshake_pair(*setup.replay_configs, None, REPLAY_RNGS, REPLAY_WALL)
     profiler.disable()
     stats = pstats.Stats(profiler)
     raw: dict[tuple[str, int, str], tuple[int, int, float, float, Any]] = stats.stats  # type: ignore[attr-defined]
@@ -808,7 +801,7 @@ def profile(setup: Setup, iterations: int, top: int = 25) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m hybridkex.bench",
+        prog="python benchmarks/bench_handshake.py",
         description="CPU cost of the full handshake against the sum of its primitive operations.")
     parser.add_argument("--backend", choices=("cryptography", "liboqs", "auto"), default="cryptography",
                         help="crypto backend (default: cryptography)")
