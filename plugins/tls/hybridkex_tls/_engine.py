@@ -9,6 +9,7 @@ over the expected group -- and refuses the connection otherwise.
 
 from __future__ import annotations
 
+import os
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Literal
@@ -32,8 +33,9 @@ from ._openssl import (
 
 __all__ = ["TLSEngine", "TLSFacts"]
 
-#: Application data handed to SSL_write per call (a few TLS records).
-_WRITE_CHUNK = 1 << 16
+#: Application data handed to SSL_write per call (16 full TLS records): large, so that bulk sends cost few
+#: Python-level calls, and bounded, so that one call's ciphertext stays a modest buffer.
+_WRITE_CHUNK = 1 << 18
 #: Largest plaintext read() returns at once (one TLS record holds at most 16 KiB).
 _READ_CHUNK = 1 << 16
 
@@ -78,6 +80,13 @@ def _explain(reason: str) -> tuple[type[TLSHandshakeError], str]:
     if sep and prefix in ("sslv3 ", "tlsv1 ", "tls ", "tlsv13 "):
         return _ALERTS.get(alert, (TLSHandshakeError, f"the peer aborted the handshake with alert '{alert}'"))
     return TLSHandshakeError, reason
+
+
+def _raise_os_error(exc: SSL.SysCallError) -> None:
+    """A socket error under OpenSSL (direct mode, e.g. ECONNRESET) as the OSError a socket would raise."""
+    code = exc.args[0] if exc.args else -1
+    if isinstance(code, int) and code > 0:
+        raise OSError(code, os.strerror(code)) from None
 
 
 def _reason(exc: SSL.Error) -> str:
@@ -148,11 +157,36 @@ class TLSEngine:
 
     def receive_eof(self) -> None:
         """The network connection delivered EOF."""
-        self._conn.bio_shutdown()
+        if not self._io.direct:
+            self._conn.bio_shutdown()
 
-    def data_to_send(self) -> bytes:
+    def data_to_send(self) -> bytes | bytearray:
         """All bytes the engine wants on the network now (possibly empty)."""
         return self._io.drain()
+
+    # -- straight to the socket (after the handshake) -----------------------------------------
+    @property
+    def direct(self) -> bool:
+        """OpenSSL reads and writes the socket itself (:meth:`attach_socket`)."""
+        return self._io.direct
+
+    @property
+    def want_write(self) -> bool:
+        """Direct mode: the last read, write or close_notify that made no progress waits for writability."""
+        return self._io.want_write
+
+    def can_attach_socket(self) -> bool:
+        """The handshake is done and no ciphertext waits in the memory BIOs (all input consumed, all output
+        taken), so OpenSSL can go on over the socket itself without losing or reordering a byte."""
+        return self.handshake_done and not self._io.direct and self._io.idle()
+
+    def attach_socket(self, fd: int) -> None:
+        """From now on OpenSSL reads and writes ``fd`` itself (a non-blocking socket: calls that would block
+        return None / 0 / False and :attr:`want_write` says what to wait for); :meth:`data_to_send` is empty
+        and :meth:`receive_bytes` must not be called.  Only when :meth:`can_attach_socket`."""
+        if not self.can_attach_socket():
+            raise TLSError("the connection cannot read its socket directly yet")
+        self._io.attach(fd)
 
     # -- handshake -----------------------------------------------------------------------
     def do_handshake(self) -> bool:
@@ -160,9 +194,8 @@ class TLSEngine:
         if self.handshake_done:
             return True
         try:
-            self._conn.do_handshake()
-        except SSL.WantReadError:
-            return False
+            if not self._io.do_handshake():
+                return False
         except (SSL.ZeroReturnError, SSL.SysCallError):
             self._release()
             raise TLSConnectionClosed(_CLOSED_DURING_HANDSHAKE) from None
@@ -259,6 +292,9 @@ class TLSEngine:
             return 0
         try:
             return self._io.write(view)
+        except SSL.SysCallError as exc:
+            _raise_os_error(exc)
+            raise TLSError(f"TLS error while sending: {_reason(exc)}") from None
         except SSL.Error as exc:
             raise TLSError(f"TLS error while sending: {_reason(exc)}") from None
 
@@ -281,7 +317,8 @@ class TLSEngine:
         except SSL.ZeroReturnError:
             self.peer_closed = True
             return 0
-        except SSL.SysCallError:
+        except SSL.SysCallError as exc:
+            _raise_os_error(exc)
             return len(self._ragged_eof())
         except SSL.Error as exc:
             reason = _reason(exc)
@@ -301,16 +338,20 @@ class TLSEngine:
         """Decrypted bytes ready to read without more input."""
         return int(self._conn.pending())
 
-    def send_close_notify(self) -> None:
-        """Close this side's sending direction (TLS 1.3 close_notify, RFC 8446 §6.1); reading may go on."""
+    def send_close_notify(self) -> bool:
+        """Close this side's sending direction (TLS 1.3 close_notify, RFC 8446 §6.1); reading may go on.
+
+        False only in direct mode when the socket is not writable yet: call again once it is."""
         if self.close_notify_sent or not self.handshake_done:
             self.close_notify_sent = True
-            return
-        self.close_notify_sent = True
+            return True
         try:
-            self._conn.shutdown()
+            if not self._io.shutdown():
+                return False
         except SSL.Error:
             pass  # the connection is already broken; closing goes on regardless
+        self.close_notify_sent = True
+        return True
 
     def close(self) -> None:
         """Forget the PSK binding (the handshake may have been abandoned)."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import math
+import select
 import socket
 import threading
 import time
@@ -92,7 +94,7 @@ class RecordReader:
                 self._header.clear()
 
 
-def _send_before(sock: socket.socket, data: bytes, deadline: float) -> None:
+def _send_before(sock: socket.socket, data: bytes | bytearray, deadline: float) -> None:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise TimeoutError
@@ -269,11 +271,13 @@ class HybridTLSSocket:
         self._setup_lock = threading.Lock()
         self._ssl_lock = threading.Lock()
         self._send_lock = threading.Lock()
-        self._outgoing: deque[bytes] = deque()
+        self._outgoing: deque[bytes | bytearray] = deque()
         self._closed = False
         """close() was called (the TCP socket closes once no makefile() object is left)."""
         self._released = False
         self._io_refs = 0
+        self._timeout: float | None = None
+        """Direct mode: the timeout of each network wait (the TCP socket itself is non-blocking then)."""
 
     @property
     def _engine(self) -> TLSEngine:
@@ -311,6 +315,7 @@ class HybridTLSSocket:
                     self._server_setup(start)
                 idle = context.idle_timeout
                 sock.settimeout(idle if idle is not None else previous_timeout or None)
+                self._try_direct()
             except BaseException as exc:
                 if self._engine_or_none is not None:
                     self._engine_or_none.close()
@@ -455,8 +460,12 @@ class HybridTLSSocket:
             with self._ssl_lock:
                 if not self._outgoing:
                     return
-                data = b"".join(self._outgoing)
-                self._outgoing.clear()
+                outgoing = self._outgoing
+                if len(outgoing) == 1:
+                    data = outgoing.popleft()
+                else:
+                    data = b"".join(outgoing)
+                    outgoing.clear()
             self._sock.sendall(data)
 
     def _flush_later(self) -> None:
@@ -471,6 +480,58 @@ class HybridTLSSocket:
                 self._send_queued()
             finally:
                 self._send_lock.release()
+
+    def _await_input(self, engine: TLSEngine, deadline: float | None) -> float | None:
+        """The engine needs input: wait for the socket (direct mode), switch to direct mode, or read a record
+        into the memory BIO.  Returns the deadline of this call's waits (set on the first one)."""
+        if engine.direct:
+            if deadline is None:
+                deadline = self._deadline()
+            self._wait(engine.want_write, deadline)
+        elif not self._try_direct():
+            self._fill()
+        return deadline
+
+    def _try_direct(self) -> bool:
+        """Let OpenSSL read and write the socket itself from now on, if nothing waits in the memory BIOs or the
+        send queue and no sender is busy; the socket becomes non-blocking and the timeout applies to waits.
+
+        The memory BIOs carry the handshake (the server must look at the client's first bytes before it
+        commits to a kind of setup); afterwards every record costs far less without Python in its path."""
+        engine = self._engine_or_none
+        if engine is None or engine.direct or self._outgoing:
+            return engine is not None and engine.direct
+        if not self._send_lock.acquire(blocking=False):
+            return False
+        try:
+            with self._ssl_lock:
+                if self._outgoing or not engine.can_attach_socket():
+                    return False
+                timeout = self._sock.gettimeout()
+                engine.attach_socket(self._sock.fileno())
+                self._timeout = timeout
+                self._sock.settimeout(0.0)
+                return True
+        finally:
+            self._send_lock.release()
+
+    def _deadline(self) -> float | None:
+        timeout = self._timeout
+        return None if timeout is None else time.monotonic() + timeout
+
+    def _wait(self, writing: bool, deadline: float | None) -> None:
+        """Direct mode: block until the socket is readable (or writable) or raise TimeoutError at ``deadline``."""
+        if deadline is None:
+            wait = -1
+        else:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("timed out")
+            wait = max(1, math.ceil(remaining * 1000))
+        poller = select.poll()
+        poller.register(self._sock.fileno(), select.POLLOUT if writing else select.POLLIN)
+        if not poller.poll(wait):
+            raise TimeoutError("timed out")
 
     def _fill(self) -> None:
         records = self._records
@@ -496,9 +557,12 @@ class HybridTLSSocket:
         if flags:
             raise ValueError("non-zero flags are not allowed on a TLS socket")
         self._check_open()
+        engine = self._engine
         with self._send_lock:
+            if engine.direct:
+                return self._send_direct(engine, memoryview(data).cast("B"), everything=False)
             with self._ssl_lock:
-                taken = self._engine.write(data)
+                taken = engine.write(data)
                 self._collect_output()
             self._send_queued()
         self._flush_later()
@@ -510,14 +574,37 @@ class HybridTLSSocket:
             raise ValueError("non-zero flags are not allowed on a TLS socket")
         self._check_open()
         view = memoryview(data).cast("B")
+        engine = self._engine
         with self._send_lock:
+            if engine.direct:
+                self._send_direct(engine, view, everything=True)
+                return
             while view:
                 with self._ssl_lock:
-                    taken = self._engine.write(view)
+                    taken = engine.write(view)
                     self._collect_output()
                 self._send_queued()
                 view = view[taken:]
         self._flush_later()
+
+    def _send_direct(self, engine: TLSEngine, view: memoryview, everything: bool) -> int:
+        """Direct mode, send lock held: SSL_write to the socket, waiting (within the timeout) while it is full."""
+        total = 0
+        deadline = None
+        lock = self._ssl_lock
+        while view:
+            with lock:
+                taken = engine.write(view)
+            if taken:
+                total += taken
+                if not everything:
+                    break
+                view = view[taken:]
+                continue
+            if deadline is None:
+                deadline = self._deadline()
+            self._wait(engine.want_write, deadline)
+        return total
 
     # -- receiving -----------------------------------------------------------------------------
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
@@ -530,16 +617,18 @@ class HybridTLSSocket:
                 raise ValueError("negative buffersize in recv")
             return b""
         engine = self._engine
+        deadline: float | None = None
         while True:
             with self._ssl_lock:
                 data = engine.read(bufsize)
                 if self._tickets_wanted > 0:
                     self._harvest_ticket()
                 self._collect_output()
-            self._flush_later()
+            if self._outgoing:
+                self._flush_later()
             if data is not None:
                 return data
-            self._fill()
+            deadline = self._await_input(engine, deadline)
 
     def recv_into(self, buffer: bytearray | memoryview, nbytes: int = 0, flags: int = 0) -> int:
         """Receive into ``buffer`` (up to ``nbytes``, default its size); 0 at the end of the stream."""
@@ -553,6 +642,7 @@ class HybridTLSSocket:
         if size == 0:
             return 0
         engine, lock, outgoing = self._engine, self._ssl_lock, self._outgoing
+        deadline: float | None = None
         while True:
             with lock:
                 count = engine.read_into(view, size)
@@ -565,7 +655,7 @@ class HybridTLSSocket:
                 self._flush_later()
             if count is not None:
                 return count
-            self._fill()
+            deadline = self._await_input(engine, deadline)
 
     def pending(self) -> int:
         """Decrypted bytes that can be read without touching the network."""
@@ -585,10 +675,7 @@ class HybridTLSSocket:
         self._check_open()
         if how in (socket.SHUT_WR, socket.SHUT_RDWR):
             with self._send_lock:
-                with self._ssl_lock:
-                    self._engine.send_close_notify()
-                    self._collect_output()
-                self._send_queued()
+                self._close_notify(self._deadline() if self._engine.direct else None)
         try:
             self._sock.shutdown(how)
         except OSError as exc:
@@ -616,13 +703,11 @@ class HybridTLSSocket:
                 self._drain_tickets()
             if not engine.close_notify_sent and self._send_lock.acquire(timeout=_CLOSE_NOTIFY_TIMEOUT):
                 try:
-                    timeout = self._sock.gettimeout()
-                    self._sock.settimeout(_CLOSE_NOTIFY_TIMEOUT if timeout is None else
-                                          min(timeout, _CLOSE_NOTIFY_TIMEOUT))
-                    with self._ssl_lock:
-                        self._engine.send_close_notify()
-                        self._collect_output()
-                    self._send_queued()
+                    timeout = self.gettimeout()
+                    timeout = _CLOSE_NOTIFY_TIMEOUT if timeout is None else min(timeout, _CLOSE_NOTIFY_TIMEOUT)
+                    if not engine.direct:
+                        self._sock.settimeout(timeout)
+                    self._close_notify(time.monotonic() + timeout)
                 finally:
                     self._send_lock.release()
         except OSError:
@@ -631,9 +716,30 @@ class HybridTLSSocket:
             engine.close()
             self._sock.close()
 
+    def _close_notify(self, deadline: float | None) -> None:
+        """Send the close_notify (send lock held); in direct mode wait while the socket is full."""
+        engine = self._engine
+        while True:
+            with self._ssl_lock:
+                sent = engine.send_close_notify()
+                self._collect_output()
+            if sent:
+                break
+            self._wait(engine.want_write, deadline)
+        self._send_queued()
+
     def _drain_tickets(self) -> None:
         """Client closing before reading anything: take a ticket already received, without waiting for one."""
         engine = self._engine
+        if engine.direct:  # the socket is non-blocking already: read what has arrived
+            for _ in range(4):
+                with self._ssl_lock:
+                    with contextlib.suppress(HybridKexError, OSError):
+                        engine.read(1 << 14)
+                    self._harvest_ticket()
+                if self._tickets_wanted <= 0 or not engine.direct:
+                    return
+            return
         previous = self._sock.gettimeout()
         self._sock.settimeout(0.0)  # with a timeout set, Python would wait for readability first
         try:
@@ -725,11 +831,14 @@ class HybridTLSSocket:
         """Timeout for each network read or write; a timed-out call raises :class:`TimeoutError`."""
         if timeout is not None and timeout <= 0:
             raise ValueError("the timeout must be positive or None (non-blocking mode is not supported)")
-        self._sock.settimeout(timeout)
+        if self._direct:
+            self._timeout = timeout
+        else:
+            self._sock.settimeout(timeout)
 
     def gettimeout(self) -> float | None:
         """The per-operation timeout in seconds (None: block)."""
-        return self._sock.gettimeout()
+        return self._timeout if self._direct else self._sock.gettimeout()
 
     def setblocking(self, flag: bool) -> None:
         """``True``: block without timeout.  Non-blocking mode is not supported for TLS records; use the
@@ -737,7 +846,12 @@ class HybridTLSSocket:
         if not flag:
             raise ValueError("a HybridTLSSocket does not support non-blocking mode; use settimeout() or the "
                              "asyncio helpers (hybridkex_tls.open_connection / start_server)")
-        self._sock.setblocking(True)
+        self.settimeout(None)
+
+    @property
+    def _direct(self) -> bool:
+        engine = self._engine_or_none
+        return engine is not None and engine.direct
 
     @property
     def family(self) -> int:
