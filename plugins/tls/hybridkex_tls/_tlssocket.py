@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, NoReturn, cast
+from typing import IO, TYPE_CHECKING, Any, Literal, NoReturn, cast
 
 from hybridkex import HybridKexError, PeerAlertError, RemoteProtocolError, TransportError, recv_exact
 from hybridkex._wire import HEADER_SIZE, MAGIC, Alert, decode, parse_header
@@ -102,6 +102,40 @@ def _send_before(sock: socket.socket, data: bytes | bytearray, deadline: float) 
     sock.sendall(data)
 
 
+def _poll(sock: socket.socket, writing: bool, deadline: float | None) -> None:
+    """Block until ``sock`` is readable (or writable); TimeoutError at ``deadline`` (None: no limit)."""
+    if deadline is None:
+        wait = -1
+    else:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("timed out")
+        wait = max(1, math.ceil(remaining * 1000))
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLOUT if writing else select.POLLIN)
+    if not poller.poll(wait):
+        raise TimeoutError("timed out")
+
+
+def _send_now(sock: socket.socket, data: bytes | bytearray, deadline: float) -> None:
+    """sendall on a non-blocking socket, waiting (until ``deadline``) only while the kernel buffer is full."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[sock.send(view):]
+        except BlockingIOError:
+            _poll(sock, True, deadline)
+
+
+def _recv_now(sock: socket.socket, size: int, deadline: float) -> bytes:
+    """recv on a non-blocking socket, waiting (until ``deadline``) only when nothing has arrived."""
+    while True:
+        try:
+            return sock.recv(size)
+        except BlockingIOError:
+            _poll(sock, False, deadline)
+
+
 def _hybrid_answer(sock: socket.socket, data: bytes, deadline: float) -> NoReturn:
     """Client: the server answered our InitFinish + ClientHello flight with a hybridkex frame instead of
     TLS (a TLS record never starts with "H"): its Alert says why the exchange failed."""
@@ -127,29 +161,31 @@ def _tls_handshake(sock: socket.socket, engine: TLSEngine, records: RecordReader
     """
     greedy = engine.role == "client"
     first = True
+    starved = not greedy  # a server has nothing to say before the ClientHello: read it first
     try:
+        # Non-blocking for the handshake and after it (the caller sets the final mode): a send or a read that
+        # can go ahead costs one system call, not a timeout change and a poll() before it as well.
+        if sock.gettimeout() != 0.0:
+            sock.settimeout(0.0)
         while True:
             try:
-                done = engine.do_handshake()
+                done = not starved and engine.do_handshake()
             except HybridKexError:
                 # Let the peer read OpenSSL's alert, so both sides report the same cause.
                 alert = engine.data_to_send()
                 if alert:
                     try:
-                        _send_before(sock, alert, min(deadline, time.monotonic() + _CLOSE_NOTIFY_TIMEOUT))
+                        _send_now(sock, alert, min(deadline, time.monotonic() + _CLOSE_NOTIFY_TIMEOUT))
                     except OSError:
                         pass
                 raise
             out = engine.data_to_send()
             if out:
-                _send_before(sock, out, deadline)
+                _send_now(sock, out, deadline)
             if done:
                 return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError
-            sock.settimeout(remaining)
-            data = sock.recv(1 << 16 if greedy else records.want())
+            starved = False
+            data = _recv_now(sock, 1 << 16 if greedy else records.want(), deadline)
             if greedy and first and data[:1] == MAGIC[:1]:
                 _hybrid_answer(sock, data, deadline)
             first = False
@@ -304,7 +340,7 @@ class HybridTLSSocket:
             start = time.monotonic()
             previous_timeout = sock.gettimeout()
             try:
-                if sock.type == socket.SOCK_STREAM and sock.family in (socket.AF_INET, socket.AF_INET6):
+                with contextlib.suppress(OSError):  # TCP only (not on a Unix socket)
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if context.static_psk is not None:
                     engine = context.new_engine(context.static_psk, suppress_ragged_eofs=self._suppress_ragged_eofs)
@@ -314,8 +350,9 @@ class HybridTLSSocket:
                 else:
                     self._server_setup(start)
                 idle = context.idle_timeout
-                sock.settimeout(idle if idle is not None else previous_timeout or None)
-                self._try_direct()
+                timeout = idle if idle is not None else previous_timeout or None
+                if not self._try_direct(timeout):
+                    sock.settimeout(timeout)
             except BaseException as exc:
                 if self._engine_or_none is not None:
                     self._engine_or_none.close()
@@ -435,8 +472,12 @@ class HybridTLSSocket:
         if table is not None:
             table.put(self._engine.session_key_id(), self._chain)
 
-    def _harvest_ticket(self) -> None:
-        """Client: keep the newest session ticket for the next connection (call with the SSL lock held)."""
+    def _harvest_ticket(self, got_data: bool = False) -> None:
+        """Client: keep the newest session ticket for the next connection (call with the SSL lock held).
+
+        ``got_data``: the read before this call returned application data.  The server sends its
+        tickets right after the handshake, ahead of any data it writes, and TLS keeps the order: once
+        data has been read, every ticket has been seen, and the newest is the one kept."""
         engine = self._engine_or_none
         cache = self._context.client_sessions
         if engine is None or cache is None or self._cache_key is None or self._chain is None:
@@ -446,6 +487,8 @@ class HybridTLSSocket:
         if session is not None:
             self._tickets_wanted -= 1
             cache.put(self._cache_key, id(self), session, self._chain)
+        if got_data:
+            self._tickets_wanted = 0
 
     # -- network plumbing --------------------------------------------------------------------
     def _collect_output(self) -> None:
@@ -492,7 +535,7 @@ class HybridTLSSocket:
             self._fill()
         return deadline
 
-    def _try_direct(self) -> bool:
+    def _try_direct(self, timeout: float | None | Literal["keep"] = "keep") -> bool:
         """Let OpenSSL read and write the socket itself from now on, if nothing waits in the memory BIOs or the
         send queue and no sender is busy; the socket becomes non-blocking and the timeout applies to waits.
 
@@ -507,10 +550,10 @@ class HybridTLSSocket:
             with self._ssl_lock:
                 if self._outgoing or not engine.can_attach_socket():
                     return False
-                timeout = self._sock.gettimeout()
                 engine.attach_socket(self._sock.fileno())
-                self._timeout = timeout
-                self._sock.settimeout(0.0)
+                self._timeout = self._sock.gettimeout() if timeout == "keep" else timeout
+                if self._sock.gettimeout() != 0.0:
+                    self._sock.settimeout(0.0)
                 return True
         finally:
             self._send_lock.release()
@@ -521,17 +564,7 @@ class HybridTLSSocket:
 
     def _wait(self, writing: bool, deadline: float | None) -> None:
         """Direct mode: block until the socket is readable (or writable) or raise TimeoutError at ``deadline``."""
-        if deadline is None:
-            wait = -1
-        else:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("timed out")
-            wait = max(1, math.ceil(remaining * 1000))
-        poller = select.poll()
-        poller.register(self._sock.fileno(), select.POLLOUT if writing else select.POLLIN)
-        if not poller.poll(wait):
-            raise TimeoutError("timed out")
+        _poll(self._sock, writing, deadline)
 
     def _fill(self) -> None:
         records = self._records
@@ -622,7 +655,7 @@ class HybridTLSSocket:
             with self._ssl_lock:
                 data = engine.read(bufsize)
                 if self._tickets_wanted > 0:
-                    self._harvest_ticket()
+                    self._harvest_ticket(bool(data))
                 self._collect_output()
             if self._outgoing:
                 self._flush_later()
@@ -647,7 +680,7 @@ class HybridTLSSocket:
             with lock:
                 count = engine.read_into(view, size)
                 if self._tickets_wanted > 0:
-                    self._harvest_ticket()
+                    self._harvest_ticket(bool(count))
                 out = engine.data_to_send()
                 if out:
                     outgoing.append(out)
@@ -734,10 +767,12 @@ class HybridTLSSocket:
         if engine.direct:  # the socket is non-blocking already: read what has arrived
             for _ in range(4):
                 with self._ssl_lock:
-                    with contextlib.suppress(HybridKexError, OSError):
-                        engine.read(1 << 14)
+                    try:
+                        data = engine.read(1 << 14)
+                    except (HybridKexError, OSError):
+                        data = None
                     self._harvest_ticket()
-                if self._tickets_wanted <= 0 or not engine.direct:
+                if not data or self._tickets_wanted <= 0:
                     return
             return
         previous = self._sock.gettimeout()
