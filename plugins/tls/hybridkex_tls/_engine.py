@@ -129,7 +129,15 @@ class TLSEngine:
         self.role: Literal["client", "server"] = handle.role
         self._binding = PSKBinding(psk, on_hello=on_hello)
         self._conn = new_connection(handle, self._binding)
-        self._io = RecordIO(self._conn)
+        self._io = io = RecordIO(self._conn)
+        # Called for every chunk of the network's bytes: RecordIO's methods themselves, no wrapper in between.
+        self.receive_bytes: Callable[[bytes | bytearray | memoryview], None] = io.feed
+        """Feed bytes read from the network."""
+        self.data_to_send: Callable[[], bytes | bytearray] = io.drain
+        """All bytes the engine wants on the network now (possibly empty)."""
+        self.direct = False
+        """OpenSSL reads and writes the socket itself (:meth:`attach_socket`)."""
+        self._started = False
         self._scratch: bytearray | None = None
         self._resuming = False
         if self.role == "client":
@@ -151,48 +159,41 @@ class TLSEngine:
         self._release_binding = weakref.finalize(self, release_connection, self._conn)
 
     # -- bytes in and out ----------------------------------------------------------------
-    def receive_bytes(self, data: bytes | bytearray | memoryview) -> None:
-        """Feed bytes read from the network."""
-        self._io.feed(data)
-
     def receive_eof(self) -> None:
         """The network connection delivered EOF."""
         if not self._io.direct:
             self._conn.bio_shutdown()
 
-    def data_to_send(self) -> bytes | bytearray:
-        """All bytes the engine wants on the network now (possibly empty)."""
-        return self._io.drain()
-
     # -- straight to the socket (after the handshake) -----------------------------------------
-    @property
-    def direct(self) -> bool:
-        """OpenSSL reads and writes the socket itself (:meth:`attach_socket`)."""
-        return self._io.direct
-
     @property
     def want_write(self) -> bool:
         """Direct mode: the last read, write or close_notify that made no progress waits for writability."""
         return self._io.want_write
 
-    def can_attach_socket(self) -> bool:
+    def can_attach_socket(self, before_handshake: bool = False) -> bool:
         """The handshake is done and no ciphertext waits in the memory BIOs (all input consumed, all output
-        taken), so OpenSSL can go on over the socket itself without losing or reordering a byte."""
-        return self.handshake_done and not self._io.direct and self._io.idle()
+        taken), so OpenSSL can go on over the socket itself without losing or reordering a byte.
+        ``before_handshake``: the handshake has not started either (it is then run over the socket)."""
+        ready = not self._started if before_handshake else self.handshake_done
+        return ready and not self._io.direct and self._io.idle()
 
     def attach_socket(self, fd: int) -> None:
         """From now on OpenSSL reads and writes ``fd`` itself (a non-blocking socket: calls that would block
         return None / 0 / False and :attr:`want_write` says what to wait for); :meth:`data_to_send` is empty
-        and :meth:`receive_bytes` must not be called.  Only when :meth:`can_attach_socket`."""
-        if not self.can_attach_socket():
+        and :meth:`receive_bytes` must not be called.  Only when :meth:`can_attach_socket` (after the
+        handshake), or before it starts: then :meth:`do_handshake` runs it over the socket (False: wait for
+        the socket as :attr:`want_write` says)."""
+        if not (self.can_attach_socket() or self.can_attach_socket(before_handshake=True)):
             raise TLSError("the connection cannot read its socket directly yet")
         self._io.attach(fd)
+        self.direct = True
 
     # -- handshake -----------------------------------------------------------------------
     def do_handshake(self) -> bool:
         """Advance the handshake; True once it finished and passed the checks, False when it needs input."""
         if self.handshake_done:
             return True
+        self._started = True
         try:
             if not self._io.do_handshake():
                 return False

@@ -339,7 +339,7 @@ class RecordIO:
         result = _lib.SSL_do_handshake(self._ssl)
         if result == 1:
             return True
-        if _lib.SSL_get_error(self._ssl, result) == _lib.SSL_ERROR_WANT_READ:
+        if self._want(result):
             return False
         self._conn._raise_ssl_error(self._ssl, result)
         raise AssertionError("unreachable")  # pragma: no cover

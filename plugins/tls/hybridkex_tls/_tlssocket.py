@@ -50,6 +50,7 @@ __all__ = ["HybridTLSSocket", "RecordReader", "connection_info"]
 
 _CLOSE_NOTIFY_TIMEOUT = 1.0
 _RECORD_HEADER = 5
+_ENCRYPTED = 23  # TLS 1.3 outer content type of every encrypted record (application_data)
 
 
 class RecordReader:
@@ -60,17 +61,24 @@ class RecordReader:
     the socket readable while records wait, one readiness event per record.
     """
 
-    __slots__ = ("_header", "_body_left")
+    __slots__ = ("_header", "_body_left", "_type", "handshake")
 
     def __init__(self) -> None:
         self._header = bytearray()
         self._body_left = 0
+        self._type = 0
+        self.handshake = False
+        """Server handshake: an encrypted record (the client's Finished: no certificates, no early data here)
+        is the last one of the handshake, so its read stops at its end and the next header stays in the kernel."""
 
     def want(self) -> int:
         """How many bytes to ask the socket for."""
         if self._body_left:
+            if self.handshake and self._type == _ENCRYPTED:
+                return self._body_left
             return self._body_left + _RECORD_HEADER
         return _RECORD_HEADER - len(self._header)
+
 
     def consumed(self, data: bytes | memoryview) -> None:
         """Account for ``data`` read from the socket."""
@@ -78,6 +86,7 @@ class RecordReader:
         body_left = self._body_left
         if body_left and n == body_left + _RECORD_HEADER:  # the usual read: a record's rest and the next header
             self._body_left = int.from_bytes(data[n - 2:n], "big")
+            self._type = data[n - 5]
             return
         i = 0
         while i < n:
@@ -91,6 +100,7 @@ class RecordReader:
             i += take
             if len(self._header) == _RECORD_HEADER:
                 self._body_left = int.from_bytes(self._header[3:5], "big")
+                self._type = self._header[0]
                 self._header.clear()
 
 
@@ -162,6 +172,7 @@ def _tls_handshake(sock: socket.socket, engine: TLSEngine, records: RecordReader
     greedy = engine.role == "client"
     first = True
     starved = not greedy  # a server has nothing to say before the ClientHello: read it first
+    records.handshake = not greedy
     try:
         # Non-blocking for the handshake and after it (the caller sets the final mode): a send or a read that
         # can go ahead costs one system call, not a timeout change and a poll() before it as well.
@@ -194,6 +205,29 @@ def _tls_handshake(sock: socket.socket, engine: TLSEngine, records: RecordReader
                 engine.receive_bytes(data)
             else:
                 engine.receive_eof()
+    except TimeoutError:
+        raise TLSSetupTimeout(f"the TLS handshake did not finish within {timeout:g} s; the peer is down, stuck or "
+                              "too slow") from None
+    except OSError as exc:
+        if isinstance(exc, HybridKexError):
+            raise
+        raise as_oserror(TransportError(f"the connection failed during the TLS handshake: {exc.strerror or exc}")) \
+            from None
+    finally:
+        records.handshake = False
+
+
+def _direct_handshake(sock: socket.socket, engine: TLSEngine, deadline: float, timeout: float) -> None:
+    """The TLS handshake with OpenSSL reading and writing ``sock`` (non-blocking) itself, until ``deadline``.
+
+    OpenSSL reads a record at a time without read-ahead, so records after the handshake stay in the
+    kernel (visible to select()); its alerts go straight to the peer."""
+    try:
+        if sock.gettimeout() != 0.0:
+            sock.settimeout(0.0)
+        engine.attach_socket(sock.fileno())
+        while not engine.do_handshake():
+            _poll(sock, engine.want_write, deadline)
     except TimeoutError:
         raise TLSSetupTimeout(f"the TLS handshake did not finish within {timeout:g} s; the peer is down, stuck or "
                               "too slow") from None
@@ -367,9 +401,14 @@ class HybridTLSSocket:
                     raise converted from None
                 raise
 
-    def _handshake(self, engine: TLSEngine, deadline: float) -> None:
+    def _handshake(self, engine: TLSEngine, deadline: float, direct: bool = False) -> None:
+        """The TLS handshake; ``direct``: over the socket itself from the start (a resumption, whose first
+        bytes are TLS: nothing else can arrive in place of the peer's TLS records)."""
         try:
-            _tls_handshake(self._sock, engine, self._records, deadline, self._context.timeout)
+            if direct:
+                _direct_handshake(self._sock, engine, deadline, self._context.timeout)
+            else:
+                _tls_handshake(self._sock, engine, self._records, deadline, self._context.timeout)
         except BaseException:
             engine.close()
             raise
@@ -391,7 +430,7 @@ class HybridTLSSocket:
             engine = context.new_engine(None, suppress_ragged_eofs=self._suppress_ragged_eofs, session=session,
                                         server_hostname=name)
             try:
-                self._handshake(engine, start + context.pre_auth_timeout)
+                self._handshake(engine, start + context.pre_auth_timeout, direct=True)
             except TLSResumptionRefused:
                 cache.drop(key)
                 raise
@@ -446,7 +485,7 @@ class HybridTLSSocket:
             found: list[ChainFacts] = []
             engine = context.new_engine(None, suppress_ragged_eofs=self._suppress_ragged_eofs,
                                         on_hello=resume_hook(context.server_sessions, found))
-            self._handshake(engine, pre_auth)
+            self._handshake(engine, pre_auth, direct=True)
             self._summary = found[0].summary
             self._chain = found[0].next()
         elif kind == "full":
@@ -542,8 +581,12 @@ class HybridTLSSocket:
         The memory BIOs carry the handshake (the server must look at the client's first bytes before it
         commits to a kind of setup); afterwards every record costs far less without Python in its path."""
         engine = self._engine_or_none
-        if engine is None or engine.direct or self._outgoing:
-            return engine is not None and engine.direct
+        if engine is not None and engine.direct:
+            if timeout != "keep":
+                self._timeout = timeout
+            return True
+        if engine is None or self._outgoing:
+            return False
         if not self._send_lock.acquire(blocking=False):
             return False
         try:
