@@ -116,6 +116,32 @@ class TLSFacts:
         self.server_name = server_name
 
 
+class _ConnectionFacts(TLSFacts):
+    """:class:`TLSFacts` of a finished handshake whose version, cipher, ALPN and server name are read from the
+    connection when first asked for (many connections never ask: that is a dozen OpenSSL calls saved)."""
+
+    _LAZY = frozenset({"version", "cipher", "cipher_bits", "alpn", "server_name"})
+
+    def __init__(self, conn: SSL.Connection, group: str | None, resumed: bool) -> None:
+        self._conn = conn
+        self.group = group
+        self.psk_used = True
+        self.resumed = resumed
+
+    def __getattr__(self, name: str) -> object:
+        if name not in self._LAZY:
+            raise AttributeError(name)
+        conn = self._conn
+        alpn = conn.get_alpn_proto_negotiated()
+        server_name = conn.get_servername()
+        self.version = conn.get_protocol_version_name()
+        self.cipher = conn.get_cipher_name() or ""
+        self.cipher_bits = conn.get_cipher_bits() or 0
+        self.alpn = alpn.decode("ascii", "replace") if alpn else None
+        self.server_name = server_name.decode("ascii", "replace") if server_name else None
+        return self.__dict__[name]
+
+
 class TLSEngine:
     """One TLS 1.3 connection (client or server) keyed by an external PSK, without I/O."""
 
@@ -245,12 +271,7 @@ class TLSEngine:
         if self._expected_group is not None and group != self._expected_group:
             raise TLSHandshakeError(f"the TLS key exchange used {group or 'no group'} instead of "
                                     f"{self._expected_group}; refusing the connection")
-        cipher = self._conn.get_cipher_name() or ""
-        alpn = self._conn.get_alpn_proto_negotiated()
-        name = self._conn.get_servername()
-        self.facts = TLSFacts(self._conn.get_protocol_version_name(), cipher, self._conn.get_cipher_bits() or 0,
-                              group, True, resumed, alpn.decode("ascii", "replace") if alpn else None,
-                              name.decode("ascii", "replace") if name else None)
+        self.facts = _ConnectionFacts(self._conn, group, resumed)
         self._session_pointer = session_pointer(self._conn)
 
     # -- resumption ------------------------------------------------------------------------

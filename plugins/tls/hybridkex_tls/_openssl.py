@@ -202,17 +202,27 @@ def _on_client_hello(ssl: Any, alert: Any, _arg: Any) -> int:
     return int(_lib.SSL_TLSEXT_ERR_ALERT_FATAL)
 
 
+#: A session's master key (TLS 1.3: the resumption PSK, one hash long) is at most this long.
+_MAX_MASTER_KEY = 64
+#: Copied for each hash: hashlib.sha256() looks the algorithm up in OpenSSL on every call, which costs more
+#: than hashing 32 bytes.
+_SHA256 = hashlib.sha256()
+
+
 def _key_id(session: Any) -> bytes:
     """SHA-256 of a session's resumption PSK: a name for the session that reveals nothing of the key."""
     if session == _ffi.NULL:
         return b""
-    size = _lib.SSL_SESSION_get_master_key(session, _ffi.NULL, 0)
-    buffer = _ffi.new("unsigned char[]", max(1, size))
+    buffer = _ffi.new("unsigned char[]", _MAX_MASTER_KEY)
     try:
-        got = _lib.SSL_SESSION_get_master_key(session, buffer, size)
-        return hashlib.sha256(bytes(_ffi.buffer(buffer, got))).digest() if got else b""
+        got = _lib.SSL_SESSION_get_master_key(session, buffer, _MAX_MASTER_KEY)
+        if not got:
+            return b""
+        digest = _SHA256.copy()
+        digest.update(_ffi.buffer(buffer, got))
+        return digest.digest()
     finally:
-        _ffi.memmove(buffer, bytes(size), size)
+        _ffi.memmove(buffer, bytes(_MAX_MASTER_KEY), _MAX_MASTER_KEY)
 
 
 def session_key_id(conn: SSL.Connection) -> bytes:
