@@ -35,12 +35,13 @@ from ._setup import (
     HTTP_400,
     PREAMBLE_HEADER,
     bound_config,
+    cache_key,
     classify,
+    full_chain,
     full_hook,
     parse_preamble_header,
     preamble,
     resume_hook,
-    server_name_key,
     unknown_client_error,
 )
 from ._tlssocket import connection_info
@@ -287,11 +288,7 @@ async def _client_setup(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
                         server_hostname: str | None, suppress_ragged_eofs: bool) \
         -> tuple[TLSEngine, dict[str, object], ChainFacts, str]:
     name = server_hostname
-    if name:
-        key = server_name_key(name)
-    else:
-        peer = writer.get_extra_info("peername")
-        key = f"{peer[0]}:{peer[1]}"
+    key = cache_key(name, lambda: writer.get_extra_info("peername"))
     cache = context.client_sessions
     entry = cache.take(key) if cache is not None else None
     if entry is not None and cache is not None:
@@ -328,7 +325,7 @@ async def _client_setup(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
             raise
         context.after_success(result)  # the TLS Finished messages proved both sides hold the key
         del result
-    return engine, summary, ChainFacts(summary, done, 0, server_name_key(name) or None), key
+    return engine, summary, full_chain(summary, done, name), key
 
 
 async def _server_setup(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, context: HybridTLSContext,
@@ -385,7 +382,7 @@ async def _server_setup(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
                 raise
             context.after_success(result)
             del result
-        chain = ChainFacts(summary, done, 0, server_name_key(name) or None)
+        chain = full_chain(summary, done, name)
     else:
         raise unknown_client_error(first)
     if context.server_sessions is not None:

@@ -33,12 +33,13 @@ from ._setup import (
     PREAMBLE_HEADER,
     SILENT_CLOSE,
     bound_config,
+    cache_key,
     classify,
+    full_chain,
     full_hook,
     parse_preamble_header,
     preamble,
     resume_hook,
-    server_name_key,
     unknown_client_error,
     wrong_service,
 )
@@ -418,12 +419,7 @@ class HybridTLSSocket:
         context = self._context
         name = self._server_hostname
         cache = context.client_sessions
-        if name:
-            key = server_name_key(name)
-        else:
-            peer = self._sock.getpeername()
-            key = f"{peer[0]}:{peer[1]}"
-        self._cache_key = key
+        key = self._cache_key = cache_key(name, self._sock.getpeername)
         entry = cache.take(key) if cache is not None else None
         if entry is not None and cache is not None:
             session, chain = entry
@@ -461,7 +457,7 @@ class HybridTLSSocket:
                 context.after_success(result)
                 del result
             self._summary = summary
-            self._chain = ChainFacts(summary, done, 0, server_name_key(name) or None)
+            self._chain = full_chain(summary, done, name)
         if cache is not None and cache.usable(self._chain, time.monotonic()):
             self._tickets_wanted = 2  # OpenSSL sends two tickets after a handshake; the newest is kept
 
@@ -504,7 +500,7 @@ class HybridTLSSocket:
                 context.after_success(result)
                 del result
             self._summary = summary
-            self._chain = ChainFacts(summary, done, 0, server_name_key(name) or None)
+            self._chain = full_chain(summary, done, name)
         else:
             raise unknown_client_error(first)
         table = context.server_sessions
