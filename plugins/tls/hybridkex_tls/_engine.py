@@ -116,6 +116,10 @@ class TLSFacts:
         self.server_name = server_name
 
 
+def _nothing() -> None:
+    return None
+
+
 class _ConnectionFacts(TLSFacts):
     """:class:`TLSFacts` of a finished handshake whose version, cipher, ALPN and server name are read from the
     connection when first asked for (many connections never ask: that is a dozen OpenSSL calls saved)."""
@@ -154,7 +158,9 @@ class TLSEngine:
         ClientHello (see :class:`~hybridkex_tls._openssl.PSKBinding`)."""
         self.role: Literal["client", "server"] = handle.role
         self._binding = PSKBinding(psk, on_hello=on_hello)
-        self._conn = new_connection(handle, self._binding)
+        # A client resuming (no PSK) needs nothing from its callback, which then offers no PSK either way.
+        registered = psk is not None or handle.role == "server"
+        self._conn = new_connection(handle, self._binding, register=registered)
         self._io = io = RecordIO(self._conn)
         # Called for every chunk of the network's bytes: RecordIO's methods themselves, no wrapper in between.
         self.receive_bytes: Callable[[bytes | bytearray | memoryview], None] = io.feed
@@ -182,7 +188,8 @@ class TLSEngine:
         """The peer sent close_notify (or closed the TCP connection, with ragged EOFs suppressed)."""
         self.close_notify_sent = False
         # Forget the PSK binding when the handshake ends, or at the latest when the engine is dropped.
-        self._release_binding = weakref.finalize(self, release_connection, self._conn)
+        self._release_binding: Callable[[], object] = \
+            weakref.finalize(self, release_connection, self._conn) if registered else _nothing
 
     # -- bytes in and out ----------------------------------------------------------------
     def receive_eof(self) -> None:

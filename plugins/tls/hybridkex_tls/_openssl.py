@@ -430,15 +430,17 @@ def new_context(role: Role, *, groups: str | None, ciphersuites: str, ticket_lif
     return ContextHandle(ctx, role, groups, callbacks)
 
 
-def new_connection(handle: ContextHandle, binding: PSKBinding) -> SSL.Connection:
-    """A memory-BIO connection for ``handle`` whose PSK callbacks will see ``binding``."""
+def new_connection(handle: ContextHandle, binding: PSKBinding, register: bool = True) -> SSL.Connection:
+    """A memory-BIO connection for ``handle`` whose PSK callbacks will see ``binding`` (``register=False``:
+    they see none, which offers and accepts no external PSK)."""
     conn = SSL.Connection(handle.context, None)
     if handle.role == "client":
         conn.set_connect_state()
     else:
         conn.set_accept_state()
-    with _bindings_lock:
-        _bindings[_address(conn._ssl)] = binding
+    if register:
+        with _bindings_lock:
+            _bindings[_address(conn._ssl)] = binding
     return conn
 
 

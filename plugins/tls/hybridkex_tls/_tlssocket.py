@@ -277,17 +277,21 @@ class _Recorder:
 
 def _peek(sock: socket.socket, deadline: float) -> bytes:
     """The client's first bytes, left in the socket, enough to classify them (waits for more while ambiguous)."""
+    if sock.gettimeout() != 0.0:  # non-blocking: a peek at bytes that have arrived is one system call
+        sock.settimeout(0.0)
     while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError
-        sock.settimeout(remaining)
-        first = sock.recv(8, socket.MSG_PEEK)
+        try:
+            first = sock.recv(8, socket.MSG_PEEK)
+        except BlockingIOError:
+            _poll(sock, False, deadline)
+            continue
         if not first:
             raise as_oserror(TransportError("the client closed the connection before sending anything"))
         if classify(first) != "more":
             return first
         time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))  # a prefix so far: look again shortly
+        if time.monotonic() >= deadline:
+            raise TimeoutError
 
 
 def connection_info(engine: TLSEngine, summary: dict[str, object] | None,
