@@ -50,6 +50,9 @@ if TYPE_CHECKING:
 __all__ = ["HybridTLSSocket", "RecordReader", "connection_info"]
 
 _CLOSE_NOTIFY_TIMEOUT = 1.0
+#: Direct mode without a timeout: the socket still needs timeout mode (non-blocking underneath); waits this
+#: long are renewed.
+_FOREVER = 86400.0
 _RECORD_HEADER = 5
 _ENCRYPTED = 23  # TLS 1.3 outer content type of every encrypted record (application_data)
 
@@ -563,16 +566,13 @@ class HybridTLSSocket:
             finally:
                 self._send_lock.release()
 
-    def _await_input(self, engine: TLSEngine, deadline: float | None) -> float | None:
+    def _await_input(self, engine: TLSEngine) -> None:
         """The engine needs input: wait for the socket (direct mode), switch to direct mode, or read a record
-        into the memory BIO.  Returns the deadline of this call's waits (set on the first one)."""
+        into the memory BIO."""
         if engine.direct:
-            if deadline is None:
-                deadline = self._deadline()
-            self._wait(engine.want_write, deadline)
+            self._wait(engine.want_write)
         elif not self._try_direct():
             self._fill()
-        return deadline
 
     def _try_direct(self, timeout: float | None | Literal["keep"] = "keep") -> bool:
         """Let OpenSSL read and write the socket itself from now on, if nothing waits in the memory BIOs or the
@@ -584,6 +584,7 @@ class HybridTLSSocket:
         if engine is not None and engine.direct:
             if timeout != "keep":
                 self._timeout = timeout
+                self._sock.settimeout(_FOREVER if timeout is None else timeout)
             return True
         if engine is None or self._outgoing:
             return False
@@ -595,19 +596,30 @@ class HybridTLSSocket:
                     return False
                 engine.attach_socket(self._sock.fileno())
                 self._timeout = self._sock.gettimeout() if timeout == "keep" else timeout
-                if self._sock.gettimeout() != 0.0:
-                    self._sock.settimeout(0.0)
+                self._sock.settimeout(_FOREVER if self._timeout is None else self._timeout)
                 return True
         finally:
             self._send_lock.release()
 
-    def _deadline(self) -> float | None:
-        timeout = self._timeout
-        return None if timeout is None else time.monotonic() + timeout
+    def _wait(self, writing: bool) -> None:
+        """Direct mode: block until the socket is readable (or writable); TimeoutError after the timeout.
 
-    def _wait(self, writing: bool, deadline: float | None) -> None:
-        """Direct mode: block until the socket is readable (or writable) or raise TimeoutError at ``deadline``."""
-        _poll(self._sock, writing, deadline)
+        The socket is in timeout mode (non-blocking underneath, as OpenSSL needs), so a peek at one byte
+        (or a send of none) waits in C, poll() then the call.  OpenSSL holds the descriptor's number: once
+        close() ran (in another thread) it must not be used again, since a new socket may have taken it."""
+        sock = self._sock
+        while not self._released:
+            try:
+                if writing:
+                    sock.send(b"")
+                else:
+                    sock.recv(1, socket.MSG_PEEK)
+                break
+            except TimeoutError:
+                if self._timeout is not None:
+                    raise
+        if self._released:
+            raise OSError(errno.EBADF, "the TLS socket was closed")
 
     def _fill(self) -> None:
         records = self._records
@@ -666,7 +678,6 @@ class HybridTLSSocket:
     def _send_direct(self, engine: TLSEngine, view: memoryview, everything: bool) -> int:
         """Direct mode, send lock held: SSL_write to the socket, waiting (within the timeout) while it is full."""
         total = 0
-        deadline = None
         lock = self._ssl_lock
         while view:
             with lock:
@@ -677,9 +688,7 @@ class HybridTLSSocket:
                     break
                 view = view[taken:]
                 continue
-            if deadline is None:
-                deadline = self._deadline()
-            self._wait(engine.want_write, deadline)
+            self._wait(engine.want_write)
         return total
 
     # -- receiving -----------------------------------------------------------------------------
@@ -693,7 +702,6 @@ class HybridTLSSocket:
                 raise ValueError("negative buffersize in recv")
             return b""
         engine = self._engine
-        deadline: float | None = None
         while True:
             with self._ssl_lock:
                 data = engine.read(bufsize)
@@ -704,7 +712,7 @@ class HybridTLSSocket:
                 self._flush_later()
             if data is not None:
                 return data
-            deadline = self._await_input(engine, deadline)
+            self._await_input(engine)
 
     def recv_into(self, buffer: bytearray | memoryview, nbytes: int = 0, flags: int = 0) -> int:
         """Receive into ``buffer`` (up to ``nbytes``, default its size); 0 at the end of the stream."""
@@ -718,7 +726,6 @@ class HybridTLSSocket:
         if size == 0:
             return 0
         engine, lock, outgoing = self._engine, self._ssl_lock, self._outgoing
-        deadline: float | None = None
         while True:
             with lock:
                 count = engine.read_into(view, size)
@@ -731,7 +738,7 @@ class HybridTLSSocket:
                 self._flush_later()
             if count is not None:
                 return count
-            deadline = self._await_input(engine, deadline)
+            self._await_input(engine)
 
     def pending(self) -> int:
         """Decrypted bytes that can be read without touching the network."""
@@ -751,7 +758,7 @@ class HybridTLSSocket:
         self._check_open()
         if how in (socket.SHUT_WR, socket.SHUT_RDWR):
             with self._send_lock:
-                self._close_notify(self._deadline() if self._engine.direct else None)
+                self._close_notify(None)
         try:
             self._sock.shutdown(how)
         except OSError as exc:
@@ -801,7 +808,10 @@ class HybridTLSSocket:
                 self._collect_output()
             if sent:
                 break
-            self._wait(engine.want_write, deadline)
+            if deadline is None:
+                self._wait(engine.want_write)
+            else:  # closing: the socket is already marked released, and the wait is bounded
+                _poll(self._sock, engine.want_write, deadline)
         self._send_queued()
 
     def _drain_tickets(self) -> None:
@@ -911,6 +921,7 @@ class HybridTLSSocket:
             raise ValueError("the timeout must be positive or None (non-blocking mode is not supported)")
         if self._direct:
             self._timeout = timeout
+            self._sock.settimeout(_FOREVER if timeout is None else timeout)
         else:
             self._sock.settimeout(timeout)
 
