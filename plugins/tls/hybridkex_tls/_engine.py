@@ -152,22 +152,23 @@ class TLSEngine:
     def __init__(self, handle: ContextHandle, psk: ExternalPSK | None, *, expected_group: str | None = None,
                  suppress_ragged_eofs: bool = True, session: bytes | None = None, server_hostname: str | None = None,
                  alpn_protocols: Sequence[str] = (),
-                 on_hello: Callable[[bool, bytes, str | None], bool] | None = None) -> None:
+                 on_hello: Callable[[bool, bytes, str | None], bool] | None = None, fd: int | None = None) -> None:
         """``psk``: the external PSK (None: resumption only).  Client: ``session`` (DER) to resume,
         ``server_hostname`` for SNI, ``alpn_protocols`` to offer.  Server: ``on_hello`` checks each
-        ClientHello (see :class:`~hybridkex_tls._openssl.PSKBinding`)."""
+        ClientHello (see :class:`~hybridkex_tls._openssl.PSKBinding`).  ``fd``: OpenSSL reads and writes
+        this (non-blocking) socket itself from the start, as after :meth:`attach_socket`; no memory BIOs."""
         self.role: Literal["client", "server"] = handle.role
         self._binding = PSKBinding(psk, on_hello=on_hello)
         # A client resuming (no PSK) needs nothing from its callback, which then offers no PSK either way.
         registered = psk is not None or handle.role == "server"
-        self._conn = new_connection(handle, self._binding, register=registered)
-        self._io = io = RecordIO(self._conn)
+        self._conn = new_connection(handle, self._binding, register=registered, fd=fd)
+        self._io = io = RecordIO(self._conn, direct=fd is not None)
         # Called for every chunk of the network's bytes: RecordIO's methods themselves, no wrapper in between.
         self.receive_bytes: Callable[[bytes | bytearray | memoryview], None] = io.feed
         """Feed bytes read from the network."""
         self.data_to_send: Callable[[], bytes | bytearray] = io.drain
         """All bytes the engine wants on the network now (possibly empty)."""
-        self.direct = False
+        self.direct = fd is not None
         """OpenSSL reads and writes the socket itself (:meth:`attach_socket`)."""
         self._started = False
         self._scratch: bytearray | None = None

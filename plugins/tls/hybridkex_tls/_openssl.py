@@ -276,12 +276,12 @@ class RecordIO:
 
     __slots__ = ("_conn", "_ssl", "_into", "_from", "direct", "want_write")
 
-    def __init__(self, conn: SSL.Connection) -> None:
+    def __init__(self, conn: SSL.Connection, direct: bool = False) -> None:
         self._conn = conn
         self._ssl = conn._ssl
-        self._into = conn._into_ssl
-        self._from = conn._from_ssl
-        self.direct = False
+        self._into = _ffi.NULL if direct else conn._into_ssl
+        self._from = _ffi.NULL if direct else conn._from_ssl
+        self.direct = direct
         """OpenSSL reads and writes the socket itself (:meth:`attach`); no memory BIOs any more."""
         self.want_write = False
         """Direct mode: the last call that made no progress waits for the socket to be writable (else readable)."""
@@ -430,10 +430,12 @@ def new_context(role: Role, *, groups: str | None, ciphersuites: str, ticket_lif
     return ContextHandle(ctx, role, groups, callbacks)
 
 
-def new_connection(handle: ContextHandle, binding: PSKBinding, register: bool = True) -> SSL.Connection:
-    """A memory-BIO connection for ``handle`` whose PSK callbacks will see ``binding`` (``register=False``:
-    they see none, which offers and accepts no external PSK)."""
-    conn = SSL.Connection(handle.context, None)
+def new_connection(handle: ContextHandle, binding: PSKBinding, register: bool = True,
+                   fd: int | None = None) -> SSL.Connection:
+    """A memory-BIO connection for ``handle`` (with ``fd``: a socket-BIO one on that descriptor) whose PSK
+    callbacks will see ``binding`` (``register=False``: they see none, which offers and accepts no PSK)."""
+    sock: Any = None if fd is None else _Descriptor(fd)
+    conn = SSL.Connection(handle.context, sock)
     if handle.role == "client":
         conn.set_connect_state()
     else:
@@ -442,6 +444,18 @@ def new_connection(handle: ContextHandle, binding: PSKBinding, register: bool = 
         with _bindings_lock:
             _bindings[_address(conn._ssl)] = binding
     return conn
+
+
+class _Descriptor:
+    """What pyOpenSSL needs of a socket to put OpenSSL on it (SSL_set_fd): its descriptor."""
+
+    __slots__ = ("_fd",)
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def fileno(self) -> int:
+        return self._fd
 
 
 def release_connection(conn: SSL.Connection) -> None:

@@ -229,7 +229,8 @@ def _direct_handshake(sock: socket.socket, engine: TLSEngine, deadline: float, t
     try:
         if sock.gettimeout() != 0.0:
             sock.settimeout(0.0)
-        engine.attach_socket(sock.fileno())
+        if not engine.direct:
+            engine.attach_socket(sock.fileno())
         while not engine.do_handshake():
             _poll(sock, engine.want_write, deadline)
     except TimeoutError:
@@ -431,7 +432,7 @@ class HybridTLSSocket:
         if entry is not None and cache is not None:
             session, chain = entry
             engine = context.new_engine(None, suppress_ragged_eofs=self._suppress_ragged_eofs, session=session,
-                                        server_hostname=name)
+                                        server_hostname=name, fd=self._sock.fileno())
             try:
                 self._handshake(engine, start + context.pre_auth_timeout, direct=True)
             except TLSResumptionRefused:
@@ -487,7 +488,7 @@ class HybridTLSSocket:
         if kind == "tls":
             found: list[ChainFacts] = []
             engine = context.new_engine(None, suppress_ragged_eofs=self._suppress_ragged_eofs,
-                                        on_hello=resume_hook(context.server_sessions, found))
+                                        on_hello=resume_hook(context.server_sessions, found), fd=sock.fileno())
             self._handshake(engine, pre_auth, direct=True)
             self._summary = found[0].summary
             self._chain = found[0].next()
