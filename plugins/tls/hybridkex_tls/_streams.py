@@ -52,6 +52,8 @@ log = logging.getLogger("hybridkex_tls")
 
 _READ_CHUNK = 1 << 16
 _DEFAULT_LIMIT = 1 << 16
+#: The raw transport's write buffer limit once TLS is up (asyncio's default is 64 KiB).
+_WRITE_HIGH_WATER = 1 << 19
 
 
 class TLSStreamReader:
@@ -425,6 +427,12 @@ async def wrap_streams(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
     tickets = context.client_sessions if context.role == "client" and chain is not None and key is not None \
         and context.client_sessions is not None and context.client_sessions.usable(chain, time.monotonic()) \
         else None
+    transport = writer.transport
+    if isinstance(transport, asyncio.WriteTransport):
+        # One write() of the TLS writer hands the transport up to 256 KiB of ciphertext; with asyncio's default
+        # high-water mark (64 KiB) every such write paused the writer until the buffer was down to 16 KiB.
+        if transport.get_write_buffer_limits()[1] < _WRITE_HIGH_WATER:
+            transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
     tls_reader = TLSStreamReader(engine, reader, writer, limit)
     if tickets is not None and key is not None and chain is not None:
         tls_reader.keep_tickets(tickets, key, chain)
