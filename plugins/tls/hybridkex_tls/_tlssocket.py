@@ -5,6 +5,11 @@ receive while another sends (as with ``ssl`` sockets, not two receivers or two s
 once): OpenSSL calls are serialized by one lock, and ciphertext goes out under a second
 lock in the order OpenSSL produced it.  Socket timeouts (``settimeout``) apply to every
 network read and write and raise :class:`TimeoutError`, as ``ssl`` sockets do.
+
+The setup runs over the engine's memory BIOs (a resumption: over the socket from the
+start).  Once the handshake is done and nothing waits in the memory BIOs or the send queue,
+OpenSSL takes the socket itself ("direct mode"): the socket is non-blocking underneath, no
+lock is held while waiting, and a record costs one OpenSSL call from Python.
 """
 
 from __future__ import annotations
