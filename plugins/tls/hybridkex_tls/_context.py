@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import math
 import os
 import socket
@@ -62,6 +63,14 @@ _SETTINGS_FIELDS = frozenset(ExchangeSettings.__dataclass_fields__) - {"extra"}
 #: Settings fields holding one path (identity, psk_file, qkd_link, ...): str arguments become Path.
 _PATH_FIELDS = frozenset(name for name, f in ExchangeSettings.__dataclass_fields__.items()
                          if str(f.type).replace(" ", "") == "Path|None")
+
+
+@functools.cache
+def _socket_class() -> type[HybridTLSSocket]:
+    """:class:`HybridTLSSocket`, imported once (the module imports this one)."""
+    from ._tlssocket import HybridTLSSocket
+
+    return HybridTLSSocket
 
 
 def load_external_psk(path: str | os.PathLike[str]) -> bytes:
@@ -270,14 +279,12 @@ class HybridTLSContext:
         The returned socket owns ``sock``; on any failure ``sock`` is closed and an
         :class:`OSError` that is also a :class:`hybridkex.HybridKexError` says what failed.
         """
-        from ._tlssocket import HybridTLSSocket
-
         if server_side is not None and bool(server_side) != (self.role == "server"):
             raise ValueError(f"server_side={server_side!r} does not match this {self.role} context; build it with "
                              f"HybridTLSContext.{'server' if server_side else 'client'}(...)")
         if server_hostname is not None and self.role == "server":
             raise ValueError("server_hostname is only for client-side sockets")
-        tls = HybridTLSSocket(sock, self, server_hostname=server_hostname, suppress_ragged_eofs=suppress_ragged_eofs)
+        tls = _socket_class()(sock, self, server_hostname=server_hostname, suppress_ragged_eofs=suppress_ragged_eofs)
         if do_handshake_on_connect:
             tls.do_handshake()
         return tls
@@ -318,11 +325,12 @@ class HybridTLSContext:
         return self.handshake_config
 
     def new_engine(self, psk: ExternalPSK | None, *, suppress_ragged_eofs: bool = True, session: bytes | None = None,
-                   server_hostname: str | None = None, on_hello: Any = None) -> TLSEngine:
+                   server_hostname: str | None = None, on_hello: Any = None, fd: int | None = None) -> TLSEngine:
         """A TLS engine for one connection keyed by ``psk`` or resuming ``session`` (for drivers of other I/O)."""
         return TLSEngine(self._handle, psk, expected_group=self.expected_group,
                          suppress_ragged_eofs=suppress_ragged_eofs, session=session, server_hostname=server_hostname,
-                         alpn_protocols=self.alpn_protocols if self.role == "client" else (), on_hello=on_hello)
+                         alpn_protocols=self.alpn_protocols if self.role == "client" else (), on_hello=on_hello,
+                         fd=fd)
 
     @property
     def static_psk(self) -> ExternalPSK | None:

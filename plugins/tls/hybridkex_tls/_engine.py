@@ -9,6 +9,7 @@ over the expected group -- and refuses the connection otherwise.
 
 from __future__ import annotations
 
+import os
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Literal
@@ -32,8 +33,9 @@ from ._openssl import (
 
 __all__ = ["TLSEngine", "TLSFacts"]
 
-#: Application data handed to SSL_write per call (a few TLS records).
-_WRITE_CHUNK = 1 << 16
+#: Application data handed to SSL_write per call (16 full TLS records): large, so that bulk sends cost few
+#: Python-level calls, and bounded, so that one call's ciphertext stays a modest buffer.
+_WRITE_CHUNK = 1 << 18
 #: Largest plaintext read() returns at once (one TLS record holds at most 16 KiB).
 _READ_CHUNK = 1 << 16
 
@@ -80,6 +82,13 @@ def _explain(reason: str) -> tuple[type[TLSHandshakeError], str]:
     return TLSHandshakeError, reason
 
 
+def _raise_os_error(exc: SSL.SysCallError) -> None:
+    """A socket error under OpenSSL (direct mode, e.g. ECONNRESET) as the OSError a socket would raise."""
+    code = exc.args[0] if exc.args else -1
+    if isinstance(code, int) and code > 0:
+        raise OSError(code, os.strerror(code)) from None
+
+
 def _reason(exc: SSL.Error) -> str:
     """The root-cause OpenSSL reason string of a pyOpenSSL error (never key material)."""
     entries = exc.args[0] if exc.args else None
@@ -107,20 +116,61 @@ class TLSFacts:
         self.server_name = server_name
 
 
+def _nothing() -> None:
+    return None
+
+
+class _ConnectionFacts(TLSFacts):
+    """:class:`TLSFacts` of a finished handshake whose version, cipher, ALPN and server name are read from the
+    connection when first asked for (many connections never ask: that is a dozen OpenSSL calls saved)."""
+
+    _LAZY = frozenset({"version", "cipher", "cipher_bits", "alpn", "server_name"})
+
+    def __init__(self, conn: SSL.Connection, group: str | None, resumed: bool) -> None:
+        self._conn = conn
+        self.group = group
+        self.psk_used = True
+        self.resumed = resumed
+
+    def __getattr__(self, name: str) -> object:
+        if name not in self._LAZY:
+            raise AttributeError(name)
+        conn = self._conn
+        alpn = conn.get_alpn_proto_negotiated()
+        server_name = conn.get_servername()
+        self.version = conn.get_protocol_version_name()
+        self.cipher = conn.get_cipher_name() or ""
+        self.cipher_bits = conn.get_cipher_bits() or 0
+        self.alpn = alpn.decode("ascii", "replace") if alpn else None
+        self.server_name = server_name.decode("ascii", "replace") if server_name else None
+        return self.__dict__[name]
+
+
 class TLSEngine:
     """One TLS 1.3 connection (client or server) keyed by an external PSK, without I/O."""
 
     def __init__(self, handle: ContextHandle, psk: ExternalPSK | None, *, expected_group: str | None = None,
                  suppress_ragged_eofs: bool = True, session: bytes | None = None, server_hostname: str | None = None,
                  alpn_protocols: Sequence[str] = (),
-                 on_hello: Callable[[bool, bytes, str | None], bool] | None = None) -> None:
+                 on_hello: Callable[[bool, bytes, str | None], bool] | None = None, fd: int | None = None) -> None:
         """``psk``: the external PSK (None: resumption only).  Client: ``session`` (DER) to resume,
         ``server_hostname`` for SNI, ``alpn_protocols`` to offer.  Server: ``on_hello`` checks each
-        ClientHello (see :class:`~hybridkex_tls._openssl.PSKBinding`)."""
+        ClientHello (see :class:`~hybridkex_tls._openssl.PSKBinding`).  ``fd``: OpenSSL reads and writes
+        this (non-blocking) socket itself from the start, as after :meth:`attach_socket`; no memory BIOs."""
         self.role: Literal["client", "server"] = handle.role
         self._binding = PSKBinding(psk, on_hello=on_hello)
-        self._conn = new_connection(handle, self._binding)
-        self._io = RecordIO(self._conn)
+        # A client resuming (no PSK) needs nothing from its callback, which then offers no PSK either way.
+        registered = psk is not None or handle.role == "server"
+        self._conn = new_connection(handle, self._binding, register=registered, fd=fd)
+        self._io = io = RecordIO(self._conn, direct=fd is not None)
+        # Called for every chunk of the network's bytes: RecordIO's methods themselves, no wrapper in between.
+        self.receive_bytes: Callable[[bytes | bytearray | memoryview], None] = io.feed
+        """Feed bytes read from the network."""
+        self.data_to_send: Callable[[], bytes | bytearray] = io.drain
+        """All bytes the engine wants on the network now (possibly empty)."""
+        self.direct = fd is not None
+        """OpenSSL reads and writes the socket itself (:meth:`attach_socket`)."""
+        self._started = False
         self._scratch: bytearray | None = None
         self._resuming = False
         if self.role == "client":
@@ -139,30 +189,48 @@ class TLSEngine:
         """The peer sent close_notify (or closed the TCP connection, with ragged EOFs suppressed)."""
         self.close_notify_sent = False
         # Forget the PSK binding when the handshake ends, or at the latest when the engine is dropped.
-        self._release_binding = weakref.finalize(self, release_connection, self._conn)
+        self._release_binding: Callable[[], object] = \
+            weakref.finalize(self, release_connection, self._conn) if registered else _nothing
 
     # -- bytes in and out ----------------------------------------------------------------
-    def receive_bytes(self, data: bytes | bytearray | memoryview) -> None:
-        """Feed bytes read from the network."""
-        self._io.feed(data)
-
     def receive_eof(self) -> None:
         """The network connection delivered EOF."""
-        self._conn.bio_shutdown()
+        if not self._io.direct:
+            self._conn.bio_shutdown()
 
-    def data_to_send(self) -> bytes:
-        """All bytes the engine wants on the network now (possibly empty)."""
-        return self._io.drain()
+    # -- straight to the socket (after the handshake) -----------------------------------------
+    @property
+    def want_write(self) -> bool:
+        """Direct mode: the last read, write or close_notify that made no progress waits for writability."""
+        return self._io.want_write
+
+    def can_attach_socket(self, before_handshake: bool = False) -> bool:
+        """The handshake is done and no ciphertext waits in the memory BIOs (all input consumed, all output
+        taken), so OpenSSL can go on over the socket itself without losing or reordering a byte.
+        ``before_handshake``: the handshake has not started either (it is then run over the socket)."""
+        ready = not self._started if before_handshake else self.handshake_done
+        return ready and not self._io.direct and self._io.idle()
+
+    def attach_socket(self, fd: int) -> None:
+        """From now on OpenSSL reads and writes ``fd`` itself (a non-blocking socket: calls that would block
+        return None / 0 / False and :attr:`want_write` says what to wait for); :meth:`data_to_send` is empty
+        and :meth:`receive_bytes` must not be called.  Only when :meth:`can_attach_socket` (after the
+        handshake), or before it starts: then :meth:`do_handshake` runs it over the socket (False: wait for
+        the socket as :attr:`want_write` says)."""
+        if not (self.can_attach_socket() or self.can_attach_socket(before_handshake=True)):
+            raise TLSError("the connection cannot read its socket directly yet")
+        self._io.attach(fd)
+        self.direct = True
 
     # -- handshake -----------------------------------------------------------------------
     def do_handshake(self) -> bool:
         """Advance the handshake; True once it finished and passed the checks, False when it needs input."""
         if self.handshake_done:
             return True
+        self._started = True
         try:
-            self._conn.do_handshake()
-        except SSL.WantReadError:
-            return False
+            if not self._io.do_handshake():
+                return False
         except (SSL.ZeroReturnError, SSL.SysCallError):
             self._release()
             raise TLSConnectionClosed(_CLOSED_DURING_HANDSHAKE) from None
@@ -211,12 +279,7 @@ class TLSEngine:
         if self._expected_group is not None and group != self._expected_group:
             raise TLSHandshakeError(f"the TLS key exchange used {group or 'no group'} instead of "
                                     f"{self._expected_group}; refusing the connection")
-        cipher = self._conn.get_cipher_name() or ""
-        alpn = self._conn.get_alpn_proto_negotiated()
-        name = self._conn.get_servername()
-        self.facts = TLSFacts(self._conn.get_protocol_version_name(), cipher, self._conn.get_cipher_bits() or 0,
-                              group, True, resumed, alpn.decode("ascii", "replace") if alpn else None,
-                              name.decode("ascii", "replace") if name else None)
+        self.facts = _ConnectionFacts(self._conn, group, resumed)
         self._session_pointer = session_pointer(self._conn)
 
     # -- resumption ------------------------------------------------------------------------
@@ -259,6 +322,9 @@ class TLSEngine:
             return 0
         try:
             return self._io.write(view)
+        except SSL.SysCallError as exc:
+            _raise_os_error(exc)
+            raise TLSError(f"TLS error while sending: {_reason(exc)}") from None
         except SSL.Error as exc:
             raise TLSError(f"TLS error while sending: {_reason(exc)}") from None
 
@@ -281,7 +347,8 @@ class TLSEngine:
         except SSL.ZeroReturnError:
             self.peer_closed = True
             return 0
-        except SSL.SysCallError:
+        except SSL.SysCallError as exc:
+            _raise_os_error(exc)
             return len(self._ragged_eof())
         except SSL.Error as exc:
             reason = _reason(exc)
@@ -301,16 +368,20 @@ class TLSEngine:
         """Decrypted bytes ready to read without more input."""
         return int(self._conn.pending())
 
-    def send_close_notify(self) -> None:
-        """Close this side's sending direction (TLS 1.3 close_notify, RFC 8446 §6.1); reading may go on."""
+    def send_close_notify(self) -> bool:
+        """Close this side's sending direction (TLS 1.3 close_notify, RFC 8446 §6.1); reading may go on.
+
+        False only in direct mode when the socket is not writable yet: call again once it is."""
         if self.close_notify_sent or not self.handshake_done:
             self.close_notify_sent = True
-            return
-        self.close_notify_sent = True
+            return True
         try:
-            self._conn.shutdown()
+            if not self._io.shutdown():
+                return False
         except SSL.Error:
             pass  # the connection is already broken; closing goes on regardless
+        self.close_notify_sent = True
+        return True
 
     def close(self) -> None:
         """Forget the PSK binding (the handshake may have been abandoned)."""

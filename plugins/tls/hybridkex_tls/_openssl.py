@@ -202,17 +202,27 @@ def _on_client_hello(ssl: Any, alert: Any, _arg: Any) -> int:
     return int(_lib.SSL_TLSEXT_ERR_ALERT_FATAL)
 
 
+#: A session's master key (TLS 1.3: the resumption PSK, one hash long) is at most this long.
+_MAX_MASTER_KEY = 64
+#: Copied for each hash: hashlib.sha256() looks the algorithm up in OpenSSL on every call, which costs more
+#: than hashing 32 bytes.
+_SHA256 = hashlib.sha256()
+
+
 def _key_id(session: Any) -> bytes:
     """SHA-256 of a session's resumption PSK: a name for the session that reveals nothing of the key."""
     if session == _ffi.NULL:
         return b""
-    size = _lib.SSL_SESSION_get_master_key(session, _ffi.NULL, 0)
-    buffer = _ffi.new("unsigned char[]", max(1, size))
+    buffer = _ffi.new("unsigned char[]", _MAX_MASTER_KEY)
     try:
-        got = _lib.SSL_SESSION_get_master_key(session, buffer, size)
-        return hashlib.sha256(bytes(_ffi.buffer(buffer, got))).digest() if got else b""
+        got = _lib.SSL_SESSION_get_master_key(session, buffer, _MAX_MASTER_KEY)
+        if not got:
+            return b""
+        digest = _SHA256.copy()
+        digest.update(_ffi.buffer(buffer, got))
+        return digest.digest()
     finally:
-        _ffi.memmove(buffer, bytes(size), size)
+        _ffi.memmove(buffer, bytes(_MAX_MASTER_KEY), _MAX_MASTER_KEY)
 
 
 def session_key_id(conn: SSL.Connection) -> bytes:
@@ -264,32 +274,85 @@ class RecordIO:
     None instead of raising for want-read, and read into the caller's buffer.
     """
 
-    __slots__ = ("_conn", "_ssl", "_into", "_from", "_out", "_out_size")
+    __slots__ = ("_conn", "_ssl", "_into", "_from", "direct", "want_write")
 
-    def __init__(self, conn: SSL.Connection, out_size: int = 1 << 15) -> None:
+    def __init__(self, conn: SSL.Connection, direct: bool = False) -> None:
         self._conn = conn
         self._ssl = conn._ssl
-        self._into = conn._into_ssl
-        self._from = conn._from_ssl
-        self._out_size = out_size
-        self._out = _ffi.new("char[]", out_size)  # drain() loops when more is waiting
+        self._into = _ffi.NULL if direct else conn._into_ssl
+        self._from = _ffi.NULL if direct else conn._from_ssl
+        self.direct = direct
+        """OpenSSL reads and writes the socket itself (:meth:`attach`); no memory BIOs any more."""
+        self.want_write = False
+        """Direct mode: the last call that made no progress waits for the socket to be writable (else readable)."""
+
+    def idle(self) -> bool:
+        """Neither memory BIO holds a byte: OpenSSL consumed all input and all its output was taken."""
+        return bool(_lib.BIO_get_mem_data(self._into, _ffi.NULL) <= 0
+                    and _lib.BIO_get_mem_data(self._from, _ffi.NULL) <= 0)
+
+    def attach(self, fd: int) -> None:
+        """Replace both memory BIOs (which must be :meth:`idle`) by a socket BIO on ``fd`` (SSL_set_fd).
+
+        A partial record OpenSSL already took out of the memory BIO stays in its record buffer and is
+        completed from the socket.  SSL_set_fd frees the memory BIOs, so pyOpenSSL must not touch them.
+        """
+        if _lib.SSL_set_fd(self._ssl, fd) != 1:
+            self._conn._raise_ssl_error(self._ssl, -1)  # pragma: no cover - only fails on allocation failure
+        self._conn._into_ssl = self._conn._from_ssl = None
+        self._into = self._from = _ffi.NULL
+        self.direct = True
+
+    def _want(self, result: int) -> bool:
+        """After a call that returned ``result`` <= 0: True if it only has to wait for the network."""
+        code = _lib.SSL_get_error(self._ssl, result)
+        if code == _lib.SSL_ERROR_WANT_READ:
+            self.want_write = False
+            return True
+        if code == _lib.SSL_ERROR_WANT_WRITE and self.direct:
+            self.want_write = True
+            return True
+        return False
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Ciphertext from the network into OpenSSL (a memory BIO takes everything)."""
+        if self.direct:
+            raise AssertionError("a connection reading its socket directly takes no fed bytes")
         if len(data) and _lib.BIO_write(self._into, _ffi.from_buffer(data), len(data)) <= 0:
             self._conn._raise_ssl_error(self._ssl, -1)  # pragma: no cover - memory BIOs do not refuse
 
-    def drain(self) -> bytes:
-        """All ciphertext OpenSSL has for the network (possibly empty)."""
-        chunks = []
-        while True:
-            n = _lib.BIO_read(self._from, self._out, self._out_size)
-            if n <= 0:
-                break
-            chunks.append(_ffi.buffer(self._out, n)[:])
-            if n < self._out_size:
-                break
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    def drain(self) -> bytes | bytearray:
+        """All ciphertext OpenSSL has for the network (possibly empty), read in one call into a buffer of
+        exactly that size (BIO_get_mem_data gives the pending length): one copy, however large."""
+        if self.direct:
+            return b""
+        size = _lib.BIO_get_mem_data(self._from, _ffi.NULL)
+        if size <= 0:
+            return b""
+        out = bytearray(size)
+        n = _lib.BIO_read(self._from, _ffi.from_buffer(out), size)
+        return out if n == size else out[:max(0, n)]
+
+    def shutdown(self) -> bool:
+        """SSL_shutdown (sends close_notify): True once sent, False when a direct write has to wait first."""
+        result = _lib.SSL_shutdown(self._ssl)
+        if result >= 0:
+            return True
+        if self.direct and self._want(result):
+            return False
+        self._conn._raise_ssl_error(self._ssl, result)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def do_handshake(self) -> bool:
+        """SSL_do_handshake: True when done, False when OpenSSL needs more input; other outcomes raise
+        pyOpenSSL's exceptions (no exception for the usual want-read, unlike pyOpenSSL's method)."""
+        result = _lib.SSL_do_handshake(self._ssl)
+        if result == 1:
+            return True
+        if self._want(result):
+            return False
+        self._conn._raise_ssl_error(self._ssl, result)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def read_into(self, buffer: bytearray | memoryview, size: int) -> int | None:
         """SSL_read into ``buffer``: the count, or None when OpenSSL needs more input; other outcomes raise
@@ -297,16 +360,19 @@ class RecordIO:
         result = _lib.SSL_read(self._ssl, _ffi.from_buffer(buffer, require_writable=True), size)
         if result > 0:
             return int(result)
-        if _lib.SSL_get_error(self._ssl, result) == _lib.SSL_ERROR_WANT_READ:
+        if self._want(result):
             return None
         self._conn._raise_ssl_error(self._ssl, result)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        """SSL_write of ``data`` into the outgoing memory BIO; returns the count taken."""
+        """SSL_write of ``data`` (into the outgoing memory BIO, or to the socket); returns the count taken,
+        0 when a direct write has to wait (call again with the same data, as OpenSSL requires)."""
         result = _lib.SSL_write(self._ssl, _ffi.from_buffer(data), len(data))
         if result > 0:
             return int(result)
+        if self.direct and self._want(result):
+            return 0
         self._conn._raise_ssl_error(self._ssl, result)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -364,16 +430,32 @@ def new_context(role: Role, *, groups: str | None, ciphersuites: str, ticket_lif
     return ContextHandle(ctx, role, groups, callbacks)
 
 
-def new_connection(handle: ContextHandle, binding: PSKBinding) -> SSL.Connection:
-    """A memory-BIO connection for ``handle`` whose PSK callbacks will see ``binding``."""
-    conn = SSL.Connection(handle.context, None)
+def new_connection(handle: ContextHandle, binding: PSKBinding, register: bool = True,
+                   fd: int | None = None) -> SSL.Connection:
+    """A memory-BIO connection for ``handle`` (with ``fd``: a socket-BIO one on that descriptor) whose PSK
+    callbacks will see ``binding`` (``register=False``: they see none, which offers and accepts no PSK)."""
+    sock: Any = None if fd is None else _Descriptor(fd)
+    conn = SSL.Connection(handle.context, sock)
     if handle.role == "client":
         conn.set_connect_state()
     else:
         conn.set_accept_state()
-    with _bindings_lock:
-        _bindings[_address(conn._ssl)] = binding
+    if register:
+        with _bindings_lock:
+            _bindings[_address(conn._ssl)] = binding
     return conn
+
+
+class _Descriptor:
+    """What pyOpenSSL needs of a socket to put OpenSSL on it (SSL_set_fd): its descriptor."""
+
+    __slots__ = ("_fd",)
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def fileno(self) -> int:
+        return self._fd
 
 
 def release_connection(conn: SSL.Connection) -> None:

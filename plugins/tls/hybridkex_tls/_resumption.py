@@ -20,7 +20,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 __all__ = ["ChainFacts", "ClientSessionCache", "ServerSessionTable"]
 
@@ -43,7 +43,8 @@ class ChainFacts:
         return max(0.0, now - self.started)
 
     def next(self) -> ChainFacts:
-        return replace(self, resumptions=self.resumptions + 1)
+        # The constructor, not dataclasses.replace (which inspects the fields on every call): once per connection.
+        return ChainFacts(self.summary, self.started, self.resumptions + 1, self.server_name)
 
 
 class _Bounded:

@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import hmac
 from collections.abc import Callable
+from typing import Any
 
 from hybridkex import HybridKexError, TransportError
 from hybridkex.protocol import HandshakeConfig
@@ -31,7 +32,8 @@ from ._resumption import ChainFacts, ServerSessionTable
 
 __all__ = [
     "PREAMBLE_MAGIC", "PREAMBLE_HEADER", "Kind", "preamble", "parse_preamble_header", "classify", "HTTP_400",
-    "wrong_service", "SILENT_CLOSE", "bound_config", "server_name_key", "resume_hook", "full_hook",
+    "wrong_service", "SILENT_CLOSE", "bound_config", "server_name_key", "resume_hook", "full_hook", "cache_key",
+    "full_chain",
 ]
 
 PREAMBLE_MAGIC = b"HXTLS"
@@ -55,6 +57,19 @@ Kind = str  # "full", "tls", "http", "unknown", or "more" (look at more bytes)
 def server_name_key(name: str | None) -> str:
     """A server name as compared and cached: lower case, no trailing dot; empty for none."""
     return (name or "").rstrip(".").lower()
+
+
+def cache_key(server_hostname: str | None, peername: Callable[[], Any]) -> str:
+    """The client's session-cache key for a server: its SNI name, else the ``host:port`` it connected to."""
+    if server_hostname:
+        return server_name_key(server_hostname)
+    peer = peername()
+    return f"{peer[0]}:{peer[1]}"
+
+
+def full_chain(summary: dict[str, object], done: float, server_name: str | None) -> ChainFacts:
+    """The facts of a chain's full connection, whose hybrid exchange finished at ``done`` (monotonic)."""
+    return ChainFacts(summary, done, 0, server_name_key(server_name) or None)
 
 
 def preamble(server_name: str | None) -> bytes:

@@ -31,12 +31,13 @@ from ._setup import (
     HTTP_400,
     PREAMBLE_HEADER,
     bound_config,
+    cache_key,
     classify,
+    full_chain,
     full_hook,
     parse_preamble_header,
     preamble,
     resume_hook,
-    server_name_key,
     unknown_client_error,
 )
 from ._tlssocket import connection_info
@@ -47,6 +48,8 @@ log = logging.getLogger("hybridkex_tls")
 
 _READ_CHUNK = 1 << 16
 _DEFAULT_LIMIT = 1 << 16
+#: The raw transport's write buffer limit once TLS is up (asyncio's default is 64 KiB).
+_WRITE_HIGH_WATER = 1 << 19
 
 
 class TLSStreamReader:
@@ -283,11 +286,7 @@ async def _client_setup(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
                         server_hostname: str | None, suppress_ragged_eofs: bool) \
         -> tuple[TLSEngine, dict[str, object], ChainFacts, str]:
     name = server_hostname
-    if name:
-        key = server_name_key(name)
-    else:
-        peer = writer.get_extra_info("peername")
-        key = f"{peer[0]}:{peer[1]}"
+    key = cache_key(name, lambda: writer.get_extra_info("peername"))
     cache = context.client_sessions
     entry = cache.take(key) if cache is not None else None
     if entry is not None and cache is not None:
@@ -324,7 +323,7 @@ async def _client_setup(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
             raise
         context.after_success(result)  # the TLS Finished messages proved both sides hold the key
         del result
-    return engine, summary, ChainFacts(summary, done, 0, server_name_key(name) or None), key
+    return engine, summary, full_chain(summary, done, name), key
 
 
 async def _server_setup(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, context: HybridTLSContext,
@@ -381,7 +380,7 @@ async def _server_setup(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
                 raise
             context.after_success(result)
             del result
-        chain = ChainFacts(summary, done, 0, server_name_key(name) or None)
+        chain = full_chain(summary, done, name)
     else:
         raise unknown_client_error(first)
     if context.server_sessions is not None:
@@ -424,6 +423,12 @@ async def wrap_streams(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
     tickets = context.client_sessions if context.role == "client" and chain is not None and key is not None \
         and context.client_sessions is not None and context.client_sessions.usable(chain, time.monotonic()) \
         else None
+    transport = writer.transport
+    if isinstance(transport, asyncio.WriteTransport):
+        # One write() of the TLS writer hands the transport up to 256 KiB of ciphertext; with asyncio's default
+        # high-water mark (64 KiB) every such write paused the writer until the buffer was down to 16 KiB.
+        if transport.get_write_buffer_limits()[1] < _WRITE_HIGH_WATER:
+            transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
     tls_reader = TLSStreamReader(engine, reader, writer, limit)
     if tickets is not None and key is not None and chain is not None:
         tls_reader.keep_tickets(tickets, key, chain)

@@ -5,6 +5,11 @@ receive while another sends (as with ``ssl`` sockets, not two receivers or two s
 once): OpenSSL calls are serialized by one lock, and ciphertext goes out under a second
 lock in the order OpenSSL produced it.  Socket timeouts (``settimeout``) apply to every
 network read and write and raise :class:`TimeoutError`, as ``ssl`` sockets do.
+
+The setup runs over the engine's memory BIOs (a resumption: over the socket from the
+start).  Once the handshake is done and nothing waits in the memory BIOs or the send queue,
+OpenSSL takes the socket itself ("direct mode"): the socket is non-blocking underneath, no
+lock is held while waiting, and a record costs one OpenSSL call from Python.
 """
 
 from __future__ import annotations
@@ -12,12 +17,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import math
+import select
 import socket
 import threading
 import time
 from collections import deque
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, NoReturn, cast
+from typing import IO, TYPE_CHECKING, Any, Literal, NoReturn, cast
 
 from hybridkex import HybridKexError, PeerAlertError, RemoteProtocolError, TransportError
 from hybridkex.io import recv_exact
@@ -32,12 +39,13 @@ from ._setup import (
     PREAMBLE_HEADER,
     SILENT_CLOSE,
     bound_config,
+    cache_key,
     classify,
+    full_chain,
     full_hook,
     parse_preamble_header,
     preamble,
     resume_hook,
-    server_name_key,
     unknown_client_error,
     wrong_service,
 )
@@ -48,7 +56,11 @@ if TYPE_CHECKING:
 __all__ = ["HybridTLSSocket", "RecordReader", "connection_info"]
 
 _CLOSE_NOTIFY_TIMEOUT = 1.0
+#: Direct mode without a timeout: the socket still needs timeout mode (non-blocking underneath); waits this
+#: long are renewed.
+_FOREVER = 86400.0
 _RECORD_HEADER = 5
+_ENCRYPTED = 23  # TLS 1.3 outer content type of every encrypted record (application_data)
 
 
 class RecordReader:
@@ -59,17 +71,24 @@ class RecordReader:
     the socket readable while records wait, one readiness event per record.
     """
 
-    __slots__ = ("_header", "_body_left")
+    __slots__ = ("_header", "_body_left", "_type", "handshake")
 
     def __init__(self) -> None:
         self._header = bytearray()
         self._body_left = 0
+        self._type = 0
+        self.handshake = False
+        """Server handshake: an encrypted record (the client's Finished: no certificates, no early data here)
+        is the last one of the handshake, so its read stops at its end and the next header stays in the kernel."""
 
     def want(self) -> int:
         """How many bytes to ask the socket for."""
         if self._body_left:
+            if self.handshake and self._type == _ENCRYPTED:
+                return self._body_left
             return self._body_left + _RECORD_HEADER
         return _RECORD_HEADER - len(self._header)
+
 
     def consumed(self, data: bytes | memoryview) -> None:
         """Account for ``data`` read from the socket."""
@@ -77,6 +96,7 @@ class RecordReader:
         body_left = self._body_left
         if body_left and n == body_left + _RECORD_HEADER:  # the usual read: a record's rest and the next header
             self._body_left = int.from_bytes(data[n - 2:n], "big")
+            self._type = data[n - 5]
             return
         i = 0
         while i < n:
@@ -90,15 +110,50 @@ class RecordReader:
             i += take
             if len(self._header) == _RECORD_HEADER:
                 self._body_left = int.from_bytes(self._header[3:5], "big")
+                self._type = self._header[0]
                 self._header.clear()
 
 
-def _send_before(sock: socket.socket, data: bytes, deadline: float) -> None:
+def _send_before(sock: socket.socket, data: bytes | bytearray, deadline: float) -> None:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise TimeoutError
     sock.settimeout(remaining)
     sock.sendall(data)
+
+
+def _poll(sock: socket.socket, writing: bool, deadline: float | None) -> None:
+    """Block until ``sock`` is readable (or writable); TimeoutError at ``deadline`` (None: no limit)."""
+    if deadline is None:
+        wait = -1
+    else:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("timed out")
+        wait = max(1, math.ceil(remaining * 1000))
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLOUT if writing else select.POLLIN)
+    if not poller.poll(wait):
+        raise TimeoutError("timed out")
+
+
+def _send_now(sock: socket.socket, data: bytes | bytearray, deadline: float) -> None:
+    """sendall on a non-blocking socket, waiting (until ``deadline``) only while the kernel buffer is full."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[sock.send(view):]
+        except BlockingIOError:
+            _poll(sock, True, deadline)
+
+
+def _recv_now(sock: socket.socket, size: int, deadline: float) -> bytes:
+    """recv on a non-blocking socket, waiting (until ``deadline``) only when nothing has arrived."""
+    while True:
+        try:
+            return sock.recv(size)
+        except BlockingIOError:
+            _poll(sock, False, deadline)
 
 
 def _hybrid_answer(sock: socket.socket, data: bytes, deadline: float) -> NoReturn:
@@ -126,29 +181,32 @@ def _tls_handshake(sock: socket.socket, engine: TLSEngine, records: RecordReader
     """
     greedy = engine.role == "client"
     first = True
+    starved = not greedy  # a server has nothing to say before the ClientHello: read it first
+    records.handshake = not greedy
     try:
+        # Non-blocking for the handshake and after it (the caller sets the final mode): a send or a read that
+        # can go ahead costs one system call, not a timeout change and a poll() before it as well.
+        if sock.gettimeout() != 0.0:
+            sock.settimeout(0.0)
         while True:
             try:
-                done = engine.do_handshake()
+                done = not starved and engine.do_handshake()
             except HybridKexError:
                 # Let the peer read OpenSSL's alert, so both sides report the same cause.
                 alert = engine.data_to_send()
                 if alert:
                     try:
-                        _send_before(sock, alert, min(deadline, time.monotonic() + _CLOSE_NOTIFY_TIMEOUT))
+                        _send_now(sock, alert, min(deadline, time.monotonic() + _CLOSE_NOTIFY_TIMEOUT))
                     except OSError:
                         pass
                 raise
             out = engine.data_to_send()
             if out:
-                _send_before(sock, out, deadline)
+                _send_now(sock, out, deadline)
             if done:
                 return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError
-            sock.settimeout(remaining)
-            data = sock.recv(1 << 16 if greedy else records.want())
+            starved = False
+            data = _recv_now(sock, 1 << 16 if greedy else records.want(), deadline)
             if greedy and first and data[:1] == MAGIC[:1]:
                 _hybrid_answer(sock, data, deadline)
             first = False
@@ -157,6 +215,30 @@ def _tls_handshake(sock: socket.socket, engine: TLSEngine, records: RecordReader
                 engine.receive_bytes(data)
             else:
                 engine.receive_eof()
+    except TimeoutError:
+        raise TLSSetupTimeout(f"the TLS handshake did not finish within {timeout:g} s; the peer is down, stuck or "
+                              "too slow") from None
+    except OSError as exc:
+        if isinstance(exc, HybridKexError):
+            raise
+        raise as_oserror(TransportError(f"the connection failed during the TLS handshake: {exc.strerror or exc}")) \
+            from None
+    finally:
+        records.handshake = False
+
+
+def _direct_handshake(sock: socket.socket, engine: TLSEngine, deadline: float, timeout: float) -> None:
+    """The TLS handshake with OpenSSL reading and writing ``sock`` (non-blocking) itself, until ``deadline``.
+
+    OpenSSL reads a record at a time without read-ahead, so records after the handshake stay in the
+    kernel (visible to select()); its alerts go straight to the peer."""
+    try:
+        if sock.gettimeout() != 0.0:
+            sock.settimeout(0.0)
+        if not engine.direct:
+            engine.attach_socket(sock.fileno())
+        while not engine.do_handshake():
+            _poll(sock, engine.want_write, deadline)
     except TimeoutError:
         raise TLSSetupTimeout(f"the TLS handshake did not finish within {timeout:g} s; the peer is down, stuck or "
                               "too slow") from None
@@ -205,17 +287,21 @@ class _Recorder:
 
 def _peek(sock: socket.socket, deadline: float) -> bytes:
     """The client's first bytes, left in the socket, enough to classify them (waits for more while ambiguous)."""
+    if sock.gettimeout() != 0.0:  # non-blocking: a peek at bytes that have arrived is one system call
+        sock.settimeout(0.0)
     while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError
-        sock.settimeout(remaining)
-        first = sock.recv(8, socket.MSG_PEEK)
+        try:
+            first = sock.recv(8, socket.MSG_PEEK)
+        except BlockingIOError:
+            _poll(sock, False, deadline)
+            continue
         if not first:
             raise as_oserror(TransportError("the client closed the connection before sending anything"))
         if classify(first) != "more":
             return first
         time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))  # a prefix so far: look again shortly
+        if time.monotonic() >= deadline:
+            raise TimeoutError
 
 
 def connection_info(engine: TLSEngine, summary: dict[str, object] | None,
@@ -270,11 +356,13 @@ class HybridTLSSocket:
         self._setup_lock = threading.Lock()
         self._ssl_lock = threading.Lock()
         self._send_lock = threading.Lock()
-        self._outgoing: deque[bytes] = deque()
+        self._outgoing: deque[bytes | bytearray] = deque()
         self._closed = False
         """close() was called (the TCP socket closes once no makefile() object is left)."""
         self._released = False
         self._io_refs = 0
+        self._timeout: float | None = None
+        """Direct mode: the timeout of each network wait (the TCP socket itself is non-blocking then)."""
 
     @property
     def _engine(self) -> TLSEngine:
@@ -301,7 +389,7 @@ class HybridTLSSocket:
             start = time.monotonic()
             previous_timeout = sock.gettimeout()
             try:
-                if sock.type == socket.SOCK_STREAM and sock.family in (socket.AF_INET, socket.AF_INET6):
+                with contextlib.suppress(OSError):  # TCP only (not on a Unix socket)
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if context.static_psk is not None:
                     engine = context.new_engine(context.static_psk, suppress_ragged_eofs=self._suppress_ragged_eofs)
@@ -311,7 +399,9 @@ class HybridTLSSocket:
                 else:
                     self._server_setup(start)
                 idle = context.idle_timeout
-                sock.settimeout(idle if idle is not None else previous_timeout or None)
+                timeout = idle if idle is not None else previous_timeout or None
+                if not self._try_direct(timeout):
+                    sock.settimeout(timeout)
             except BaseException as exc:
                 if self._engine_or_none is not None:
                     self._engine_or_none.close()
@@ -326,9 +416,14 @@ class HybridTLSSocket:
                     raise converted from None
                 raise
 
-    def _handshake(self, engine: TLSEngine, deadline: float) -> None:
+    def _handshake(self, engine: TLSEngine, deadline: float, direct: bool = False) -> None:
+        """The TLS handshake; ``direct``: over the socket itself from the start (a resumption, whose first
+        bytes are TLS: nothing else can arrive in place of the peer's TLS records)."""
         try:
-            _tls_handshake(self._sock, engine, self._records, deadline, self._context.timeout)
+            if direct:
+                _direct_handshake(self._sock, engine, deadline, self._context.timeout)
+            else:
+                _tls_handshake(self._sock, engine, self._records, deadline, self._context.timeout)
         except BaseException:
             engine.close()
             raise
@@ -338,19 +433,14 @@ class HybridTLSSocket:
         context = self._context
         name = self._server_hostname
         cache = context.client_sessions
-        if name:
-            key = server_name_key(name)
-        else:
-            peer = self._sock.getpeername()
-            key = f"{peer[0]}:{peer[1]}"
-        self._cache_key = key
+        key = self._cache_key = cache_key(name, self._sock.getpeername)
         entry = cache.take(key) if cache is not None else None
         if entry is not None and cache is not None:
             session, chain = entry
             engine = context.new_engine(None, suppress_ragged_eofs=self._suppress_ragged_eofs, session=session,
-                                        server_hostname=name)
+                                        server_hostname=name, fd=self._sock.fileno())
             try:
-                self._handshake(engine, start + context.pre_auth_timeout)
+                self._handshake(engine, start + context.pre_auth_timeout, direct=True)
             except TLSResumptionRefused:
                 cache.drop(key)
                 raise
@@ -381,7 +471,7 @@ class HybridTLSSocket:
                 context.after_success(result)
                 del result
             self._summary = summary
-            self._chain = ChainFacts(summary, done, 0, server_name_key(name) or None)
+            self._chain = full_chain(summary, done, name)
         if cache is not None and cache.usable(self._chain, time.monotonic()):
             self._tickets_wanted = 2  # OpenSSL sends two tickets after a handshake; the newest is kept
 
@@ -404,8 +494,8 @@ class HybridTLSSocket:
         if kind == "tls":
             found: list[ChainFacts] = []
             engine = context.new_engine(None, suppress_ragged_eofs=self._suppress_ragged_eofs,
-                                        on_hello=resume_hook(context.server_sessions, found))
-            self._handshake(engine, pre_auth)
+                                        on_hello=resume_hook(context.server_sessions, found), fd=sock.fileno())
+            self._handshake(engine, pre_auth, direct=True)
             self._summary = found[0].summary
             self._chain = found[0].next()
         elif kind == "full":
@@ -424,15 +514,19 @@ class HybridTLSSocket:
                 context.after_success(result)
                 del result
             self._summary = summary
-            self._chain = ChainFacts(summary, done, 0, server_name_key(name) or None)
+            self._chain = full_chain(summary, done, name)
         else:
             raise unknown_client_error(first)
         table = context.server_sessions
         if table is not None:
             table.put(self._engine.session_key_id(), self._chain)
 
-    def _harvest_ticket(self) -> None:
-        """Client: keep the newest session ticket for the next connection (call with the SSL lock held)."""
+    def _harvest_ticket(self, got_data: bool = False) -> None:
+        """Client: keep the newest session ticket for the next connection (call with the SSL lock held).
+
+        ``got_data``: the read before this call returned application data.  The server sends its
+        tickets right after the handshake, ahead of any data it writes, and TLS keeps the order: once
+        data has been read, every ticket has been seen, and the newest is the one kept."""
         engine = self._engine_or_none
         cache = self._context.client_sessions
         if engine is None or cache is None or self._cache_key is None or self._chain is None:
@@ -442,6 +536,8 @@ class HybridTLSSocket:
         if session is not None:
             self._tickets_wanted -= 1
             cache.put(self._cache_key, id(self), session, self._chain)
+        if got_data:
+            self._tickets_wanted = 0
 
     # -- network plumbing --------------------------------------------------------------------
     def _collect_output(self) -> None:
@@ -456,8 +552,12 @@ class HybridTLSSocket:
             with self._ssl_lock:
                 if not self._outgoing:
                     return
-                data = b"".join(self._outgoing)
-                self._outgoing.clear()
+                outgoing = self._outgoing
+                if len(outgoing) == 1:
+                    data = outgoing.popleft()
+                else:
+                    data = b"".join(outgoing)
+                    outgoing.clear()
             self._sock.sendall(data)
 
     def _flush_later(self) -> None:
@@ -472,6 +572,61 @@ class HybridTLSSocket:
                 self._send_queued()
             finally:
                 self._send_lock.release()
+
+    def _await_input(self, engine: TLSEngine) -> None:
+        """The engine needs input: wait for the socket (direct mode), switch to direct mode, or read a record
+        into the memory BIO."""
+        if engine.direct:
+            self._wait(engine.want_write)
+        elif not self._try_direct():
+            self._fill()
+
+    def _try_direct(self, timeout: float | None | Literal["keep"] = "keep") -> bool:
+        """Let OpenSSL read and write the socket itself from now on, if nothing waits in the memory BIOs or the
+        send queue and no sender is busy; the socket becomes non-blocking and the timeout applies to waits.
+
+        The memory BIOs carry the handshake (the server must look at the client's first bytes before it
+        commits to a kind of setup); afterwards every record costs far less without Python in its path."""
+        engine = self._engine_or_none
+        if engine is not None and engine.direct:
+            if timeout != "keep":
+                self._timeout = timeout
+                self._sock.settimeout(_FOREVER if timeout is None else timeout)
+            return True
+        if engine is None or self._outgoing:
+            return False
+        if not self._send_lock.acquire(blocking=False):
+            return False
+        try:
+            with self._ssl_lock:
+                if self._outgoing or not engine.can_attach_socket():
+                    return False
+                engine.attach_socket(self._sock.fileno())
+                self._timeout = self._sock.gettimeout() if timeout == "keep" else timeout
+                self._sock.settimeout(_FOREVER if self._timeout is None else self._timeout)
+                return True
+        finally:
+            self._send_lock.release()
+
+    def _wait(self, writing: bool) -> None:
+        """Direct mode: block until the socket is readable (or writable); TimeoutError after the timeout.
+
+        The socket is in timeout mode (non-blocking underneath, as OpenSSL needs), so a peek at one byte
+        (or a send of none) waits in C, poll() then the call.  OpenSSL holds the descriptor's number: once
+        close() ran (in another thread) it must not be used again, since a new socket may have taken it."""
+        sock = self._sock
+        while not self._released:
+            try:
+                if writing:
+                    sock.send(b"")
+                else:
+                    sock.recv(1, socket.MSG_PEEK)
+                break
+            except TimeoutError:
+                if self._timeout is not None:
+                    raise
+        if self._released:
+            raise OSError(errno.EBADF, "the TLS socket was closed")
 
     def _fill(self) -> None:
         records = self._records
@@ -497,9 +652,12 @@ class HybridTLSSocket:
         if flags:
             raise ValueError("non-zero flags are not allowed on a TLS socket")
         self._check_open()
+        engine = self._engine
         with self._send_lock:
+            if engine.direct:
+                return self._send_direct(engine, memoryview(data).cast("B"), everything=False)
             with self._ssl_lock:
-                taken = self._engine.write(data)
+                taken = engine.write(data)
                 self._collect_output()
             self._send_queued()
         self._flush_later()
@@ -511,14 +669,34 @@ class HybridTLSSocket:
             raise ValueError("non-zero flags are not allowed on a TLS socket")
         self._check_open()
         view = memoryview(data).cast("B")
+        engine = self._engine
         with self._send_lock:
+            if engine.direct:
+                self._send_direct(engine, view, everything=True)
+                return
             while view:
                 with self._ssl_lock:
-                    taken = self._engine.write(view)
+                    taken = engine.write(view)
                     self._collect_output()
                 self._send_queued()
                 view = view[taken:]
         self._flush_later()
+
+    def _send_direct(self, engine: TLSEngine, view: memoryview, everything: bool) -> int:
+        """Direct mode, send lock held: SSL_write to the socket, waiting (within the timeout) while it is full."""
+        total = 0
+        lock = self._ssl_lock
+        while view:
+            with lock:
+                taken = engine.write(view)
+            if taken:
+                total += taken
+                if not everything:
+                    break
+                view = view[taken:]
+                continue
+            self._wait(engine.want_write)
+        return total
 
     # -- receiving -----------------------------------------------------------------------------
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
@@ -535,12 +713,13 @@ class HybridTLSSocket:
             with self._ssl_lock:
                 data = engine.read(bufsize)
                 if self._tickets_wanted > 0:
-                    self._harvest_ticket()
+                    self._harvest_ticket(bool(data))
                 self._collect_output()
-            self._flush_later()
+            if self._outgoing:
+                self._flush_later()
             if data is not None:
                 return data
-            self._fill()
+            self._await_input(engine)
 
     def recv_into(self, buffer: bytearray | memoryview, nbytes: int = 0, flags: int = 0) -> int:
         """Receive into ``buffer`` (up to ``nbytes``, default its size); 0 at the end of the stream."""
@@ -558,7 +737,7 @@ class HybridTLSSocket:
             with lock:
                 count = engine.read_into(view, size)
                 if self._tickets_wanted > 0:
-                    self._harvest_ticket()
+                    self._harvest_ticket(bool(count))
                 out = engine.data_to_send()
                 if out:
                     outgoing.append(out)
@@ -566,7 +745,7 @@ class HybridTLSSocket:
                 self._flush_later()
             if count is not None:
                 return count
-            self._fill()
+            self._await_input(engine)
 
     def pending(self) -> int:
         """Decrypted bytes that can be read without touching the network."""
@@ -586,10 +765,7 @@ class HybridTLSSocket:
         self._check_open()
         if how in (socket.SHUT_WR, socket.SHUT_RDWR):
             with self._send_lock:
-                with self._ssl_lock:
-                    self._engine.send_close_notify()
-                    self._collect_output()
-                self._send_queued()
+                self._close_notify(None)
         try:
             self._sock.shutdown(how)
         except OSError as exc:
@@ -617,13 +793,11 @@ class HybridTLSSocket:
                 self._drain_tickets()
             if not engine.close_notify_sent and self._send_lock.acquire(timeout=_CLOSE_NOTIFY_TIMEOUT):
                 try:
-                    timeout = self._sock.gettimeout()
-                    self._sock.settimeout(_CLOSE_NOTIFY_TIMEOUT if timeout is None else
-                                          min(timeout, _CLOSE_NOTIFY_TIMEOUT))
-                    with self._ssl_lock:
-                        self._engine.send_close_notify()
-                        self._collect_output()
-                    self._send_queued()
+                    timeout = self.gettimeout()
+                    timeout = _CLOSE_NOTIFY_TIMEOUT if timeout is None else min(timeout, _CLOSE_NOTIFY_TIMEOUT)
+                    if not engine.direct:
+                        self._sock.settimeout(timeout)
+                    self._close_notify(time.monotonic() + timeout)
                 finally:
                     self._send_lock.release()
         except OSError:
@@ -632,9 +806,35 @@ class HybridTLSSocket:
             engine.close()
             self._sock.close()
 
+    def _close_notify(self, deadline: float | None) -> None:
+        """Send the close_notify (send lock held); in direct mode wait while the socket is full."""
+        engine = self._engine
+        while True:
+            with self._ssl_lock:
+                sent = engine.send_close_notify()
+                self._collect_output()
+            if sent:
+                break
+            if deadline is None:
+                self._wait(engine.want_write)
+            else:  # closing: the socket is already marked released, and the wait is bounded
+                _poll(self._sock, engine.want_write, deadline)
+        self._send_queued()
+
     def _drain_tickets(self) -> None:
         """Client closing before reading anything: take a ticket already received, without waiting for one."""
         engine = self._engine
+        if engine.direct:  # the socket is non-blocking already: read what has arrived
+            for _ in range(4):
+                with self._ssl_lock:
+                    try:
+                        data = engine.read(1 << 14)
+                    except (HybridKexError, OSError):
+                        data = None
+                    self._harvest_ticket()
+                if not data or self._tickets_wanted <= 0:
+                    return
+            return
         previous = self._sock.gettimeout()
         self._sock.settimeout(0.0)  # with a timeout set, Python would wait for readability first
         try:
@@ -726,11 +926,15 @@ class HybridTLSSocket:
         """Timeout for each network read or write; a timed-out call raises :class:`TimeoutError`."""
         if timeout is not None and timeout <= 0:
             raise ValueError("the timeout must be positive or None (non-blocking mode is not supported)")
-        self._sock.settimeout(timeout)
+        if self._direct:
+            self._timeout = timeout
+            self._sock.settimeout(_FOREVER if timeout is None else timeout)
+        else:
+            self._sock.settimeout(timeout)
 
     def gettimeout(self) -> float | None:
         """The per-operation timeout in seconds (None: block)."""
-        return self._sock.gettimeout()
+        return self._timeout if self._direct else self._sock.gettimeout()
 
     def setblocking(self, flag: bool) -> None:
         """``True``: block without timeout.  Non-blocking mode is not supported for TLS records; use the
@@ -738,7 +942,12 @@ class HybridTLSSocket:
         if not flag:
             raise ValueError("a HybridTLSSocket does not support non-blocking mode; use settimeout() or the "
                              "asyncio helpers (hybridkex_tls.open_connection / start_server)")
-        self._sock.setblocking(True)
+        self.settimeout(None)
+
+    @property
+    def _direct(self) -> bool:
+        engine = self._engine_or_none
+        return engine is not None and engine.direct
 
     @property
     def family(self) -> int:

@@ -51,12 +51,12 @@ from hybridkex import QKDKey, QKDKeySource, QKDUnavailable, generate_identity, w
 
 from ._context import HybridTLSContext
 from ._importer import HYBRID_GROUPS
-from ._openssl import OPENSSL_VERSION, PYOPENSSL_VERSION, SSL, negotiated_group, set_groups
+from ._openssl import OPENSSL_VERSION, PYOPENSSL_VERSION, SSL, negotiated_group, session_reused, set_groups
 
-__all__ = ["main", "run"]
+__all__ = ["main", "run", "plain_context", "plain_sides"]
 
 ServerSide = Callable[[socket.socket], None]
-ClientSide = Callable[[tuple[str, int]], None]
+ClientSide = Callable[[tuple[str, int]], object]
 
 
 class _MemoryKME:
@@ -139,25 +139,35 @@ def _write_pki(directory: Path) -> None:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
 
 
-def _baseline(directory: Path) -> tuple[ServerSide, ClientSide, dict[str, object]]:
-    """Mutual TLS 1.3 with ML-DSA-65 certificates and X25519MLKEM768, through pyOpenSSL."""
-    _write_pki(directory)
-
-    def context(role: str) -> SSL.Context:
-        ctx = SSL.Context(SSL.TLS_SERVER_METHOD if role == "server" else SSL.TLS_CLIENT_METHOD)
-        ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
+def plain_context(directory: Path, role: str, *, mutual: bool, resume: bool = False) -> SSL.Context:
+    """pyOpenSSL TLS 1.3 over X25519MLKEM768 with the ML-DSA-65 PKI of :func:`_write_pki`: the server (with
+    ``mutual`` the client too) shows its certificate and the other side verifies it; ``resume``: TLS 1.3
+    tickets (resumption), else every connection is a full handshake."""
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD if role == "server" else SSL.TLS_CLIENT_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
+    if role == "server" or mutual:
         ctx.use_certificate_file(str(directory / f"{role}.pem"))
         ctx.use_privatekey_file(str(directory / f"{role}.key"))
         ctx.check_privatekey()
-        ctx.load_verify_locations(str(directory / "ca.pem"))
-        ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT)
-        set_groups(ctx, HYBRID_GROUPS)
+    ctx.load_verify_locations(str(directory / "ca.pem"))
+    ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT if mutual or role == "client"
+                   else SSL.VERIFY_NONE)
+    set_groups(ctx, HYBRID_GROUPS)
+    if resume:
+        ctx.set_session_id(b"bench")
+    else:
         ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)  # every connection a full handshake
         ctx.set_options(SSL.OP_NO_TICKET)
-        return ctx
+    return ctx
 
-    server_ctx, client_ctx = context("server"), context("client")
-    facts: dict[str, object] = {}
+
+def plain_sides(directory: Path, *, mutual: bool, resume: bool = False, facts: dict[str, object] | None = None) \
+        -> tuple[ServerSide, Callable[[tuple[str, int]], float]]:
+    """One plain pyOpenSSL connection per call (connect, handshake, a byte each way, close); the client side
+    returns the seconds from connect() to the reply byte and, with ``resume``, checks that it resumed."""
+    server_ctx = plain_context(directory, "server", mutual=mutual, resume=resume)
+    client_ctx = plain_context(directory, "client", mutual=mutual, resume=resume)
+    session: list[SSL.Session] = []
 
     def server_side(raw: socket.socket) -> None:
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -169,23 +179,41 @@ def _baseline(directory: Path) -> tuple[ServerSide, ClientSide, dict[str, object
         conn.shutdown()
         raw.close()
 
-    def client_side(address: tuple[str, int]) -> None:
+    def client_side(address: tuple[str, int]) -> float:
+        started = time.perf_counter()
         raw = socket.create_connection(address)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = SSL.Connection(client_ctx, raw)
         conn.set_tlsext_host_name(b"localhost")
+        if resume and session:
+            conn.set_session(session[0])
         conn.set_connect_state()
         conn.do_handshake()
         conn.sendall(b"c")
         conn.recv(1)
-        if not facts:
+        elapsed = time.perf_counter() - started
+        if facts is not None and not facts:
             peer = conn.get_peer_certificate(as_cryptography=True)
             facts.update(version=conn.get_protocol_version_name(), group=negotiated_group(conn),
                          cipher=conn.get_cipher_name(),
                          peer_key=type(peer.public_key()).__name__ if peer is not None else None)
+        if resume:
+            if session and not session_reused(conn):
+                raise RuntimeError("the plain TLS session did not resume")
+            ticket = conn.get_session()
+            session[:] = [ticket] if ticket is not None else []
         conn.shutdown()
         raw.close()
+        return elapsed
 
+    return server_side, client_side
+
+
+def _baseline(directory: Path) -> tuple[ServerSide, ClientSide, dict[str, object]]:
+    """Mutual TLS 1.3 with ML-DSA-65 certificates and X25519MLKEM768, through pyOpenSSL."""
+    _write_pki(directory)
+    facts: dict[str, object] = {}
+    server_side, client_side = plain_sides(directory, mutual=True, facts=facts)
     return server_side, client_side, facts
 
 
