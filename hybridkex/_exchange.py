@@ -17,35 +17,17 @@ from typing import Literal
 
 from ._config import ExchangeSettings
 from ._errors import HybridKexError, TransportError
+from .io._guard import default_guard, source_of
 from .io._transport import connect, listen, run_handshake
 from .protocol._dos import DoSGuard
 from .protocol._handshake import HandshakeConfig, HandshakeResult, Initiator, Responder
 from .protocol._qkd import QKDKeySource
 from .protocol._state import Role as _Role
 
-__all__ = ["exchange_over_socket", "exchange", "default_guard", "source_of"]
+__all__ = ["exchange_over_socket", "exchange"]
 
 Role = Literal["initiator", "responder"]
 log = logging.getLogger("hybridkex")
-
-_GUARD: DoSGuard | None = None
-
-
-def default_guard() -> DoSGuard:
-    """The process-wide guard responders use when given none."""
-    global _GUARD
-    if _GUARD is None:
-        _GUARD = DoSGuard()
-    return _GUARD
-
-
-def source_of(sock: socket.socket) -> bytes:
-    """The peer's address as the guard keys it (the host, not the port: one host, one budget)."""
-    try:
-        return str(sock.getpeername()[0]).encode()
-    except (OSError, IndexError):
-        return b""
-
 
 class _Quiet:
     """Rate-limited log lines about failed unauthenticated connections, in fixed words only."""

@@ -17,23 +17,9 @@ QKD key) within the context's ``session_lifetime`` and ``max_resumptions``.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ._context import DEFAULT_PSK_IDENTITY, HybridTLSContext, load_external_psk
-from ._errors import (
-    TLSConnectionClosed,
-    TLSError,
-    TLSHandshakeError,
-    TLSPSKError,
-    TLSResumptionRefused,
-    TLSSetupError,
-    TLSSetupTimeout,
-    TLSUnavailable,
-    TLSWrongService,
-)
-from ._importer import ExternalPSK, imported_identity, imported_psk
-from ._server import HybridTLSServer
+from hybridkex.io import lazy_exports
 
 if TYPE_CHECKING:
     from ._context import DEFAULT_PSK_IDENTITY, HybridTLSContext, load_external_psk
@@ -77,14 +63,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__)

@@ -24,7 +24,6 @@ import functools
 import math
 import os
 import socket
-import stat
 import threading
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
@@ -33,18 +32,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from hybridkex import ConfigError, ExchangeSettings, HandshakeResult, QKDKeySource
 from hybridkex import exchange_over_socket as _exchange_over_socket
-from hybridkex.protocol import HandshakeConfig
+from hybridkex.io import default_guard, read_secret_file
+from hybridkex.protocol import DoSGuard, HandshakeConfig
 
 from ._engine import TLSEngine
 from ._importer import (
-    EPSK_EXPORT_LABEL,
     EXCHANGE_CONTEXT,
     HYBRID_GROUPS,
-    PSK_LENGTH,
     TLS_CIPHERSUITES,
     ExternalPSK,
-    imported_psk,
-    importer_context,
 )
 from ._openssl import SSL, ContextHandle, new_context
 from ._resumption import ClientSessionCache, ServerSessionTable
@@ -75,20 +71,8 @@ def _socket_class() -> type[HybridTLSSocket]:
 
 def load_external_psk(path: str | os.PathLike[str]) -> bytes:
     """Read a static external PSK file: the raw key bytes (16 to 512), not readable by group or others."""
-    try:
-        st = os.stat(path)
-        if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:
-            raise ConfigError(f"external PSK file {path} is accessible by group or others (mode "
-                              f"{stat.S_IMODE(st.st_mode):04o}); run 'chmod 600 {path}'")
-        with open(path, "rb") as fh:
-            key = fh.read(513)
-    except FileNotFoundError:
-        raise ConfigError(f"external PSK file {path} does not exist; check the path") from None
-    except IsADirectoryError:
-        raise ConfigError(f"external PSK file {path} is a directory; give the key file") from None
-    except PermissionError:
-        raise ConfigError(f"cannot read external PSK file {path}: permission denied") from None
-    if not 16 <= len(key) <= 512:
+    key = read_secret_file(path, "external PSK file", max_size=512)
+    if len(key) < 16:
         raise ConfigError(f"external PSK file {path} holds {len(key)} bytes; it must hold the raw key, 16 to 512 "
                           "bytes (e.g. 'head -c 32 /dev/urandom > FILE')")
     return key
@@ -125,7 +109,8 @@ class HybridTLSContext:
                  qkd_source: QKDKeySource | None = None, session_lifetime: float = 3600.0,
                  max_resumptions: int = 100, pre_auth_timeout: float = 5.0, idle_timeout: float | None = None,
                  host_peers: Mapping[str, Any] | None = None,
-                 sni_settings: Mapping[str, ExchangeSettings | Mapping[str, Any]] | None = None) -> None:
+                 sni_settings: Mapping[str, ExchangeSettings | Mapping[str, Any]] | None = None,
+                 dos_guard: DoSGuard | None = None) -> None:
         """Prefer :meth:`client` and :meth:`server`.  Exactly one of ``settings`` and ``static_psk``."""
         if (settings is None) == (static_psk is None):
             raise ConfigError("choose one mode: hybrid exchange settings, or a static external PSK "
@@ -177,6 +162,9 @@ class HybridTLSContext:
         """Server: seconds a client has to authenticate (hybrid exchange, or resumption) before it is dropped."""
         self.idle_timeout = idle_timeout
         """Seconds an established connection may wait on the network before reads and writes raise TimeoutError."""
+        self.dos_guard = dos_guard if dos_guard is not None else default_guard()
+        """Server: the hybrid responder's DoS guard (replay cache, cookies, per-source rate limits); by default
+        the one the process shares."""
         self.client_sessions = ClientSessionCache(self.session_lifetime, self.max_resumptions) \
             if resumable and role == "client" else None
         self.server_sessions = ServerSessionTable(self.session_lifetime, self.max_resumptions) \
@@ -221,7 +209,7 @@ class HybridTLSContext:
 
     # Options of the context itself (not of the hybrid exchange), for client() and server().
     _OWN_OPTIONS = ("session_lifetime", "max_resumptions", "pre_auth_timeout", "idle_timeout", "host_peers",
-                    "sni_settings")
+                    "sni_settings", "dos_guard")
 
     @classmethod
     def server(cls, settings: ExchangeSettings | None = None, *, external_psk: bytes | None = None,
@@ -396,19 +384,7 @@ class HybridTLSContext:
         source, owned = self.open_qkd_source()
         try:
             return _exchange_over_socket(sock, "initiator" if self.role == "client" else "responder",
-                                         config, qkd_source=source)
+                                         config, qkd_source=source, guard=self.dos_guard)
         finally:
             if owned and source is not None:
                 source.close()
-
-
-def psk_from_result(result: HandshakeResult) -> tuple[ExternalPSK, dict[str, object]]:
-    """The TLS external PSK for a finished hybrid exchange (RFC 9258 import) and its summary.
-
-    The importer's context binds the hybrid transcript hash and both identities (TLS client first).
-    """
-    epsk = result.export(EPSK_EXPORT_LABEL, PSK_LENGTH)
-    local, peer = result.local_fingerprint, result.peer.fingerprint
-    client, server = (local, peer) if result.role == "initiator" else (peer, local)
-    context = importer_context(result.transcript_hash, client, server)
-    return imported_psk(epsk, result.transcript_hash, context), result.summary()

@@ -28,8 +28,13 @@ import hashlib
 import hmac
 import struct
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hybridkex import HandshakeResult
 
 __all__ = [
+    "psk_from_result",
     "EXCHANGE_CONTEXT", "EPSK_EXPORT_LABEL", "IMPORTER_CONTEXT", "TARGET_PROTOCOL_TLS13", "TARGET_KDF_HKDF_SHA256",
     "PSK_LENGTH", "TLS_CIPHERSUITES", "HYBRID_GROUPS", "ExternalPSK", "imported_identity", "imported_psk",
     "hkdf_extract", "hkdf_expand_label", "importer_context",
@@ -125,3 +130,15 @@ def imported_psk(epsk: bytes, external_identity: bytes, context: bytes = IMPORTE
     epskx = hkdf_extract(b"", epsk)
     ipskx = hkdf_expand_label(epskx, b"derived psk", hashlib.sha256(identity).digest(), PSK_LENGTH)
     return ExternalPSK(identity, ipskx)
+
+
+def psk_from_result(result: HandshakeResult) -> tuple[ExternalPSK, dict[str, object]]:
+    """The TLS external PSK for a finished hybrid exchange (RFC 9258 import) and its summary.
+
+    The importer's context binds the hybrid transcript hash and both identities (TLS client first).
+    """
+    epsk = result.export(EPSK_EXPORT_LABEL, PSK_LENGTH)
+    local, peer = result.local_fingerprint, result.peer.fingerprint
+    client, server = (local, peer) if result.role == "initiator" else (peer, local)
+    context = importer_context(result.transcript_hash, client, server)
+    return imported_psk(epsk, result.transcript_hash, context), result.summary()

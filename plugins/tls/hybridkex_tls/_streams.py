@@ -23,9 +23,10 @@ from hybridkex import HybridKexError, TransportError
 from hybridkex.io import run_handshake_async
 from hybridkex.protocol import Initiator, Responder
 
-from ._context import HybridTLSContext, psk_from_result
+from ._context import HybridTLSContext
 from ._engine import TLSEngine
 from ._errors import TLSResumptionRefused, TLSSetupTimeout, TLSWrongService, as_oserror
+from ._importer import psk_from_result
 from ._resumption import ChainFacts, ClientSessionCache
 from ._setup import (
     HTTP_400,
@@ -362,7 +363,8 @@ async def _server_setup(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
         name = raw_name.decode("ascii", "replace") or None
         config = bound_config(context.config_for(name), name)
         async with context.async_setup_lock() or contextlib.nullcontext():
-            conn = Responder(config)
+            peer = writer.get_extra_info("peername")
+            conn = Responder(config, guard=context.dos_guard, source=str(peer[0]).encode() if peer else b"")
             source, owned = context.open_qkd_source()
             try:
                 result = await run_handshake_async(reader, writer, conn, source, timeout=max(

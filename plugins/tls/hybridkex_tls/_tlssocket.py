@@ -30,9 +30,9 @@ from hybridkex import HybridKexError, PeerAlertError, RemoteProtocolError, Trans
 from hybridkex.io import recv_exact
 from hybridkex.protocol import HEADER_SIZE, MAGIC, Alert, decode, parse_header
 
-from ._context import psk_from_result
 from ._engine import TLSEngine
 from ._errors import TLSResumptionRefused, TLSSetupTimeout, TLSWrongService, as_oserror
+from ._importer import psk_from_result
 from ._resumption import ChainFacts
 from ._setup import (
     HTTP_400,

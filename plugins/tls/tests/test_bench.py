@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
+import bench_tls as bench
 import pytest
-
-from hybridkex_tls import bench
 
 
 def test_bench_prints_one_json_line_last(capsys: pytest.CaptureFixture[str]) -> None:

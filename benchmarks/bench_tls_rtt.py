@@ -1,6 +1,6 @@
 """Benchmark: round trips to the first reply byte, CPU per connection, and bulk throughput.
 
-Run with ``python -m hybridkex_tls.bench_rtt`` (``--help`` for options).  This kernel may
+Run with ``python benchmarks/bench_tls_rtt.py`` (``--help`` for options).  This kernel may
 lack netem, so a userspace TCP relay on loopback holds every chunk a fixed time in each
 direction (``--delay``, default 25 ms: a 50 ms round trip).  The relay models message
 round trips, not TCP's own handshake (the client's connect() to the relay is local), so
@@ -45,11 +45,12 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from hybridkex import DoSGuard, _exchange, generate_identity, write_identity
+from bench_tls import _write_pki, plain_context, plain_sides
+from hybridkex_tls._context import HybridTLSContext
+from hybridkex_tls._openssl import SSL
 
-from ._context import HybridTLSContext
-from ._openssl import SSL
-from .bench import _write_pki, plain_context, plain_sides
+from hybridkex import generate_identity, write_identity
+from hybridkex.protocol import DoSGuard
 
 __all__ = ["main", "DelayRelay"]
 
@@ -194,8 +195,12 @@ def _hybrid_pair(directory: Path) -> tuple[HybridTLSContext, HybridTLSContext]:
     paths = {}
     for role in ("server", "client"):
         paths[role] = write_identity(generate_identity("ml-dsa-65"), directory / role)
+    # One source making a hundred full handshakes a second is a flood to a default DoS guard, which then
+    # rate-limits it (as it should); the benchmark's server gets a guard sized for its own rate.
     server = HybridTLSContext.server(identity=paths["server"][0], peers=[paths["client"][1]],
-                                     max_resumptions=1_000_000)
+                                     max_resumptions=1_000_000,
+                                     dos_guard=DoSGuard(load_threshold=10_000, source_rate=10_000.0,
+                                                        source_burst=10_000))
     client = HybridTLSContext.client(identity=paths["client"][0], peers=[paths["server"][1]],
                                      max_resumptions=1_000_000)
     return server, client
@@ -311,7 +316,7 @@ def _throughput(server: HybridTLSContext, client: HybridTLSContext, directory: P
         return elapsed
 
     def asyncio_hybrid(address: tuple[str, int]) -> float:
-        from ._streams import open_connection
+        from hybridkex_tls._streams import open_connection
 
         async def run() -> float:
             reader, writer = await open_connection(address[0], address[1], client)
@@ -351,7 +356,7 @@ def _throughput(server: HybridTLSContext, client: HybridTLSContext, directory: P
 def _connect_under_flood(server: HybridTLSContext, client: HybridTLSContext, idle: int = 500) -> float:
     """Seconds a real client needs to connect (full hybrid exchange) while ``idle`` silent sockets from the same
     address are open against a :class:`~hybridkex_tls.HybridTLSServer`."""
-    from ._server import HybridTLSServer
+    from hybridkex_tls._server import HybridTLSServer
 
     def echo(tls: Any) -> None:
         tls.sendall(tls.recv(10))
@@ -392,9 +397,6 @@ GOALS: dict[str, tuple[float, str]] = {
 def run(delay: float = 0.025, count: int = 10, cpu_count: int = 50, mib: int = 200, rounds: int = 5) \
         -> dict[str, Any]:
     """Every figure in one process: RTT once per variant, then CPU and throughput in interleaved rounds."""
-    # One source making a hundred full handshakes a second is a flood to the responder's DoS guard, which then
-    # rate-limits it (as it should); the benchmark's own responders get a guard sized for that rate.
-    _exchange._GUARD = DoSGuard(load_threshold=10_000, source_rate=10_000.0, source_burst=10_000)
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         _write_pki(directory)
@@ -450,7 +452,7 @@ def _range(figure: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hybridkex_tls.bench_rtt", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python benchmarks/bench_tls_rtt.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--delay", type=float, default=25.0, help="ms the relay holds data per direction")
     parser.add_argument("--count", type=int, default=10, help="timed connections per variant through the relay")
     parser.add_argument("--cpu-count", type=int, default=50, help="connections per variant for CPU time")

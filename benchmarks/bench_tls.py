@@ -1,6 +1,6 @@
 """Benchmark: CPU time of a full connection setup, hybrid TLS beside the best PQ TLS without QKD.
 
-Run with ``python -m hybridkex_tls.bench`` (``--help`` for options).  Both sides run in
+Run with ``python benchmarks/bench_tls.py`` (``--help`` for options).  Both sides run in
 this process over loopback TCP: a server thread and the client in the main thread.  One
 *connection* is: TCP connect, handshake(s), one byte each way, close.  CPU time is
 ``time.process_time()`` (user + system time of all threads) divided by the connection
@@ -47,11 +47,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import mldsa
 from cryptography.x509.oid import NameOID
-from hybridkex import QKDKey, QKDKeySource, QKDUnavailable, generate_identity, write_identity
+from hybridkex_tls._context import HybridTLSContext
+from hybridkex_tls._importer import HYBRID_GROUPS
+from hybridkex_tls._openssl import OPENSSL_VERSION, PYOPENSSL_VERSION, SSL, negotiated_group, session_reused, set_groups
 
-from ._context import HybridTLSContext
-from ._importer import HYBRID_GROUPS
-from ._openssl import OPENSSL_VERSION, PYOPENSSL_VERSION, SSL, negotiated_group, session_reused, set_groups
+from hybridkex import QKDKey, QKDKeySource, QKDUnavailable, generate_identity, write_identity
 
 __all__ = ["main", "run", "plain_context", "plain_sides"]
 
@@ -327,7 +327,7 @@ def run(connections: int = 100, rounds: int = 15, warmup: int = 10, *, extra: bo
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hybridkex_tls.bench", description=__doc__.split("\n\n")[0]
+    parser = argparse.ArgumentParser(prog="python benchmarks/bench_tls.py", description=__doc__.split("\n\n")[0]
                                      if __doc__ else None)
     parser.add_argument("--connections", type=int, default=100, help="connections per variant and round")
     parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds (median and best reported)")
