@@ -23,6 +23,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Literal, NoReturn, cast
 
@@ -170,6 +171,22 @@ def _hybrid_answer(sock: socket.socket, data: bytes, deadline: float) -> NoRetur
     raise RemoteProtocolError(f"the server sent a hybridkex {type(message).__name__} where TLS was due")
 
 
+@contextlib.contextmanager
+def _handshake_failures(timeout: float) -> Iterator[None]:
+    """A TLS handshake's failures as the socket API raises them: TLSSetupTimeout (a TimeoutError), or a
+    TransportError that is an OSError; hybridkex's own errors pass through."""
+    try:
+        yield
+    except TimeoutError:
+        raise TLSSetupTimeout(f"the TLS handshake did not finish within {timeout:g} s; the peer is down, stuck or "
+                              "too slow") from None
+    except OSError as exc:
+        if isinstance(exc, HybridKexError):
+            raise
+        raise as_oserror(TransportError(f"the connection failed during the TLS handshake: {exc.strerror or exc}")) \
+            from None
+
+
 def _tls_handshake(sock: socket.socket, engine: TLSEngine, records: RecordReader, deadline: float,
                    timeout: float) -> None:
     """Drive the TLS handshake over ``sock`` until done or ``deadline``.
@@ -184,45 +201,38 @@ def _tls_handshake(sock: socket.socket, engine: TLSEngine, records: RecordReader
     starved = not greedy  # a server has nothing to say before the ClientHello: read it first
     records.handshake = not greedy
     try:
-        # Non-blocking for the handshake and after it (the caller sets the final mode): a send or a read that
-        # can go ahead costs one system call, not a timeout change and a poll() before it as well.
-        if sock.gettimeout() != 0.0:
-            sock.settimeout(0.0)
-        while True:
-            try:
-                done = not starved and engine.do_handshake()
-            except HybridKexError:
-                # Let the peer read OpenSSL's alert, so both sides report the same cause.
-                alert = engine.data_to_send()
-                if alert:
-                    try:
-                        _send_now(sock, alert, min(deadline, time.monotonic() + _CLOSE_NOTIFY_TIMEOUT))
-                    except OSError:
-                        pass
-                raise
-            out = engine.data_to_send()
-            if out:
-                _send_now(sock, out, deadline)
-            if done:
-                return
-            starved = False
-            data = _recv_now(sock, 1 << 16 if greedy else records.want(), deadline)
-            if greedy and first and data[:1] == MAGIC[:1]:
-                _hybrid_answer(sock, data, deadline)
-            first = False
-            if data:
-                records.consumed(data)
-                engine.receive_bytes(data)
-            else:
-                engine.receive_eof()
-    except TimeoutError:
-        raise TLSSetupTimeout(f"the TLS handshake did not finish within {timeout:g} s; the peer is down, stuck or "
-                              "too slow") from None
-    except OSError as exc:
-        if isinstance(exc, HybridKexError):
-            raise
-        raise as_oserror(TransportError(f"the connection failed during the TLS handshake: {exc.strerror or exc}")) \
-            from None
+        with _handshake_failures(timeout):
+            # Non-blocking for the handshake and after it (the caller sets the final mode): a send or a read that
+            # can go ahead costs one system call, not a timeout change and a poll() before it as well.
+            if sock.gettimeout() != 0.0:
+                sock.settimeout(0.0)
+            while True:
+                try:
+                    done = not starved and engine.do_handshake()
+                except HybridKexError:
+                    # Let the peer read OpenSSL's alert, so both sides report the same cause.
+                    alert = engine.data_to_send()
+                    if alert:
+                        try:
+                            _send_now(sock, alert, min(deadline, time.monotonic() + _CLOSE_NOTIFY_TIMEOUT))
+                        except OSError:
+                            pass
+                    raise
+                out = engine.data_to_send()
+                if out:
+                    _send_now(sock, out, deadline)
+                if done:
+                    return
+                starved = False
+                data = _recv_now(sock, 1 << 16 if greedy else records.want(), deadline)
+                if greedy and first and data[:1] == MAGIC[:1]:
+                    _hybrid_answer(sock, data, deadline)
+                first = False
+                if data:
+                    records.consumed(data)
+                    engine.receive_bytes(data)
+                else:
+                    engine.receive_eof()
     finally:
         records.handshake = False
 
@@ -232,21 +242,13 @@ def _direct_handshake(sock: socket.socket, engine: TLSEngine, deadline: float, t
 
     OpenSSL reads a record at a time without read-ahead, so records after the handshake stay in the
     kernel (visible to select()); its alerts go straight to the peer."""
-    try:
+    with _handshake_failures(timeout):
         if sock.gettimeout() != 0.0:
             sock.settimeout(0.0)
         if not engine.direct:
             engine.attach_socket(sock.fileno())
         while not engine.do_handshake():
             _poll(sock, engine.want_write, deadline)
-    except TimeoutError:
-        raise TLSSetupTimeout(f"the TLS handshake did not finish within {timeout:g} s; the peer is down, stuck or "
-                              "too slow") from None
-    except OSError as exc:
-        if isinstance(exc, HybridKexError):
-            raise
-        raise as_oserror(TransportError(f"the connection failed during the TLS handshake: {exc.strerror or exc}")) \
-            from None
 
 
 class _Recorder:
