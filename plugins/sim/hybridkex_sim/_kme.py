@@ -155,7 +155,7 @@ class KMEConfig:
 
 
 class BlockSource(Protocol):
-    """What the pump needs from a link: :meth:`hybridkex.qkd.BB84Link.block`."""
+    """What the pump needs from a link: :meth:`hybridkex_sim.BB84Link.block`."""
 
     def block(self, index: int) -> Any: ...
 

@@ -1,7 +1,7 @@
 """asyncio helpers: :func:`open_connection` and :func:`start_server`, shaped like ``asyncio``'s own.
 
 Everything runs on the event loop, without threads: the hybrid exchange through
-:func:`hybridkex.run_handshake_async` (QKD key-source calls go to the default executor),
+:func:`hybridkex.io.run_handshake_async` (QKD key-source calls go to the default executor),
 the TLS handshake and records through the sans-I/O engine.  The public-key operations of
 a handshake (ML-DSA, ML-KEM, X25519; a few milliseconds of CPU) run on the loop and
 briefly hold it, as any in-loop TLS handshake does.
