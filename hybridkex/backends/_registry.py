@@ -54,8 +54,9 @@ def available_backends() -> dict[str, str | None]:
 def get_backend(name: str = "auto") -> Backend:
     """Return a backend by name: ``auto`` or one of :func:`backend_names` (``cryptography``, ``liboqs``, ...)."""
     if name == "auto":
-        for candidate in (*AUTO_ORDER, *(n for n in backend_names() if n not in AUTO_ORDER)):
-            if candidate in backend_names() and _probe(candidate) is None:
+        names = backend_names()
+        for candidate in [n for n in AUTO_ORDER if n in names] + [n for n in names if n not in AUTO_ORDER]:
+            if _probe(candidate) is None:
                 return get_backend(candidate)
         raise BackendUnavailable("no crypto backend is usable; install 'cryptography>=48'")
     if name not in _CACHE:

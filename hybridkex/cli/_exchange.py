@@ -10,9 +10,10 @@ import click
 
 from .._errors import ConfigError
 from .._exchange import exchange as run_exchange
+from ..io._address import parse_address
 from ..io._files import KEY_FORMATS, write_key_file
 from ..protocol._handshake import HandshakeResult, key_fingerprint
-from .options import address, exchange_options, handle_errors, settings_from_options
+from .options import exchange_options, handle_errors, settings_from_options
 
 
 def describe_result(result: HandshakeResult, out: Path | None) -> list[str]:
@@ -52,7 +53,7 @@ def exchange(listen_on: str | None, connect_to: str | None, out: Path, fmt: str,
     """Run one authenticated hybrid key exchange with a peer and write the key to --out."""
     if (listen_on is None) == (connect_to is None):
         raise ConfigError("give exactly one of --listen HOST:PORT (responder) and --connect HOST:PORT (initiator)")
-    where = address(listen_on or connect_to or "", "--listen" if listen_on else "--connect")
+    where = parse_address(listen_on or connect_to or "", "--listen" if listen_on else "--connect")
     if not out.parent.is_dir() and str(out.parent):
         raise ConfigError(f"cannot write {out}: directory {out.parent} does not exist")
     settings = settings_from_options(kwargs)

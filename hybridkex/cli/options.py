@@ -33,11 +33,10 @@ from .._errors import (
     TransportError,
 )
 from ..backends import KEM_NAMES, backend_names
-from ..io._address import parse_address
 from ..protocol._suites import QKD_POLICIES
 from ..protocol._wire import AlertCode
 
-__all__ = ["address", "exchange_options", "settings_from_options", "fail", "exit_code_for", "handle_errors",
+__all__ = ["exchange_options", "settings_from_options", "fail", "exit_code_for", "handle_errors",
            "EXIT_CODES", "EXCHANGE_KEYS"]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -102,11 +101,6 @@ def _sae_pair(text: str) -> tuple[str, str]:
     if not sep or not fingerprint or not sae:
         raise ConfigError(f"--peer-sae-map {text!r} is not FINGERPRINT=SAE_ID (e.g. SHA256:abc...=SAE-B)")
     return fingerprint, sae
-
-
-def address(text: str, what: str = "address") -> tuple[str, int]:
-    """Parse a ``HOST:PORT`` flag value; a ConfigError that shows an example otherwise."""
-    return parse_address(text, what)
 
 
 #: The exit codes of every ``hybridkex`` command, plugins' included (the README's table).

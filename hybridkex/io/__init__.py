@@ -19,7 +19,7 @@ from ._files import (
     read_secret_file,
     write_key_file,
 )
-from ._guard import default_guard, source_of
+from ._guard import default_guard, peer_source, source_of
 from ._lazy import lazy_exports
 from ._pump import AWAIT_CLOSE, AWAIT_CLOSE_SECONDS, READ, AskQKD, Send, Step, ask_qkd, pump
 from ._transport import connect, listen, read_frame, recv_exact, run_handshake, run_handshake_async, send_all
@@ -29,5 +29,5 @@ __all__ = [
     "pump", "Step", "Send", "AskQKD", "READ", "AWAIT_CLOSE", "AWAIT_CLOSE_SECONDS", "ask_qkd",
     "run_handshake", "run_handshake_async",
     "atomic_write", "read_secret_file", "check_not_world_readable", "write_key_file", "encode_key", "KEY_FORMATS",
-    "locked", "parse_address", "Backoff", "lazy_exports", "default_guard", "source_of",
+    "locked", "parse_address", "Backoff", "lazy_exports", "default_guard", "source_of", "peer_source",
 ]

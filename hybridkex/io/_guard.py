@@ -6,7 +6,7 @@ import socket
 
 from ..protocol._dos import DoSGuard
 
-__all__ = ["default_guard", "source_of"]
+__all__ = ["default_guard", "source_of", "peer_source"]
 
 _GUARD: DoSGuard | None = None
 
@@ -19,9 +19,17 @@ def default_guard() -> DoSGuard:
     return _GUARD
 
 
+def peer_source(peername: object) -> bytes:
+    """A peer's address (``getpeername()``, asyncio's ``"peername"``) as the guard keys it: the host, not
+    the port (one host, one budget); empty when there is none."""
+    if isinstance(peername, (tuple, list)) and peername:
+        return str(peername[0]).encode()
+    return b""
+
+
 def source_of(sock: socket.socket) -> bytes:
-    """The peer's address as the guard keys it (the host, not the port: one host, one budget)."""
+    """:func:`peer_source` of a connected socket."""
     try:
-        return str(sock.getpeername()[0]).encode()
-    except (OSError, IndexError):
+        return peer_source(sock.getpeername())
+    except OSError:
         return b""

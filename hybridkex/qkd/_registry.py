@@ -7,11 +7,12 @@ a source: an entry point naming a :class:`QKDSourceKind`.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .._errors import ConfigError
+from .._errors import ConfigError, HybridKexError
 from .._registry import Registry
 from ..protocol._qkd import QKDKeySource
 
@@ -39,7 +40,8 @@ class QKDSourceKind:
     """One line for ``--help``."""
     prepare: Callable[[ExchangeSettings], None] = _no_check
     """Do the source's one-time work ahead of the first key (a long-running daemon calls it at
-    start-up); it must not consume keys, and failures are left for :attr:`open` to report."""
+    start-up); it must not consume keys.  Its failures are ignored (:func:`prepare_source`): :attr:`open`
+    reports them."""
 
 
 def _check_kind(value: object) -> QKDSourceKind:
@@ -82,6 +84,9 @@ def open_source(settings: ExchangeSettings) -> QKDKeySource:
 
 
 def prepare_source(settings: ExchangeSettings) -> None:
-    """Let the source that ``settings.qkd`` names do its one-time work now (nothing for ``off``)."""
+    """Let the source that ``settings.qkd`` names do its one-time work now (nothing for ``off``).
+
+    A failure here is not reported: opening the source reports it, under the QKD policy."""
     if settings.qkd != "off" and settings.effective_qkd_policy != "off":
-        _kind(settings.qkd).prepare(settings)
+        with contextlib.suppress(HybridKexError, OSError):
+            _kind(settings.qkd).prepare(settings)

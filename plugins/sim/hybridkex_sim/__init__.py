@@ -4,7 +4,7 @@
   sites through a link file (``init_link_file``) and registered as the ``sim`` QKD source;
 - a pair of ETSI GS QKD 014 key-management servers over HTTPS with mutual TLS, with fault
   injection (``KMEPair``), and a throw-away test PKI for them (``create_test_pki``);
-- two state machines wired back to back in memory (``Pair``, ``run_pair``), the one pair
+- two state machines wired back to back in memory (``Pair``), the one pair
   driver of the tests and benchmarks;
 - the commands ``hybridkex demo``, ``hybridkex qkd-link`` and ``hybridkex kme``.
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ._bb84 import BB84Link, BlockResult, LinkParameters, run_block
     from ._demo import run_demo
     from ._kme import KMEConfig, KMEPair
-    from ._pair import Delivery, Outcome, Pair, QKDPair, Tamper, run_pair
+    from ._pair import Delivery, Outcome, Pair, QKDPair, Tamper
     from ._pki import TestPKI, create_test_pki, load_test_pki
     from ._simlink import SimulatedLinkSource, init_link_file, load_link_file, update_link_file
 
@@ -30,7 +30,7 @@ __all__ = [
     "BB84Link", "LinkParameters", "BlockResult", "run_block",
     "SimulatedLinkSource", "init_link_file", "load_link_file", "update_link_file",
     "KMEPair", "KMEConfig", "TestPKI", "create_test_pki", "load_test_pki", "run_demo",
-    "Pair", "QKDPair", "Outcome", "Delivery", "Tamper", "run_pair",
+    "Pair", "QKDPair", "Outcome", "Delivery", "Tamper",
 ]
 
 _LAZY = {
@@ -39,7 +39,6 @@ _LAZY = {
     "update_link_file": "._simlink", "KMEPair": "._kme", "KMEConfig": "._kme", "TestPKI": "._pki",
     "create_test_pki": "._pki", "load_test_pki": "._pki", "run_demo": "._demo",
     "Pair": "._pair", "QKDPair": "._pair", "Outcome": "._pair", "Delivery": "._pair", "Tamper": "._pair",
-    "run_pair": "._pair",
 }
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -28,7 +28,7 @@ from hybridkex.protocol import (
     SendMessage,
 )
 
-__all__ = ["QKDPair", "Pair", "Outcome", "Delivery", "Tamper", "run_pair"]
+__all__ = ["QKDPair", "Pair", "Outcome", "Delivery", "Tamper"]
 
 Side = Literal["i", "r"]
 Tamper = Callable[[int, bytes], bytes | None]
@@ -168,10 +168,3 @@ class Pair:
         return Outcome(self.results.get("i", none_i), self.results.get("r", none_r), self.frames, self.senders,
                        self.ini, self.res, paused)
 
-
-def run_pair(ini: Initiator, res: Responder, *, qkd: QKDPair | None = None, tamper: Tamper | None = None,
-             keys: Sequence[QKDKey] = ()) -> Outcome:
-    """One whole handshake between ``ini`` and ``res``; ``keys`` are what the QKD link hands out first."""
-    link = qkd or QKDPair()
-    link.keys.extend(keys)
-    return Pair(ini, res, qkd=link, tamper=tamper).run()

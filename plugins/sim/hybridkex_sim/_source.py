@@ -6,10 +6,9 @@ link itself is imported only when a source is opened.
 
 from __future__ import annotations
 
-import contextlib
 from typing import TYPE_CHECKING
 
-from hybridkex import ConfigError, HybridKexError
+from hybridkex import ConfigError
 from hybridkex.qkd import QKDKeySource, QKDSourceKind
 
 if TYPE_CHECKING:
@@ -34,14 +33,12 @@ def _open(settings: ExchangeSettings) -> QKDKeySource:
 
 def _prepare(settings: ExchangeSettings) -> None:
     """Import numpy, read and check the link file, set up its BB84 link (several hundred milliseconds of
-    CPU, cached per process).  Touches no key_ID journal; a link that cannot be opened is left for the
-    exchanges to report under their QKD policy."""
+    CPU, cached per process).  Touches no key_ID journal."""
     if settings.qkd_link is None:
         return
     from ._simlink import SimulatedLinkSource
 
-    with contextlib.suppress(HybridKexError, OSError):
-        SimulatedLinkSource(settings.qkd_link)
+    SimulatedLinkSource(settings.qkd_link)
 
 
 #: Registered under ``hybridkex.qkd_sources`` as ``sim``.

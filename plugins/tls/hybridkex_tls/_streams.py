@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from hybridkex import HybridKexError, TransportError
-from hybridkex.io import run_handshake_async
+from hybridkex.io import peer_source, run_handshake_async
 from hybridkex.protocol import Initiator, Responder
 
 from ._context import HybridTLSContext
@@ -363,8 +363,7 @@ async def _server_setup(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
         name = raw_name.decode("ascii", "replace") or None
         config = bound_config(context.config_for(name), name)
         async with context.async_setup_lock() or contextlib.nullcontext():
-            peer = writer.get_extra_info("peername")
-            conn = Responder(config, guard=context.dos_guard, source=str(peer[0]).encode() if peer else b"")
+            conn = Responder(config, guard=context.dos_guard, source=peer_source(writer.get_extra_info("peername")))
             source, owned = context.open_qkd_source()
             try:
                 result = await run_handshake_async(reader, writer, conn, source, timeout=max(

@@ -15,8 +15,8 @@ from typing import Any, BinaryIO
 
 import click
 from hybridkex import ConfigError, HybridKexError, TransportError
-from hybridkex.cli.options import address as parse_host_port
 from hybridkex.cli.options import exchange_options, handle_errors, settings_from_options
+from hybridkex.io import parse_address
 
 __all__ = ["register", "tls"]
 
@@ -117,7 +117,7 @@ def serve(listen_on: str, echo: bool, count: int, max_connections: int, max_pend
     from ._server import HybridTLSServer
     from ._tlssocket import HybridTLSSocket
 
-    address = parse_host_port(listen_on)
+    address = parse_address(listen_on, "--listen")
     context = _context("server", kwargs, {"session_lifetime": session_lifetime, "max_resumptions": max_resumptions,
                                           "pre_auth_timeout": pre_auth_timeout, "idle_timeout": idle_timeout})
     finished = threading.Semaphore(0)
@@ -214,7 +214,7 @@ def connect(address: str, as_json: bool, **kwargs: Any) -> None:
 
     When stdin ends, the TLS write side is closed (close_notify); the command exits when the server closes.
     """
-    host, port = parse_host_port(address)
+    host, port = parse_address(address, "address")
     context = _context("client", kwargs)
     try:
         raw = socket.create_connection((host, port), timeout=context.timeout)

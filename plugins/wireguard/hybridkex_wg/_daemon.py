@@ -48,6 +48,7 @@ from typing import Any
 from hybridkex import ConfigError, ExchangeSettings, HybridKexError, RemoteProtocolError
 from hybridkex.io import listen
 from hybridkex.protocol import HandshakeConfig
+from hybridkex.qkd import prepare_source
 
 from ._config import DaemonConfig, PeerConfig, peer_identities
 from ._rotation import PSK_BYTES, FailurePolicy, Install, Stale, StartExchange, State
@@ -62,7 +63,6 @@ from ._session import (
     handle_stale,
     handshake_for,
     install,
-    prepare_qkd,
     rotator_guard,
     run_initiator,
     serve_connection,
@@ -223,7 +223,7 @@ class Daemon:
             except ConfigError as exc:
                 raise ConfigError(f"peer {peer.ref.label}: {exc}") from None
         for settings in cache:
-            prepare_qkd(settings)
+            prepare_source(settings)  # numpy, a link file, a BB84 link: at start-up, not in the first rotation
         return result, cache
 
     @staticmethod

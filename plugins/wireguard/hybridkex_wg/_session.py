@@ -40,7 +40,6 @@ from hybridkex import (
 )
 from hybridkex.io import connect
 from hybridkex.protocol import DoSGuard, HandshakeConfig
-from hybridkex.qkd import prepare_source
 
 from . import _labels
 from ._config import PeerConfig
@@ -57,7 +56,7 @@ from ._rotation import (
 from ._wire import Accept, AcceptStatus, Commit, Done, DoneStatus, Request, read_message, send_message
 
 __all__ = ["PeerRuntime", "Reporter", "SocketSet", "run_initiator", "serve_connection", "install", "handle_stale",
-           "RateLimiter", "Counters", "REQUEST_TIMEOUT", "rotator_guard", "prepare_qkd"]
+           "RateLimiter", "Counters", "REQUEST_TIMEOUT", "rotator_guard"]
 
 log = logging.getLogger("hybridkex_wg")
 
@@ -297,13 +296,6 @@ def _qkd_source_for(rt: PeerRuntime) -> tuple[QKDKeySource | None, bool]:
         _SHARED_SOURCES[key] = (state, source)
         # An older source for this link is left to the garbage collector: another exchange may still use it.
         return source, False
-
-
-def prepare_qkd(settings: ExchangeSettings) -> None:
-    """Let the QKD source do its one-time work at start-up, not in the first rotation (a simulated link
-    imports numpy and sets up its BB84 link: several hundred milliseconds of CPU)."""
-    with contextlib.suppress(HybridKexError, OSError):
-        prepare_source(settings)
 
 
 def _open_qkd(rt: PeerRuntime) -> QKDKeySource | None:
