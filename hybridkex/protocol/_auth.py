@@ -23,6 +23,7 @@ from ..backends import Backend, SignatureScheme
 from . import _labels
 from ._catkdf import hmac_digest
 from ._identity import Identity, PublicIdentity, fingerprint
+from ._record import fast_init
 from ._state import Role
 from ._suites import AUTH_PSK, AUTH_SIG_CODES, auth_name
 from ._wire import BLIND_SIZE, MAX_PSK_OFFER, NO_PSK
@@ -49,6 +50,7 @@ _PSK_LABEL = {Purpose.RESPONDER: _labels.PSK_MAC_RESPONDER, Purpose.INITIATOR: _
               Purpose.RESPONDER_FALLBACK: _labels.PSK_MAC_RESPONDER_FALLBACK}
 
 
+@fast_init
 @dataclass(frozen=True)
 class PeerInfo:
     """The authenticated peer, as shown to users (never secret)."""

@@ -73,6 +73,7 @@ from ._auth import Authenticator, PeerInfo, Purpose
 from ._catkdf import HMACKey, catkdf_unchecked, hmac_digest, new_hash
 from ._dos import DoSGuard
 from ._qkd import QKD_KEY_BYTES, QKDKey
+from ._record import fast_init
 from ._state import Input, Role, State, lookup
 from ._suites import QKD_POLICIES, QKD_POLICY_CODES, SUITES, Suite, auth_name
 from ._wire import (
@@ -166,6 +167,7 @@ class HandshakeConfig:
         return self.peer_sae_ids.get(peer.fingerprint, self.peer_sae_id)
 
 
+@fast_init
 @dataclass(frozen=True)
 class QKDOutcome:
     """What QKD contributed to the key."""
@@ -187,6 +189,7 @@ def key_fingerprint(key: bytes) -> str:
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
+@fast_init
 @dataclass(frozen=True)
 class HandshakeResult:
     """A finished, mutually authenticated and confirmed handshake.  Holds the session's derived secrets."""
@@ -247,6 +250,7 @@ class SendMessage:
     data: bytes
 
 
+@fast_init
 @dataclass(frozen=True)
 class NeedQKDKeys:
     """Ask the QKD key source: as ``master`` for ``number`` new keys for slave ``peer_sae_id``, as
@@ -612,7 +616,7 @@ class Initiator(Connection):
         self._psk = auth.accept(msg.psk_choice)
         self._th = _Transcript(self.suite.hash)
         self.transcript.absorb(self._ih)
-        self._rh_public = resp_hello_public(msg)
+        self._rh_public = frame[HEADER_SIZE:len(frame) - 2 - len(msg.sealed)]  # the body before vec16(sealed)
         self._k1 = self._ka.exchange(self._x_private, msg.x25519)
         self._k2 = self._kem.decapsulate(self._kem_private, msg.kem_ciphertext)
         self._handshake_secret()
@@ -801,8 +805,7 @@ class Responder(Connection):
                             self.transcript.hash(self._rh_public, vec16(identity)))
         self._rh_plain = vec16(identity) + vec16(tag)
         sealed = self._seal(_labels.KEY_RESP_HELLO, self.transcript.hash(self._rh_public), self._rh_plain)
-        frame_out = encode(RespHello(reply.nonce, reply.suite, reply.qkd_policy, reply.x25519, reply.kem_ciphertext,
-                                     reply.psk_choice, sealed))
+        frame_out = build_frame(MessageType.RESP_HELLO, self._rh_public + vec16(sealed))
         self.transcript.absorb(frame_out)
         return State.WAIT_INIT_FINISH, [SendMessage(frame_out)]
 

@@ -59,7 +59,8 @@ _AUTH_NAMES = {v: k for k, v in AUTH_SIG_CODES.items()} | {AUTH_PSK: "psk"}
 
 
 def auth_name(code: int) -> str:
-    return _AUTH_NAMES.get(code, f"unknown-auth-0x{code:02x}")
+    name = _AUTH_NAMES.get(code)
+    return name if name is not None else f"unknown-auth-0x{code:02x}"
 
 
 QKD_POLICIES = ("off", "preferred", "required")

@@ -19,6 +19,7 @@ from enum import IntEnum
 from typing import TypeVar
 
 from .._errors import RemoteProtocolError
+from ._record import fast_init
 
 __all__ = [
     "MAGIC", "PROTOCOL_VERSION", "HEADER_SIZE", "MAX_BODY_SIZE", "NONCE_SIZE", "MAC_SIZE", "BLIND_SIZE",
@@ -117,6 +118,7 @@ QKD_REASON_TEXT: dict[QKDReason, str] = {
 }
 
 
+@fast_init
 @dataclass(frozen=True)
 class QKDBlock:
     """What QKD contributes: in InitFinish (the master's view) and in the session context."""
@@ -129,6 +131,7 @@ class QKDBlock:
     key_ids: tuple[uuid.UUID, ...] = ()
 
 
+@fast_init
 @dataclass(frozen=True)
 class InitHello:
     timestamp: int
@@ -144,6 +147,7 @@ class InitHello:
     mac2: bytes
 
 
+@fast_init
 @dataclass(frozen=True)
 class RespHello:
     nonce: bytes
@@ -194,6 +198,7 @@ class RespHelloPayload:
     auth_tag: bytes
 
 
+@fast_init
 @dataclass(frozen=True)
 class InitFinishPayload:
     identity: bytes
@@ -204,6 +209,7 @@ class InitFinishPayload:
     """``vec16(identity) || qkd block``: what the initiator's signature covers."""
 
 
+@fast_init
 @dataclass(frozen=True)
 class RespFinishPayload:
     status: QKDStatus
