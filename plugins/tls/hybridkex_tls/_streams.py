@@ -8,6 +8,13 @@ briefly hold it, as any in-loop TLS handshake does.
 
 The streams are pull-based: :class:`TLSStreamReader` reads and decrypts only when asked,
 so a slow consumer slows the peer down through TCP flow control.
+
+Once the handshake is done, and nothing is left in the raw stream's buffers, OpenSSL reads
+and writes the socket itself (:class:`_DirectSocket`): no memory BIOs and no copy through the
+transport's buffer, so application data costs what it costs a blocking socket, and the
+event loop only says when the socket is ready.  Where that cannot be (bytes already
+buffered, a transport without a socket, a loop without ``add_reader``) the records go
+through the memory BIOs and the raw streams as during the handshake.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -53,6 +62,194 @@ _DEFAULT_LIMIT = 1 << 16
 _WRITE_HIGH_WATER = 1 << 19
 
 
+class _DirectSocket:
+    """After the handshake: OpenSSL reads and writes the socket itself; the event loop says when it is ready.
+
+    The asyncio transport keeps the socket (it closes it at the end) but is paused and writes nothing
+    more; OpenSSL works on a duplicate descriptor of it, which is what the loop watches (it refuses to
+    watch a descriptor a transport owns).  Writes go to the socket at once; what the kernel does not
+    take waits in :attr:`backlog` and goes out when the socket is writable, as a transport's buffer."""
+
+    def __init__(self, engine: TLSEngine, transport: asyncio.Transport, sock: socket.socket,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self._engine = engine
+        self._transport = transport
+        self._loop = loop
+        self._sock = sock
+        self._fd = sock.fileno()
+        self.backlog = bytearray()
+        self.error: OSError | None = None
+        """The first socket error while writing: the next drain() raises it."""
+        self.closed = False
+        self._eof_wanted = False
+        self._close_wanted = False
+        self._reading: list[asyncio.Future[None]] = []
+        self._writable: list[asyncio.Future[None]] = []
+        self._watching_writes = False
+        self._finished: asyncio.Future[None] = loop.create_future()
+
+    @classmethod
+    def attach(cls, engine: TLSEngine, reader: asyncio.StreamReader,
+               writer: asyncio.StreamWriter) -> _DirectSocket | None:
+        """Hand the connection's socket to OpenSSL, or None where that would lose or reorder a byte."""
+        transport = writer.transport
+        raw = transport.get_extra_info("socket")
+        buffered = getattr(reader, "_buffer", None)  # StreamReader has no public "bytes buffered" query
+        if raw is None or not isinstance(transport, asyncio.Transport) or transport.is_closing() or \
+                transport.get_write_buffer_size() or buffered is None or len(buffered) or reader.at_eof() or \
+                not engine.can_attach_socket():
+            return None
+        loop = asyncio.get_running_loop()
+        try:
+            sock = socket.socket(fileno=os.dup(raw.fileno()))
+        except OSError:
+            return None
+        try:
+            loop.add_reader(sock.fileno(), _nothing)
+            loop.remove_reader(sock.fileno())
+        except (NotImplementedError, RuntimeError):  # e.g. a proactor loop
+            sock.close()
+            return None
+        transport.pause_reading()
+        engine.attach_socket(sock.fileno())
+        return cls(engine, transport, sock, loop)
+
+    # -- waiting for the socket --------------------------------------------------------------
+    async def wait(self, writable: bool) -> None:
+        """Until the socket is readable (or writable); raises TransportError once the connection is closed."""
+        if self.closed:
+            raise TransportError("the connection is closed")
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        if writable:
+            self._writable.append(waiter)
+            self._watch_writes()
+        else:
+            if not self._reading:
+                self._loop.add_reader(self._fd, self._on_readable)
+            self._reading.append(waiter)
+        await waiter
+
+    def _on_readable(self) -> None:
+        self._loop.remove_reader(self._fd)
+        _wake(self._reading)
+
+    def _watch_writes(self) -> None:
+        if not self._watching_writes:
+            self._loop.add_writer(self._fd, self._on_writable)
+            self._watching_writes = True
+
+    def _on_writable(self) -> None:
+        self._flush()
+        if not self.backlog or self.error is not None:
+            self._loop.remove_writer(self._fd)
+            self._watching_writes = False
+            if self._close_wanted:
+                self._finish()
+        _wake(self._writable)
+
+    # -- writing -----------------------------------------------------------------------------
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.error is not None or self._close_wanted:
+            return  # as a transport does: after an error or close(), writes are dropped (drain() raises)
+        if self.backlog:
+            self.backlog += data
+            return
+        view = memoryview(data).cast("B")
+        try:
+            while view:
+                taken = self._engine.write(view)
+                if not taken:
+                    break
+                view = view[taken:]
+        except OSError as exc:
+            self.error = exc
+            return
+        if view:
+            self.backlog += view
+            self._watch_writes()
+
+    def _flush(self) -> None:
+        try:
+            while self.backlog:
+                taken = self._engine.write(self.backlog)
+                if not taken:
+                    return
+                del self.backlog[:taken]
+            if self._eof_wanted:
+                self._send_eof()
+        except OSError as exc:
+            self.error = exc
+
+    async def drain(self) -> None:
+        """Until what waits in the backlog is on its way (as StreamWriter.drain); raises the socket's error."""
+        while self.backlog and self.error is None and not self.closed:
+            await self.wait(writable=True)
+        if self.error is not None:
+            raise self.error
+
+    def write_eof(self) -> None:
+        """close_notify, then a half-close of TCP, once the backlog is out."""
+        self._eof_wanted = True
+        if not self.backlog:
+            self._send_eof()
+
+    def _send_eof(self) -> None:
+        if not self._engine.close_notify_sent and not self._engine.send_close_notify():
+            self._watch_writes()  # the socket is full: again when it is writable
+            return
+        self._eof_wanted = False
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_WR)
+
+    # -- closing -----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Send close_notify and close, after the backlog is out (as a transport flushes its buffer)."""
+        if self._close_wanted:
+            return
+        self._close_wanted = True
+        if not self.backlog or self.error is not None:
+            self._finish()
+        # else _on_writable finishes once the backlog is out
+
+    def _finish(self) -> None:
+        if self.closed:
+            return
+        if self.error is None and not self._engine.close_notify_sent:
+            with contextlib.suppress(Exception):
+                self._engine.send_close_notify()
+        self.closed = True
+        # Unread bytes in the kernel's receive buffer (session tickets, say) would make close() send a TCP
+        # reset, and a reset makes the peer drop what it has not read yet: read them away first.
+        with contextlib.suppress(OSError):
+            for _ in range(64):  # at most 4 MiB: a peer that keeps sending gets its reset
+                if not self._sock.recv(1 << 16):
+                    break
+        self._loop.remove_reader(self._fd)
+        if self._watching_writes:
+            self._loop.remove_writer(self._fd)
+            self._watching_writes = False
+        self._sock.close()  # the duplicate; the transport closes the socket itself
+        self._transport.close()
+        _wake(self._reading)
+        _wake(self._writable)
+        if not self._finished.done():
+            self._finished.set_result(None)
+
+    async def wait_closed(self) -> None:
+        await self._finished
+
+
+def _nothing() -> None:
+    return None
+
+
+def _wake(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
+    waiters.clear()
+
+
 class TLSStreamReader:
     """Decrypted bytes from the peer, with the reading methods of :class:`asyncio.StreamReader`."""
 
@@ -67,6 +264,7 @@ class TLSStreamReader:
         self._busy = False
         self._tickets: tuple[ClientSessionCache, str, ChainFacts] | None = None
         self._tickets_wanted = 0
+        self._direct: _DirectSocket | None = None
 
     def keep_tickets(self, cache: ClientSessionCache, key: str, chain: ChainFacts) -> None:
         """Client: put the newest session ticket the server sends into ``cache`` under ``key``."""
@@ -81,8 +279,17 @@ class TLSStreamReader:
             raise RuntimeError("TLSStreamReader is already being read by another task")
         self._busy = True
         try:
+            direct = self._direct
             while True:
-                data = self._engine.read(_READ_CHUNK)
+                if direct is not None and direct.closed:
+                    self._eof = True
+                    return False
+                try:
+                    data = self._engine.read(_READ_CHUNK)
+                except OSError as exc:
+                    if isinstance(exc, HybridKexError):
+                        raise
+                    raise TransportError(f"the connection failed: {exc.strerror or exc}") from None
                 if self._tickets_wanted > 0 and self._tickets is not None:
                     session = self._engine.new_session()
                     if session is not None:
@@ -91,6 +298,9 @@ class TLSStreamReader:
                 out = self._engine.data_to_send()
                 if out and not self._raw_writer.is_closing():
                     self._raw_writer.write(out)
+                if data is None and direct is not None:
+                    await direct.wait(self._engine.want_write)
+                    continue
                 if data is None:
                     try:
                         raw = await self._raw_reader.read(_READ_CHUNK)
@@ -186,9 +396,13 @@ class TLSStreamWriter:
         self._raw = raw_writer
         self._summary = summary
         self._chain = chain
+        self._direct: _DirectSocket | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Encrypt ``data`` and queue it; ``await drain()`` to wait for the network."""
+        if self._direct is not None:
+            self._direct.write(data)
+            return
         view = memoryview(data).cast("B")
         while view:
             taken = self._engine.write(view)
@@ -201,6 +415,9 @@ class TLSStreamWriter:
 
     async def drain(self) -> None:
         """Wait until the kernel buffer has room (flow control), as StreamWriter.drain."""
+        if self._direct is not None:
+            await self._direct.drain()
+            return
         await self._raw.drain()
 
     def can_write_eof(self) -> bool:
@@ -208,6 +425,9 @@ class TLSStreamWriter:
 
     def write_eof(self) -> None:
         """Send the TLS close_notify and half-close TCP; the peer reads end-of-stream, reading goes on here."""
+        if self._direct is not None:
+            self._direct.write_eof()
+            return
         if not self._engine.close_notify_sent:
             self._engine.send_close_notify()
             out = self._engine.data_to_send()
@@ -218,6 +438,10 @@ class TLSStreamWriter:
 
     def close(self) -> None:
         """Send close_notify (if not yet sent) and close the connection."""
+        if self._direct is not None:
+            self._direct.close()
+            self._engine.close()
+            return
         if not self._raw.is_closing():
             with contextlib.suppress(Exception):
                 if not self._engine.close_notify_sent:
@@ -227,9 +451,11 @@ class TLSStreamWriter:
         self._raw.close()
 
     def is_closing(self) -> bool:
-        return self._raw.is_closing()
+        return self._raw.is_closing() or (self._direct is not None and self._direct.closed)
 
     async def wait_closed(self) -> None:
+        if self._direct is not None:
+            await self._direct.wait_closed()
         with contextlib.suppress(OSError):
             await self._raw.wait_closed()
 
@@ -433,7 +659,9 @@ async def wrap_streams(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
     tls_reader = TLSStreamReader(engine, reader, writer, limit)
     if tickets is not None and key is not None and chain is not None:
         tls_reader.keep_tickets(tickets, key, chain)
-    return tls_reader, TLSStreamWriter(engine, writer, summary, chain)
+    tls_writer = TLSStreamWriter(engine, writer, summary, chain)
+    tls_reader._direct = tls_writer._direct = _DirectSocket.attach(engine, reader, writer)
+    return tls_reader, tls_writer
 
 
 async def open_connection(host: str, port: int, context: HybridTLSContext, *, limit: int = _DEFAULT_LIMIT,
