@@ -18,16 +18,22 @@ from hybridkex_tls._streams import _DirectSocket, wrap_streams
 _BIG = 24 * 1024 * 1024  # far more than loopback's socket buffers: the backlog must fill and drain
 
 
-async def _digest_then_reply(reader: TLSStreamReader, writer: TLSStreamWriter) -> None:
-    """Read slowly to the end of the stream, then answer with the count and SHA-256 of what arrived."""
+async def _read_to_end(reader: TLSStreamReader, slow_first: int = 0) -> tuple[int, bytes]:
+    """Count and SHA-256 of everything up to the end of the stream; the first ``slow_first`` bytes slowly."""
     h = hashlib.sha256()
     count = 0
     while data := await reader.read(1 << 16):
         h.update(data)
         count += len(data)
-        if count < (1 << 20):
-            await asyncio.sleep(0.001)  # a slow consumer at first: the sender's backlog grows
-    writer.write(struct.pack(">Q", count) + h.digest())
+        if count < slow_first:
+            await asyncio.sleep(0.001)  # a slow consumer: the sender's backlog grows
+    return count, h.digest()
+
+
+async def _digest_then_reply(reader: TLSStreamReader, writer: TLSStreamWriter) -> None:
+    """Read slowly at first to the end of the stream, then answer with the count and SHA-256 of it."""
+    count, digest = await _read_to_end(reader, slow_first=1 << 20)
+    writer.write(struct.pack(">Q", count) + digest)
     await writer.drain()
 
 
@@ -64,12 +70,7 @@ def test_close_with_a_backlog_sends_all_of_it_first(server_ctx: HybridTLSContext
     got: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
 
     async def count(reader: TLSStreamReader, writer: TLSStreamWriter) -> None:
-        h = hashlib.sha256()
-        n = 0
-        while data := await reader.read(1 << 16):
-            h.update(data)
-            n += len(data)
-        await got.put((n, h.digest()))
+        await got.put(await _read_to_end(reader))
 
     async def main() -> None:
         server = await start_server(count, "127.0.0.1", 0, server_ctx)
