@@ -321,6 +321,11 @@ _INPUT_OF = {InitHello: Input.INIT_HELLO, RespHello: Input.RESP_HELLO, InitFinis
              Alert: Input.ALERT}
 
 
+_FINAL = frozenset({State.ERROR, State.DONE})
+_NO_QKD = QKDOutcome("off")
+_U32 = struct.Struct(">I").pack
+
+
 class _Transcript:
     """TH(p1..pn) = H(TRANSCRIPT || u32 len || p1 || ... ) (§5.1).  Whole frames are absorbed once
     as they go on the wire; :meth:`hash` copies the running hash and adds the parts that follow."""
@@ -330,14 +335,15 @@ class _Transcript:
         self.frames: list[bytes] = []
 
     def absorb(self, frame: bytes) -> None:
-        self._h.update(struct.pack(">I", len(frame)))
-        self._h.update(frame)
+        update = self._h.update
+        update(_U32(len(frame)))
+        update(frame)
         self.frames.append(frame)
 
     def hash(self, *extra: bytes) -> bytes:
         h = self._h.copy()
         for part in extra:
-            h.update(struct.pack(">I", len(part)))
+            h.update(_U32(len(part)))
             h.update(part)
         digest: bytes = h.digest()
         return digest
@@ -347,6 +353,7 @@ class Connection:
     """State shared by both roles: state, transcript, secrets, errors, and the table-driven dispatch."""
 
     role: Role
+    role_name: str
     #: each secret that keys expansions (handshake, session) with its HMAC state, found by identity
     _keyed: tuple[tuple[bytes, HMACKey], ...] = ()
 
@@ -373,6 +380,7 @@ class Connection:
         self._psk: bytes | None = None
         self._qkd: list[QKDKey] = []
         self._block = QKDBlock(QKDStatus.OFF)
+        self._encoded_block: tuple[QKDBlock | None, bytes] = (None, b"")
         self._session = b""
         self._keyed = ()
         self._peer: PeerInfo | None = None
@@ -402,7 +410,7 @@ class Connection:
 
     # -- dispatch ------------------------------------------------------------------------
     def _run(self, fn: Callable[[], list[Event]]) -> list[Event]:
-        if self.state in (State.ERROR, State.DONE):
+        if self.state in _FINAL:
             raise LocalProtocolError(f"the handshake is already {self.state.value}; start a new one")
         try:
             self._check_deadline()
@@ -479,9 +487,15 @@ class Connection:
     def _session_secret(self, block: QKDBlock, psk: bytes, rf_tail: bytes = b"") -> bytes:
         """CatKDF with the QKD key, over both payloads, in a context that names both parties and the QKD block."""
         id_i, id_r = self.config.authenticator.binding(self.role, self._peer_identity)
-        context = _labels.CATKDF_CONTEXT_SESSION + vec16(id_i) + vec16(id_r) + push_qkd_block(block)
+        context = b"".join((_labels.CATKDF_CONTEXT_SESSION, vec16(id_i), vec16(id_r), self._block_bytes(block)))
         return self._catkdf(psk=psk, ma=self._ih + self._if_tagged, mb=self._rh_public + self._rh_plain + rf_tail,
                             context=context, label=_labels.CATKDF_LABEL_SESSION)
+
+    def _block_bytes(self, block: QKDBlock) -> bytes:
+        """The QKD block's wire encoding, made once per block (InitFinish and the session context both hold it)."""
+        if self._encoded_block[0] is not block:
+            self._encoded_block = (block, push_qkd_block(block))
+        return self._encoded_block[1]
 
     def _check_mac(self, expected: bytes, tag: bytes, what: str) -> None:
         if not hmac.compare_digest(expected, tag):
@@ -513,11 +527,11 @@ class Connection:
         elif block.status is QKDStatus.UNAVAILABLE:
             outcome = QKDOutcome("unavailable", (), reason)
         else:
-            outcome = QKDOutcome("off")
+            outcome = _NO_QKD
         ratchet_secret = self._expand(session, _labels.SECRET_RATCHET)
         id_i, id_r = self.config.authenticator.binding(self.role, self._peer_identity)
         return HandshakeResult(
-            role=self.role.value, suite=self.suite, auth=self.config.authenticator.mode, peer=self._peer,
+            role=self.role_name, suite=self.suite, auth=self.config.authenticator.mode, peer=self._peer,
             local_fingerprint=self.config.authenticator.local_fingerprint(), qkd=outcome,
             transcript_hash=self.transcript.hash(), message_sizes=tuple(map(len, frames)),
             _application=self._expand(session, _labels.SECRET_APPLICATION),
@@ -556,6 +570,7 @@ class Initiator(Connection):
     """The side that connects.  As ETSI 014 master SAE it fetches new QKD keys."""
 
     role = Role.INITIATOR
+    role_name = Role.INITIATOR.value
 
     def __init__(self, config: HandshakeConfig, *, rng: Callable[[int], bytes] = os.urandom,
                  now: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
@@ -660,7 +675,9 @@ class Initiator(Connection):
     def _send_finish(self, block: QKDBlock) -> tuple[State, list[Event]]:
         auth = self.config.authenticator
         self._block = block
-        self._if_core = push_init_finish_core(auth.local_identity(), block)
+        identity = auth.local_identity()
+        self._if_core = push_init_finish_core(identity, block)
+        self._encoded_block = (block, self._if_core[2 + len(identity):])  # vec16(identity) || block
         tag = auth.make_tag(Role.INITIATOR, self._psk, Purpose.INITIATOR, self.transcript.hash(self._if_core))
         self._if_tagged = self._if_core + vec16(tag)
         psk = b"".join(k.key for k in self._qkd) if block.status is QKDStatus.USED else b""
@@ -734,6 +751,7 @@ class Responder(Connection):
     """
 
     role = Role.RESPONDER
+    role_name = Role.RESPONDER.value
 
     def __init__(self, config: HandshakeConfig, *, rng: Callable[[int], bytes] = os.urandom,
                  now: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
@@ -826,6 +844,7 @@ class Responder(Connection):
         self._confirm_i = payload.confirm
         self._if_frame = frame
         block = self._block = payload.qkd
+        self._encoded_block = (block, payload.core[2 + len(payload.identity):])  # vec16(identity) || block
         self._require_qkd_block(block)
         if block.status is QKDStatus.USED:
             expected = self.config.expected_master(self._peer)

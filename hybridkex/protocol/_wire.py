@@ -238,6 +238,12 @@ def _member(enum: type[_E], raw: int) -> _E | None:
     return member  # type: ignore[return-value]  # the map holds members of ``enum`` only
 
 
+# Enum members looked up on their class cost more than the checks that use them (Python 3.11).
+_USED, _UNAVAILABLE, _NO_REASON = QKDStatus.USED, QKDStatus.UNAVAILABLE, QKDReason.NONE
+_U16 = struct.Struct(">H").pack
+_U64 = struct.Struct(">Q")
+
+
 class Buffer:
     """A read cursor over a body; every pull checks the bytes are there."""
 
@@ -274,17 +280,39 @@ class Buffer:
         return data[pos] << 8 | data[pos + 1]
 
     def pull_u64(self, name: str) -> int:
-        value: int = struct.unpack(">Q", self._take(8, name))[0]
+        pos = self.pos
+        if pos + 8 > len(self.data):
+            raise self._truncated(8, name)
+        self.pos = pos + 8
+        value: int = _U64.unpack_from(self.data, pos)[0]
         return value
 
     def pull_bytes(self, n: int, name: str) -> bytes:
         return self._take(n, name)
 
     def pull_vec8(self, name: str) -> bytes:
-        return self._take(self.pull_u8(name), name)
+        data, pos = self.data, self.pos
+        if pos >= len(data):
+            raise self._truncated(1, name)
+        start = pos + 1
+        end = start + data[pos]
+        self.pos = start
+        if end > len(data):
+            raise self._truncated(end - start, name)
+        self.pos = end
+        return data[start:end]
 
     def pull_vec16(self, name: str) -> bytes:
-        return self._take(self.pull_u16(name), name)
+        data, pos = self.data, self.pos
+        if pos + 2 > len(data):
+            raise self._truncated(2, name)
+        start = pos + 2
+        end = start + (data[pos] << 8 | data[pos + 1])
+        self.pos = start
+        if end > len(data):
+            raise self._truncated(end - start, name)
+        self.pos = end
+        return data[start:end]
 
     def pull_text8(self, name: str) -> str:
         raw = self.pull_vec8(name)
@@ -314,7 +342,7 @@ def vec8(data: bytes) -> bytes:
 def vec16(data: bytes) -> bytes:
     if len(data) > 0xFFFF:
         raise ValueError("field too long for a 16-bit length")
-    return struct.pack(">H", len(data)) + data
+    return _U16(len(data)) + data
 
 
 # -- InitHello -----------------------------------------------------------------------------------
@@ -391,10 +419,11 @@ def pull_resp_hello_payload(data: bytes) -> RespHelloPayload:
 # -- InitFinish ----------------------------------------------------------------------------------
 
 def push_qkd_block(q: QKDBlock) -> bytes:
-    if len(q.key_ids) > MAX_QKD_KEYS:
-        raise ValueError("too many QKD key IDs")
-    return (bytes([int(q.status), int(q.reason)]) + vec8(q.master_sae_id.encode()) + vec8(q.slave_sae_id.encode())
-            + struct.pack(">H", q.key_bits) + bytes([len(q.key_ids)]) + b"".join(k.bytes for k in q.key_ids))
+    master, slave = q.master_sae_id.encode(), q.slave_sae_id.encode()
+    if len(q.key_ids) > MAX_QKD_KEYS or len(master) > 0xFF or len(slave) > 0xFF:
+        raise ValueError("too many QKD key IDs, or an SAE ID longer than 255 bytes")
+    return b"".join((bytes((q.status, q.reason, len(master))), master, bytes((len(slave),)), slave,
+                     _U16(q.key_bits), bytes((len(q.key_ids),)), *(k.bytes for k in q.key_ids)))
 
 
 def _pull_qkd_block(buf: Buffer) -> QKDBlock:
@@ -408,7 +437,7 @@ def _pull_qkd_block(buf: Buffer) -> QKDBlock:
     ids = tuple(uuid.UUID(bytes=buf.pull_bytes(16, "qkd_key_id")) for _ in range(count))
     if len(set(ids)) != len(ids):
         raise RemoteProtocolError(f"malformed {buf.what}: a QKD key ID is repeated")
-    if (status is QKDStatus.USED) != bool(ids) or (status is QKDStatus.UNAVAILABLE) != (reason is not QKDReason.NONE):
+    if (status is _USED) != bool(ids) or (status is _UNAVAILABLE) != (reason is not _NO_REASON):
         raise RemoteProtocolError(f"malformed {buf.what}: QKD status, reason and key_IDs disagree")
     return QKDBlock(status, reason, master, slave, bits, ids)
 
@@ -440,8 +469,8 @@ def pull_resp_finish_payload(data: bytes) -> RespFinishPayload:
     payload = RespFinishPayload(status, reason, buf.pull_vec16("auth_tag"), buf.pull_vec8("confirm"))
     buf.finish()
     # The outcome is OFF ("confirmed as InitFinish declared") or UNAVAILABLE (the responder's signed fallback).
-    if status is QKDStatus.USED or (status is QKDStatus.UNAVAILABLE) != (reason is not QKDReason.NONE) or \
-            (status is QKDStatus.UNAVAILABLE) != bool(payload.auth_tag):
+    if status is _USED or (status is _UNAVAILABLE) != (reason is not _NO_REASON) or \
+            (status is _UNAVAILABLE) != bool(payload.auth_tag):
         raise RemoteProtocolError("malformed RespFinish payload: QKD status, reason and signature disagree")
     return payload
 
