@@ -78,8 +78,8 @@ class _DirectSocket:
         self._sock = sock
         self._fd = sock.fileno()
         self.backlog = bytearray()
-        self.error: OSError | None = None
-        """The first socket error while writing: the next drain() raises it."""
+        self.error: Exception | None = None
+        """The first error while writing (the socket's, or TLS's): the next drain() raises it."""
         self.closed = False
         self._eof_wanted = False
         self._close_wanted = False
@@ -177,7 +177,7 @@ class _DirectSocket:
                 del self.backlog[:taken]
             if self._eof_wanted:
                 self._send_eof()
-        except OSError as exc:
+        except Exception as exc:  # called by the loop: keep it, stop watching, and let drain() raise it
             self.error = exc
 
     async def drain(self) -> None:
