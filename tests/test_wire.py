@@ -38,10 +38,12 @@ from hybridkex.protocol._wire import (
     RespHello,
     decode,
     encode,
+    init_finish_core_block,
     parse_header,
     pull_init_finish_payload,
     pull_resp_finish_payload,
     push_init_finish_core,
+    push_qkd_block,
     push_resp_finish_core,
     vec8,
     vec16,
@@ -252,6 +254,9 @@ def test_init_finish_payload_round_trip(identity: bytes, block: QKDBlock, tag: b
     payload = pull_init_finish_payload(core + vec16(tag) + vec8(confirm))
     assert (payload.identity, payload.qkd, payload.auth_tag, payload.confirm, payload.core) == \
         (identity, block, tag, confirm, core)
+    # The encoding is canonical (§6.3): the bytes sent are what the decoded block encodes to again,
+    # so the session context may take either.
+    assert init_finish_core_block(payload.core) == push_qkd_block(payload.qkd) == push_qkd_block(block)
 
 
 @pytest.mark.parametrize("block, why", [

@@ -97,6 +97,7 @@ from ._wire import (
     build_frame,
     decode,
     encode,
+    init_finish_core_block,
     init_hello_prefix,
     pull_init_confirm_payload,
     pull_init_finish_payload,
@@ -105,6 +106,7 @@ from ._wire import (
     push_init_finish_core,
     push_qkd_block,
     push_resp_finish_core,
+    resp_hello_body,
     resp_hello_public,
     vec8,
     vec16,
@@ -353,7 +355,6 @@ class Connection:
     """State shared by both roles: state, transcript, secrets, errors, and the table-driven dispatch."""
 
     role: Role
-    role_name: str
     #: each secret that keys expansions (handshake, session) with its HMAC state, found by identity
     _keyed: tuple[tuple[bytes, HMACKey], ...] = ()
 
@@ -531,7 +532,7 @@ class Connection:
         ratchet_secret = self._expand(session, _labels.SECRET_RATCHET)
         id_i, id_r = self.config.authenticator.binding(self.role, self._peer_identity)
         return HandshakeResult(
-            role=self.role_name, suite=self.suite, auth=self.config.authenticator.mode, peer=self._peer,
+            role=self.role.value, suite=self.suite, auth=self.config.authenticator.mode, peer=self._peer,
             local_fingerprint=self.config.authenticator.local_fingerprint(), qkd=outcome,
             transcript_hash=self.transcript.hash(), message_sizes=tuple(map(len, frames)),
             _application=self._expand(session, _labels.SECRET_APPLICATION),
@@ -570,7 +571,6 @@ class Initiator(Connection):
     """The side that connects.  As ETSI 014 master SAE it fetches new QKD keys."""
 
     role = Role.INITIATOR
-    role_name = Role.INITIATOR.value
 
     def __init__(self, config: HandshakeConfig, *, rng: Callable[[int], bytes] = os.urandom,
                  now: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
@@ -631,7 +631,7 @@ class Initiator(Connection):
         self._psk = auth.accept(msg.psk_choice)
         self._th = _Transcript(self.suite.hash)
         self.transcript.absorb(self._ih)
-        self._rh_public = frame[HEADER_SIZE:len(frame) - 2 - len(msg.sealed)]  # the body before vec16(sealed)
+        self._rh_public = resp_hello_public(msg)
         self._k1 = self._ka.exchange(self._x_private, msg.x25519)
         self._k2 = self._kem.decapsulate(self._kem_private, msg.kem_ciphertext)
         self._handshake_secret()
@@ -675,9 +675,8 @@ class Initiator(Connection):
     def _send_finish(self, block: QKDBlock) -> tuple[State, list[Event]]:
         auth = self.config.authenticator
         self._block = block
-        identity = auth.local_identity()
-        self._if_core = push_init_finish_core(identity, block)
-        self._encoded_block = (block, self._if_core[2 + len(identity):])  # vec16(identity) || block
+        self._if_core = push_init_finish_core(auth.local_identity(), block)
+        self._encoded_block = (block, init_finish_core_block(self._if_core))
         tag = auth.make_tag(Role.INITIATOR, self._psk, Purpose.INITIATOR, self.transcript.hash(self._if_core))
         self._if_tagged = self._if_core + vec16(tag)
         psk = b"".join(k.key for k in self._qkd) if block.status is QKDStatus.USED else b""
@@ -751,7 +750,6 @@ class Responder(Connection):
     """
 
     role = Role.RESPONDER
-    role_name = Role.RESPONDER.value
 
     def __init__(self, config: HandshakeConfig, *, rng: Callable[[int], bytes] = os.urandom,
                  now: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
@@ -823,7 +821,7 @@ class Responder(Connection):
                             self.transcript.hash(self._rh_public, vec16(identity)))
         self._rh_plain = vec16(identity) + vec16(tag)
         sealed = self._seal(_labels.KEY_RESP_HELLO, self.transcript.hash(self._rh_public), self._rh_plain)
-        frame_out = build_frame(MessageType.RESP_HELLO, self._rh_public + vec16(sealed))
+        frame_out = build_frame(MessageType.RESP_HELLO, resp_hello_body(self._rh_public, sealed))
         self.transcript.absorb(frame_out)
         return State.WAIT_INIT_FINISH, [SendMessage(frame_out)]
 
@@ -844,7 +842,7 @@ class Responder(Connection):
         self._confirm_i = payload.confirm
         self._if_frame = frame
         block = self._block = payload.qkd
-        self._encoded_block = (block, payload.core[2 + len(payload.identity):])  # vec16(identity) || block
+        self._encoded_block = (block, init_finish_core_block(payload.core))  # the bytes as sent (§6.3)
         self._require_qkd_block(block)
         if block.status is QKDStatus.USED:
             expected = self.config.expected_master(self._peer)

@@ -29,6 +29,7 @@ __all__ = [
     "RespHelloPayload", "InitFinishPayload", "RespFinishPayload",
     "encode", "decode", "parse_header", "build_frame", "vec8", "vec16",
     "push_qkd_block", "push_resp_hello_payload", "pull_resp_hello_payload", "push_init_finish_core",
+    "init_finish_core_block", "resp_hello_body",
     "pull_init_finish_payload", "push_resp_finish_core", "pull_resp_finish_payload", "pull_init_confirm_payload",
     "init_hello_prefix", "resp_hello_public",
 ]
@@ -241,7 +242,6 @@ def _member(enum: type[_E], raw: int) -> _E | None:
 # Enum members looked up on their class cost more than the checks that use them (Python 3.11).
 _USED, _UNAVAILABLE, _NO_REASON = QKDStatus.USED, QKDStatus.UNAVAILABLE, QKDReason.NONE
 _U16 = struct.Struct(">H").pack
-_U64 = struct.Struct(">Q")
 
 
 class Buffer:
@@ -280,39 +280,17 @@ class Buffer:
         return data[pos] << 8 | data[pos + 1]
 
     def pull_u64(self, name: str) -> int:
-        pos = self.pos
-        if pos + 8 > len(self.data):
-            raise self._truncated(8, name)
-        self.pos = pos + 8
-        value: int = _U64.unpack_from(self.data, pos)[0]
+        value: int = struct.unpack(">Q", self._take(8, name))[0]
         return value
 
     def pull_bytes(self, n: int, name: str) -> bytes:
         return self._take(n, name)
 
     def pull_vec8(self, name: str) -> bytes:
-        data, pos = self.data, self.pos
-        if pos >= len(data):
-            raise self._truncated(1, name)
-        start = pos + 1
-        end = start + data[pos]
-        self.pos = start
-        if end > len(data):
-            raise self._truncated(end - start, name)
-        self.pos = end
-        return data[start:end]
+        return self._take(self.pull_u8(name), name)
 
     def pull_vec16(self, name: str) -> bytes:
-        data, pos = self.data, self.pos
-        if pos + 2 > len(data):
-            raise self._truncated(2, name)
-        start = pos + 2
-        end = start + (data[pos] << 8 | data[pos + 1])
-        self.pos = start
-        if end > len(data):
-            raise self._truncated(end - start, name)
-        self.pos = end
-        return data[start:end]
+        return self._take(self.pull_u16(name), name)
 
     def pull_text8(self, name: str) -> str:
         raw = self.pull_vec8(name)
@@ -396,7 +374,12 @@ def resp_hello_public(m: RespHello) -> bytes:
 
 
 def push_resp_hello(m: RespHello) -> bytes:
-    return _push_resp_hello_public(m) + vec16(m.sealed)
+    return resp_hello_body(_push_resp_hello_public(m), m.sealed)
+
+
+def resp_hello_body(public: bytes, sealed: bytes) -> bytes:
+    """RespHello's body from its public part (:func:`resp_hello_public`) and its sealed part."""
+    return public + vec16(sealed)
 
 
 def _pull_resp_hello(buf: Buffer) -> RespHello:
@@ -444,6 +427,11 @@ def _pull_qkd_block(buf: Buffer) -> QKDBlock:
 
 def push_init_finish_core(identity: bytes, qkd: QKDBlock) -> bytes:
     return vec16(identity) + push_qkd_block(qkd)
+
+
+def init_finish_core_block(core: bytes) -> bytes:
+    """The QKD block's bytes inside an InitFinish core (``vec16(identity) || qkd block``)."""
+    return core[2 + (core[0] << 8 | core[1]):]
 
 
 def pull_init_finish_payload(data: bytes) -> InitFinishPayload:
