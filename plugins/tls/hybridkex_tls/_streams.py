@@ -156,26 +156,28 @@ class _DirectSocket:
             return
         view = memoryview(data).cast("B")
         try:
-            while view:
-                taken = self._engine.write(view)
-                if not taken:
-                    break
-                view = view[taken:]
+            sent = self._send(view)
         except OSError as exc:
             self.error = exc
             return
-        if view:
-            self.backlog += view
+        if sent < len(view):
+            self.backlog += view[sent:]
             self._watch_writes()
+
+    def _send(self, view: memoryview | bytearray) -> int:
+        """Hand ``view`` to OpenSSL until the socket is full: the count it took."""
+        sent = 0
+        while sent < len(view):
+            taken = self._engine.write(memoryview(view)[sent:])
+            if not taken:
+                break
+            sent += taken
+        return sent
 
     def _flush(self) -> None:
         try:
-            while self.backlog:
-                taken = self._engine.write(self.backlog)
-                if not taken:
-                    return
-                del self.backlog[:taken]
-            if self._eof_wanted:
+            del self.backlog[:self._send(self.backlog)]
+            if self._eof_wanted and not self.backlog:
                 self._send_eof()
         except Exception as exc:  # called by the loop: keep it, stop watching, and let drain() raise it
             self.error = exc
