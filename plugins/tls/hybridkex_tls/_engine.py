@@ -10,7 +10,6 @@ over the expected group -- and refuses the connection otherwise.
 from __future__ import annotations
 
 import os
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -116,10 +115,6 @@ class TLSFacts:
         self.server_name = server_name
 
 
-def _nothing() -> None:
-    return None
-
-
 class _ConnectionFacts(TLSFacts):
     """:class:`TLSFacts` of a finished handshake whose version, cipher, ALPN and server name are read from the
     connection when first asked for (many connections never ask: that is a dozen OpenSSL calls saved)."""
@@ -162,6 +157,9 @@ class TLSEngine:
         # A client resuming (no PSK) needs nothing from its callback, which then offers no PSK either way.
         registered = psk is not None or handle.role == "server"
         self._conn = new_connection(handle, self._binding, register=registered, fd=fd)
+        # Forget the PSK binding when the handshake ends, or at the latest when the engine is dropped (__del__:
+        # a weakref.finalize per connection costs more than the rest of this constructor).
+        self._registered = registered
         self._io = io = RecordIO(self._conn, direct=fd is not None)
         # Called for every chunk of the network's bytes: RecordIO's methods themselves, no wrapper in between.
         self.receive_bytes: Callable[[bytes | bytearray | memoryview], None] = io.feed
@@ -188,9 +186,6 @@ class TLSEngine:
         self.peer_closed = False
         """The peer sent close_notify (or closed the TCP connection, with ragged EOFs suppressed)."""
         self.close_notify_sent = False
-        # Forget the PSK binding when the handshake ends, or at the latest when the engine is dropped.
-        self._release_binding: Callable[[], object] = \
-            weakref.finalize(self, release_connection, self._conn) if registered else _nothing
 
     # -- bytes in and out ----------------------------------------------------------------
     def receive_eof(self) -> None:
@@ -307,8 +302,14 @@ class TLSEngine:
         return self._binding.hello_refused
 
     def _release(self) -> None:
-        self._release_binding()
+        if self._registered:
+            self._registered = False
+            release_connection(self._conn)
         self._binding.psk = None  # the key is no longer needed once OpenSSL holds the handshake secrets
+
+    def __del__(self) -> None:
+        if getattr(self, "_registered", False):  # a constructor that failed early set no attributes
+            release_connection(self._conn)
 
     # -- application data ----------------------------------------------------------------
     def write(self, data: bytes | bytearray | memoryview) -> int:
@@ -330,10 +331,11 @@ class TLSEngine:
 
     def read(self, size: int) -> bytes | None:
         """Decrypted bytes (up to ``size``); ``b""`` at the end of the stream; None when input is needed."""
+        want = min(size, _READ_CHUNK)
         scratch = self._scratch
-        if scratch is None:
-            scratch = self._scratch = bytearray(_READ_CHUNK)
-        count = self.read_into(scratch, min(size, len(scratch)))
+        if scratch is None or len(scratch) < want:  # as large as asked for: a recv(1) zeroes no 64 KiB
+            scratch = self._scratch = bytearray(want)
+        count = self.read_into(scratch, want)
         if count is None:
             return None
         return bytes(scratch[:count])

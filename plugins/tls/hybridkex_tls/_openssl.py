@@ -111,17 +111,14 @@ class ContextHandle:
     callbacks: tuple[Any, ...] = ()
 
 
-_bindings: dict[int, PSKBinding] = {}
+#: Bindings by their connection's ``SSL *`` (cffi pointers hash and compare by address).  Reading needs no lock:
+#: a dict lookup is atomic, and a connection's binding is added before its handshake and removed after it.
+_bindings: dict[Any, PSKBinding] = {}
 _bindings_lock = threading.Lock()
 
 
-def _address(ssl: Any) -> int:
-    return int(_ffi.cast("uintptr_t", ssl))
-
-
 def _lookup(ssl: Any) -> PSKBinding | None:
-    with _bindings_lock:
-        return _bindings.get(_address(ssl))
+    return _bindings.get(ssl)
 
 
 def _psk_session(ssl: Any, key: bytes) -> Any:
@@ -207,6 +204,7 @@ _MAX_MASTER_KEY = 64
 #: Copied for each hash: hashlib.sha256() looks the algorithm up in OpenSSL on every call, which costs more
 #: than hashing 32 bytes.
 _SHA256 = hashlib.sha256()
+_ZEROS = bytes(_MAX_MASTER_KEY)
 
 
 def _key_id(session: Any) -> bytes:
@@ -222,7 +220,7 @@ def _key_id(session: Any) -> bytes:
         digest.update(_ffi.buffer(buffer, got))
         return digest.digest()
     finally:
-        _ffi.memmove(buffer, bytes(_MAX_MASTER_KEY), _MAX_MASTER_KEY)
+        _ffi.memmove(buffer, _ZEROS, _MAX_MASTER_KEY)
 
 
 def session_key_id(conn: SSL.Connection) -> bytes:
@@ -442,7 +440,7 @@ def new_connection(handle: ContextHandle, binding: PSKBinding, register: bool = 
         conn.set_accept_state()
     if register:
         with _bindings_lock:
-            _bindings[_address(conn._ssl)] = binding
+            _bindings[conn._ssl] = binding
     return conn
 
 
@@ -461,7 +459,7 @@ class _Descriptor:
 def release_connection(conn: SSL.Connection) -> None:
     """Forget the connection's PSK binding (after the handshake, or when it failed)."""
     with _bindings_lock:
-        _bindings.pop(_address(conn._ssl), None)
+        _bindings.pop(conn._ssl, None)
 
 
 def session_reused(conn: SSL.Connection) -> bool:

@@ -23,7 +23,6 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Literal, NoReturn, cast
 
@@ -171,20 +170,15 @@ def _hybrid_answer(sock: socket.socket, data: bytes, deadline: float) -> NoRetur
     raise RemoteProtocolError(f"the server sent a hybridkex {type(message).__name__} where TLS was due")
 
 
-@contextlib.contextmanager
-def _handshake_failures(timeout: float) -> Iterator[None]:
-    """A TLS handshake's failures as the socket API raises them: TLSSetupTimeout (a TimeoutError), or a
-    TransportError that is an OSError; hybridkex's own errors pass through."""
-    try:
-        yield
-    except TimeoutError:
-        raise TLSSetupTimeout(f"the TLS handshake did not finish within {timeout:g} s; the peer is down, stuck or "
-                              "too slow") from None
-    except OSError as exc:
-        if isinstance(exc, HybridKexError):
-            raise
-        raise as_oserror(TransportError(f"the connection failed during the TLS handshake: {exc.strerror or exc}")) \
-            from None
+def _handshake_failure(exc: OSError, timeout: float) -> BaseException:
+    """A TLS handshake's failure as the socket API raises it: TLSSetupTimeout (a TimeoutError), or a
+    TransportError that is an OSError; hybridkex's own errors are returned as they are."""
+    if isinstance(exc, TimeoutError):
+        return TLSSetupTimeout(f"the TLS handshake did not finish within {timeout:g} s; the peer is down, stuck or "
+                               "too slow")
+    if not isinstance(exc, HybridKexError):
+        return as_oserror(TransportError(f"the connection failed during the TLS handshake: {exc.strerror or exc}"))
+    return exc
 
 
 def _tls_handshake(sock: socket.socket, engine: TLSEngine, records: RecordReader, deadline: float,
@@ -201,38 +195,42 @@ def _tls_handshake(sock: socket.socket, engine: TLSEngine, records: RecordReader
     starved = not greedy  # a server has nothing to say before the ClientHello: read it first
     records.handshake = not greedy
     try:
-        with _handshake_failures(timeout):
-            # Non-blocking for the handshake and after it (the caller sets the final mode): a send or a read that
-            # can go ahead costs one system call, not a timeout change and a poll() before it as well.
-            if sock.gettimeout() != 0.0:
-                sock.settimeout(0.0)
-            while True:
-                try:
-                    done = not starved and engine.do_handshake()
-                except HybridKexError:
-                    # Let the peer read OpenSSL's alert, so both sides report the same cause.
-                    alert = engine.data_to_send()
-                    if alert:
-                        try:
-                            _send_now(sock, alert, min(deadline, time.monotonic() + _CLOSE_NOTIFY_TIMEOUT))
-                        except OSError:
-                            pass
-                    raise
-                out = engine.data_to_send()
-                if out:
-                    _send_now(sock, out, deadline)
-                if done:
-                    return
-                starved = False
-                data = _recv_now(sock, 1 << 16 if greedy else records.want(), deadline)
-                if greedy and first and data[:1] == MAGIC[:1]:
-                    _hybrid_answer(sock, data, deadline)
-                first = False
-                if data:
-                    records.consumed(data)
-                    engine.receive_bytes(data)
-                else:
-                    engine.receive_eof()
+        # Non-blocking for the handshake and after it (the caller sets the final mode): a send or a read that
+        # can go ahead costs one system call, not a timeout change and a poll() before it as well.
+        if sock.gettimeout() != 0.0:
+            sock.settimeout(0.0)
+        while True:
+            try:
+                done = not starved and engine.do_handshake()
+            except HybridKexError:
+                # Let the peer read OpenSSL's alert, so both sides report the same cause.
+                alert = engine.data_to_send()
+                if alert:
+                    try:
+                        _send_now(sock, alert, min(deadline, time.monotonic() + _CLOSE_NOTIFY_TIMEOUT))
+                    except OSError:
+                        pass
+                raise
+            out = engine.data_to_send()
+            if out:
+                _send_now(sock, out, deadline)
+            if done:
+                return
+            starved = False
+            data = _recv_now(sock, 1 << 16 if greedy else records.want(), deadline)
+            if greedy and first and data[:1] == MAGIC[:1]:
+                _hybrid_answer(sock, data, deadline)
+            first = False
+            if data:
+                records.consumed(data)
+                engine.receive_bytes(data)
+            else:
+                engine.receive_eof()
+    except OSError as exc:
+        failure = _handshake_failure(exc, timeout)
+        if failure is exc:
+            raise
+        raise failure from None
     finally:
         records.handshake = False
 
@@ -242,13 +240,18 @@ def _direct_handshake(sock: socket.socket, engine: TLSEngine, deadline: float, t
 
     OpenSSL reads a record at a time without read-ahead, so records after the handshake stay in the
     kernel (visible to select()); its alerts go straight to the peer."""
-    with _handshake_failures(timeout):
+    try:
         if sock.gettimeout() != 0.0:
             sock.settimeout(0.0)
         if not engine.direct:
             engine.attach_socket(sock.fileno())
         while not engine.do_handshake():
             _poll(sock, engine.want_write, deadline)
+    except OSError as exc:
+        failure = _handshake_failure(exc, timeout)
+        if failure is exc:
+            raise
+        raise failure from None
 
 
 class _Recorder:
@@ -292,10 +295,12 @@ def _peek(sock: socket.socket, deadline: float) -> bytes:
     if sock.gettimeout() != 0.0:  # non-blocking: a peek at bytes that have arrived is one system call
         sock.settimeout(0.0)
     while True:
+        # Wait first: a connection just accepted has rarely received its first bytes yet, and a poll() on one
+        # that has returned at once (cheaper than a failed recv() and its exception).
+        _poll(sock, False, deadline)
         try:
             first = sock.recv(8, socket.MSG_PEEK)
         except BlockingIOError:
-            _poll(sock, False, deadline)
             continue
         if not first:
             raise as_oserror(TransportError("the client closed the connection before sending anything"))
@@ -391,8 +396,10 @@ class HybridTLSSocket:
             start = time.monotonic()
             previous_timeout = sock.gettimeout()
             try:
-                with contextlib.suppress(OSError):  # TCP only (not on a Unix socket)
+                try:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                except OSError:
+                    pass  # TCP only (not on a Unix socket)
                 if context.static_psk is not None:
                     engine = context.new_engine(context.static_psk, suppress_ragged_eofs=self._suppress_ragged_eofs)
                     self._handshake(engine, start + context.timeout)
@@ -714,9 +721,10 @@ class HybridTLSSocket:
         while True:
             with self._ssl_lock:
                 data = engine.read(bufsize)
-                if self._tickets_wanted > 0:
+                if self._tickets_wanted > 0 and data is not None:
                     self._harvest_ticket(bool(data))
-                self._collect_output()
+                if not engine.direct:  # direct mode: OpenSSL wrote to the socket itself
+                    self._collect_output()
             if self._outgoing:
                 self._flush_later()
             if data is not None:
@@ -738,7 +746,7 @@ class HybridTLSSocket:
         while True:
             with lock:
                 count = engine.read_into(view, size)
-                if self._tickets_wanted > 0:
+                if self._tickets_wanted > 0 and count is not None:
                     self._harvest_ticket(bool(count))
                 out = engine.data_to_send()
                 if out:
@@ -814,14 +822,16 @@ class HybridTLSSocket:
         while True:
             with self._ssl_lock:
                 sent = engine.send_close_notify()
-                self._collect_output()
+                if not engine.direct:
+                    self._collect_output()
             if sent:
                 break
             if deadline is None:
                 self._wait(engine.want_write)
             else:  # closing: the socket is already marked released, and the wait is bounded
                 _poll(self._sock, engine.want_write, deadline)
-        self._send_queued()
+        if not engine.direct:
+            self._send_queued()
 
     def _drain_tickets(self) -> None:
         """Client closing before reading anything: take a ticket already received, without waiting for one."""

@@ -133,3 +133,23 @@ def test_no_data_before_the_handshake(handles: tuple[ContextHandle, ContextHandl
     client = TLSEngine(handles[0], ExternalPSK(b"id", KEY))
     with pytest.raises(TLSError, match="has not finished"):
         client.write(b"early")
+
+
+def test_the_psk_binding_is_forgotten_after_the_handshake_or_when_dropped(
+        handles: tuple[ContextHandle, ContextHandle]) -> None:
+    """The callbacks' table of PSKs holds a connection's key only while its handshake may need it."""
+    import gc
+
+    from hybridkex_tls import _openssl
+
+    client, server = engines(handles, ExternalPSK(b"id", KEY), ExternalPSK(b"id", KEY))
+    assert client._conn._ssl in _openssl._bindings and server._conn._ssl in _openssl._bindings
+    pump(client, server)
+    assert client._conn._ssl not in _openssl._bindings and server._conn._ssl not in _openssl._bindings
+    assert client._binding.psk is None and server._binding.psk is None
+    # An engine abandoned before its handshake (no close()) drops its binding when it is collected.
+    abandoned = TLSEngine(handles[1], ExternalPSK(b"id", KEY))
+    before = len(_openssl._bindings)
+    del abandoned
+    gc.collect()
+    assert len(_openssl._bindings) == before - 1
