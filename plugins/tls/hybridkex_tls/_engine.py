@@ -20,13 +20,12 @@ from ._openssl import (
     ContextHandle,
     PSKBinding,
     RecordIO,
-    negotiated_group,
+    handshake_outcome,
     new_connection,
     release_connection,
     session_der,
     session_key_id,
     session_pointer,
-    session_reused,
     set_session_der,
 )
 
@@ -260,7 +259,7 @@ class TLSEngine:
         return cls(f"TLS handshake failed: {explained}")
 
     def _check_handshake(self) -> None:
-        reused = session_reused(self._conn)
+        reused, group, pointer = handshake_outcome(self._conn)
         external = self._binding.offered if self.role == "client" else self._binding.accepted
         resumed = reused and not external
         if resumed and self.role == "client" and not self._resuming:
@@ -270,12 +269,11 @@ class TLSEngine:
         if not reused:
             raise TLSPSKError("the TLS handshake finished without the external PSK; refusing the connection "
                               "because only the PSK authenticates it")
-        group = negotiated_group(self._conn)
         if self._expected_group is not None and group != self._expected_group:
             raise TLSHandshakeError(f"the TLS key exchange used {group or 'no group'} instead of "
                                     f"{self._expected_group}; refusing the connection")
         self.facts = _ConnectionFacts(self._conn, group, resumed)
-        self._session_pointer = session_pointer(self._conn)
+        self._session_pointer = pointer
 
     # -- resumption ------------------------------------------------------------------------
     def new_session(self) -> bytes | None:

@@ -34,7 +34,7 @@ from ._importer import ExternalPSK
 __all__ = [
     "SSL", "OPENSSL_VERSION", "PYOPENSSL_VERSION", "PSKBinding", "ContextHandle", "new_context", "new_connection",
     "release_connection", "session_reused", "negotiated_group", "set_groups", "REQUIREMENTS", "session_der",
-    "set_session_der", "session_key_id", "session_pointer", "RecordIO",
+    "set_session_der", "session_key_id", "session_pointer", "handshake_outcome", "RecordIO",
 ]
 
 REQUIREMENTS = ("pyOpenSSL >= 26.4 on cryptography >= 48, whose wheel bundles OpenSSL >= 3.5 "
@@ -465,6 +465,19 @@ def release_connection(conn: SSL.Connection) -> None:
 def session_reused(conn: SSL.Connection) -> bool:
     """True when the handshake used a PSK (for TLS 1.3, SSL_session_reused reports exactly that)."""
     return bool(_lib.SSL_session_reused(conn._ssl))
+
+
+def handshake_outcome(conn: SSL.Connection) -> tuple[bool, str | None, int]:
+    """After a finished handshake, in one call: whether it used a PSK (:func:`session_reused`), its group
+    (:func:`negotiated_group`) and its session's address (:func:`session_pointer`)."""
+    ssl = conn._ssl
+    session = _lib.SSL_get_session(ssl)
+    reused = bool(_lib.SSL_session_reused(ssl))
+    if session == _ffi.NULL:
+        return reused, None, 0
+    name = _lib.SSL_get0_group_name(ssl)
+    group = None if name == _ffi.NULL else _ffi.string(name).decode("ascii")
+    return reused, group, int(_ffi.cast("uintptr_t", session))
 
 
 def negotiated_group(conn: SSL.Connection) -> str | None:

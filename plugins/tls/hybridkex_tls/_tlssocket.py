@@ -38,6 +38,7 @@ from ._setup import (
     HTTP_400,
     PREAMBLE_HEADER,
     SILENT_CLOSE,
+    Kind,
     bound_config,
     cache_key,
     classify,
@@ -290,8 +291,8 @@ class _Recorder:
         return getattr(self._sock, name)
 
 
-def _peek(sock: socket.socket, deadline: float) -> bytes:
-    """The client's first bytes, left in the socket, enough to classify them (waits for more while ambiguous)."""
+def _peek(sock: socket.socket, deadline: float) -> tuple[bytes, Kind]:
+    """The client's first bytes, left in the socket, and what they say it is (waits for more while ambiguous)."""
     if sock.gettimeout() != 0.0:  # non-blocking: a peek at bytes that have arrived is one system call
         sock.settimeout(0.0)
     while True:
@@ -304,8 +305,9 @@ def _peek(sock: socket.socket, deadline: float) -> bytes:
             continue
         if not first:
             raise as_oserror(TransportError("the client closed the connection before sending anything"))
-        if classify(first) != "more":
-            return first
+        kind = classify(first)
+        if kind != "more":
+            return first, kind
         time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))  # a prefix so far: look again shortly
         if time.monotonic() >= deadline:
             raise TimeoutError
@@ -489,12 +491,11 @@ class HybridTLSSocket:
         sock = self._sock
         pre_auth = start + context.pre_auth_timeout
         try:
-            first = _peek(sock, pre_auth)
+            first, kind = _peek(sock, pre_auth)
         except TimeoutError:
             raise TLSSetupTimeout(f"timed out waiting for the client's first message (pre-authentication timeout "
                                   f"{context.pre_auth_timeout:g} s); it is stuck, too slow, or holding a slot") \
                 from None
-        kind = classify(first)
         if kind == "http":
             with contextlib.suppress(OSError):
                 _send_before(sock, HTTP_400, time.monotonic() + _CLOSE_NOTIFY_TIMEOUT)
