@@ -722,7 +722,7 @@ class HybridTLSSocket:
         while True:
             with self._ssl_lock:
                 data = engine.read(bufsize)
-                if self._tickets_wanted > 0 and data is not None:
+                if self._tickets_wanted > 0:
                     self._harvest_ticket(bool(data))
                 if not engine.direct:  # direct mode: OpenSSL wrote to the socket itself
                     self._collect_output()
@@ -747,7 +747,7 @@ class HybridTLSSocket:
         while True:
             with lock:
                 count = engine.read_into(view, size)
-                if self._tickets_wanted > 0 and count is not None:
+                if self._tickets_wanted > 0:
                     self._harvest_ticket(bool(count))
                 out = engine.data_to_send()
                 if out:

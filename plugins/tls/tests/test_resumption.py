@@ -185,3 +185,30 @@ def test_concurrent_clients_never_share_a_ticket(keys: Any, run_server: Callable
     for t in threads:
         t.join(60)
     assert errors == [] and running.errors == []
+
+
+def test_a_connection_waiting_for_data_already_left_its_ticket(keys: Any, run_server: Callable[..., Any]) -> None:
+    """The tickets arrive right after the handshake: a client blocked in recv() on a quiet server has already
+    cached one, so a second connection made meanwhile resumes instead of spending a new QKD key."""
+    release = threading.Event()
+
+    def quiet(tls: HybridTLSSocket) -> None:
+        tls.recv(1)
+        release.wait(TIMEOUT)  # says nothing until the test is done
+        tls.sendall(b"x")
+
+    server = HybridTLSContext.server(identity=keys.server_key, peers=[keys.client_pub], timeout=TIMEOUT)
+    client = HybridTLSContext.client(identity=keys.client_key, peers=[keys.server_pub], timeout=TIMEOUT)
+    running = run_server(server, quiet)
+    cache = client.client_sessions
+    assert cache is not None
+    with socket.create_connection(running.address, timeout=TIMEOUT) as raw, client.wrap_socket(raw) as first:
+        first.sendall(b"c")
+        first.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            first.recv(1)  # nothing comes: only the tickets were read
+        assert len(cache) == 1
+        with socket.create_connection(running.address, timeout=TIMEOUT) as raw2, client.wrap_socket(raw2) as second:
+            assert second.session_reused()
+            second.sendall(b"c")
+        release.set()
