@@ -307,7 +307,10 @@ class TLSEngine:
 
     def __del__(self) -> None:
         if getattr(self, "_registered", False):  # a constructor that failed early set no attributes
-            release_connection(self._conn)
+            try:
+                release_connection(self._conn)
+            except Exception:  # noqa: BLE001 - at interpreter exit the module may be half torn down
+                pass
 
     # -- application data ----------------------------------------------------------------
     def write(self, data: bytes | bytearray | memoryview) -> int:
