@@ -296,8 +296,8 @@ def _peek(sock: socket.socket, deadline: float) -> tuple[bytes, Kind]:
     if sock.gettimeout() != 0.0:  # non-blocking: a peek at bytes that have arrived is one system call
         sock.settimeout(0.0)
     while True:
-        # Wait first: a connection just accepted has rarely received its first bytes yet, and a poll() on one
-        # that has returned at once (cheaper than a failed recv() and its exception).
+        # Wait first: a connection just accepted has rarely received its first bytes yet, and when they are
+        # there poll() returns at once (cheaper than a failed recv() and its exception).
         _poll(sock, False, deadline)
         try:
             first = sock.recv(8, socket.MSG_PEEK)
