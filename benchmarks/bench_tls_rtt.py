@@ -434,7 +434,8 @@ def run(delay: float = 0.025, count: int = 10, cpu_count: int = 50, mib: int = 2
             rtt[name] = round(_rtts(server_side, client_side, delay, count, warm=2), 2)
             print(f"{name:15s} first reply byte after {rtt[name]:.2f} RTT past TCP", flush=True)
         cpu: dict[str, list[float]] = {name: [] for name in variants}
-        batch, batches = 10, max(1, cpu_count // 10)
+        batch = 10
+        batches = max(1, cpu_count // batch)
         with contextlib.ExitStack() as servers:
             # One server process per variant for all rounds (a resumed chain stays with the server that began it).
             served = {name: (servers.enter_context(_server_process(server_side)), client_side)
@@ -489,7 +490,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python benchmarks/bench_tls_rtt.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--delay", type=float, default=25.0, help="ms the relay holds data per direction")
     parser.add_argument("--count", type=int, default=10, help="timed connections per variant through the relay")
-    parser.add_argument("--cpu-count", type=int, default=50, help="connections per variant for CPU time")
+    parser.add_argument("--cpu-count", type=int, default=50,
+                        help="connections per variant and round for CPU time, in batches of ten")
     parser.add_argument("--mib", type=int, default=200, help="MiB sent for each throughput figure")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the CPU and throughput figures")
     args = parser.parse_args(argv)

@@ -171,15 +171,16 @@ def _hybrid_answer(sock: socket.socket, data: bytes, deadline: float) -> NoRetur
     raise RemoteProtocolError(f"the server sent a hybridkex {type(message).__name__} where TLS was due")
 
 
-def _handshake_failure(exc: OSError, timeout: float) -> BaseException:
-    """A TLS handshake's failure as the socket API raises it: TLSSetupTimeout (a TimeoutError), or a
-    TransportError that is an OSError; hybridkex's own errors are returned as they are."""
+def _raise_handshake_failure(exc: OSError, timeout: float) -> NoReturn:
+    """Raise a TLS handshake's failure as the socket API raises it: TLSSetupTimeout (a TimeoutError), or a
+    TransportError that is an OSError; hybridkex's own errors go on as they are."""
     if isinstance(exc, TimeoutError):
-        return TLSSetupTimeout(f"the TLS handshake did not finish within {timeout:g} s; the peer is down, stuck or "
-                               "too slow")
+        raise TLSSetupTimeout(f"the TLS handshake did not finish within {timeout:g} s; the peer is down, stuck or "
+                              "too slow") from None
     if not isinstance(exc, HybridKexError):
-        return as_oserror(TransportError(f"the connection failed during the TLS handshake: {exc.strerror or exc}"))
-    return exc
+        raise as_oserror(TransportError(f"the connection failed during the TLS handshake: {exc.strerror or exc}")) \
+            from None
+    raise exc
 
 
 def _tls_handshake(sock: socket.socket, engine: TLSEngine, records: RecordReader, deadline: float,
@@ -228,10 +229,7 @@ def _tls_handshake(sock: socket.socket, engine: TLSEngine, records: RecordReader
             else:
                 engine.receive_eof()
     except OSError as exc:
-        failure = _handshake_failure(exc, timeout)
-        if failure is exc:
-            raise
-        raise failure from None
+        _raise_handshake_failure(exc, timeout)
     finally:
         records.handshake = False
 
@@ -249,10 +247,7 @@ def _direct_handshake(sock: socket.socket, engine: TLSEngine, deadline: float, t
         while not engine.do_handshake():
             _poll(sock, engine.want_write, deadline)
     except OSError as exc:
-        failure = _handshake_failure(exc, timeout)
-        if failure is exc:
-            raise
-        raise failure from None
+        _raise_handshake_failure(exc, timeout)
 
 
 class _Recorder:
