@@ -39,6 +39,9 @@ PSK_ID_BYTES = 16
 class Purpose(Enum):
     """What a tag is for; each has its own signature context or PSK MAC key."""
 
+    # Members are singletons: hashed by identity (C), not by name (Python), for the look-ups of every tag.
+    __hash__ = object.__hash__
+
     RESPONDER = "responder"
     INITIATOR = "initiator"
     RESPONDER_FALLBACK = "responder fallback"

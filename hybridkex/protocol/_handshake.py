@@ -324,6 +324,8 @@ _INPUT_OF = {InitHello: Input.INIT_HELLO, RespHello: Input.RESP_HELLO, InitFinis
 
 
 _FINAL = frozenset({State.ERROR, State.DONE})
+#: Role names without the enum's Python-level ``value`` property.
+_ROLE_NAME = {role: role.value for role in Role}
 _NO_QKD = QKDOutcome("off")
 _U32 = struct.Struct(">I").pack
 
@@ -532,7 +534,7 @@ class Connection:
         ratchet_secret = self._expand(session, _labels.SECRET_RATCHET)
         id_i, id_r = self.config.authenticator.binding(self.role, self._peer_identity)
         return HandshakeResult(
-            role=self.role.value, suite=self.suite, auth=self.config.authenticator.mode, peer=self._peer,
+            role=_ROLE_NAME[self.role], suite=self.suite, auth=self.config.authenticator.mode, peer=self._peer,
             local_fingerprint=self.config.authenticator.local_fingerprint(), qkd=outcome,
             transcript_hash=self.transcript.hash(), message_sizes=tuple(map(len, frames)),
             _application=self._expand(session, _labels.SECRET_APPLICATION),
@@ -601,7 +603,7 @@ class Initiator(Connection):
         prefix = init_hello_prefix(hello)
         offer = auth.offer(prefix)
         self._hello_body = prefix + bytes([len(offer)]) + b"".join(offer)
-        self._mac1 = hmac_digest(_mac1_key(self._static), self._hello_body, "sha256")[:MAC_SIZE]
+        self._mac1 = _mac1_hmac(self._static).digest(self._hello_body)[:MAC_SIZE]
         return State.WAIT_RESP_HELLO, [SendMessage(self._send_hello(bytes(MAC_SIZE)))]
 
     def _send_hello(self, mac2: bytes) -> bytes:
@@ -738,6 +740,12 @@ def _mac1_key(static: bytes) -> bytes:
 
 
 @functools.lru_cache(maxsize=256)
+def _mac1_hmac(static: bytes) -> HMACKey:
+    """HMAC under :func:`_mac1_key`, its key blocks absorbed once: a mac1 costs the hashing of the message only."""
+    return HMACKey(_mac1_key(static), "sha256")
+
+
+@functools.lru_cache(maxsize=256)
 def _cookie_key(static: bytes) -> bytes:
     return hashlib.sha256(_labels.COOKIE + static).digest()
 
@@ -762,7 +770,7 @@ class Responder(Connection):
     def _on_init_hello(self, msg: InitHello, frame: bytes) -> tuple[State, list[Event]]:
         body = frame[HEADER_SIZE:]
         signed, mac1, mac2 = body[:-2 * MAC_SIZE], body[-2 * MAC_SIZE:-MAC_SIZE], body[-MAC_SIZE:]
-        if not hmac.compare_digest(hmac_digest(_mac1_key(self._static), signed, "sha256")[:MAC_SIZE], mac1):
+        if not hmac.compare_digest(_mac1_hmac(self._static).digest(signed)[:MAC_SIZE], mac1):
             raise UnverifiedMessage("dropped an InitHello without a valid mac1 (the sender does not know this "
                                     "responder's identity)")
         if self._guard is not None:

@@ -543,6 +543,10 @@ _PULL: dict[MessageType, Callable[[Buffer], Message]] = {
 }
 
 
+#: Each message type's name (for error messages), read without the enum's Python-level ``name`` property.
+_NAMES: dict[MessageType, str] = {m: m.name for m in MessageType}
+
+
 def decode(frame: bytes) -> Message:
     """Decode one whole frame (header and body).  Raises RemoteProtocolError on anything malformed."""
     if not isinstance(frame, (bytes, bytearray)):
@@ -551,8 +555,8 @@ def decode(frame: bytes) -> Message:
     mtype, length = parse_header(frame[:HEADER_SIZE])
     body = frame[HEADER_SIZE:]
     if len(body) != length:
-        raise RemoteProtocolError(f"truncated {mtype.name} frame: header says {length} bytes, got {len(body)}")
-    buf = Buffer(body, mtype.name)
+        raise RemoteProtocolError(f"truncated {_NAMES[mtype]} frame: header says {length} bytes, got {len(body)}")
+    buf = Buffer(body, _NAMES[mtype])
     message = _PULL[mtype](buf)
     buf.finish()
     return message

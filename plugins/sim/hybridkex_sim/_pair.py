@@ -65,9 +65,13 @@ class QKDPair:
         return conn.qkd_keys([QKDKey(k, self.issued[k]) for k in need.key_ids])
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Delivery:
-    """What the driver is about to hand to ``to``: a frame, a QKD request to answer, or the start."""
+    """What the driver is about to hand to ``to``: a frame, a QKD request to answer, or the start.
+
+    A plain slotted record (not frozen): the driver makes one per message, and a frozen dataclass's
+    ``__init__`` would cost the benchmarks that drive whole handshakes through this class more than the
+    rest of the driver."""
 
     to: Side
     kind: Literal["start", "frame", "qkd", "channel"]
@@ -163,8 +167,8 @@ class Pair:
         return self._outcome(None)
 
     def _outcome(self, paused: Delivery | None) -> Outcome:
-        none_i: HandshakeResult | Exception = RuntimeError("initiator got no answer")
-        none_r: HandshakeResult | Exception = RuntimeError("responder got no answer")
-        return Outcome(self.results.get("i", none_i), self.results.get("r", none_r), self.frames, self.senders,
-                       self.ini, self.res, paused)
+        results = self.results
+        ini = results["i"] if "i" in results else RuntimeError("initiator got no answer")
+        res = results["r"] if "r" in results else RuntimeError("responder got no answer")
+        return Outcome(ini, res, self.frames, self.senders, self.ini, self.res, paused)
 
