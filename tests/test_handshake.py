@@ -338,7 +338,7 @@ def test_sae_ids_and_key_size_are_bound_into_the_key() -> None:
     from hybridkex.protocol._wire import QKDBlock, QKDReason, QKDStatus
 
     conn = Initiator(configs(*psk_pair())[0])
-    conn._suite = __import__("hybridkex.protocol").protocol.SUITES[1]
+    conn.suite = __import__("hybridkex.protocol").protocol.SUITES[1]
     conn._k1, conn._k2, conn._ih = b"1" * 32, b"2" * 32, b"ih"
     key_id = uuid.uuid4()
     a = conn._session_secret(QKDBlock(QKDStatus.USED, QKDReason.NONE, "A", "B", 256, (key_id,)), b"q" * 32)

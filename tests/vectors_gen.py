@@ -645,7 +645,7 @@ HANDSHAKE_HEADER = {
 def _fake_connection(suite: int, hs: bytes = b"") -> Initiator:
     """An Initiator with only a suite and a handshake secret, to call the real key-schedule methods."""
     conn = Initiator.__new__(Initiator)
-    conn._suite = SUITES[suite]
+    conn.suite = SUITES[suite]
     conn._hs = hs
     return conn
 

@@ -357,6 +357,8 @@ class Connection:
     """State shared by both roles: state, transcript, secrets, errors, and the table-driven dispatch."""
 
     role: Role
+    #: The negotiated suite, set once the hello is handled (reading it before is an internal error).
+    suite: Suite
     #: each secret that keys expansions (handshake, session) with its HMAC state, found by identity
     _keyed: tuple[tuple[bytes, HMACKey], ...] = ()
 
@@ -371,7 +373,6 @@ class Connection:
         self._backend = config.backend if isinstance(config.backend, Backend) else get_backend(config.backend)
         self._policy = QKD_POLICY_CODES[config.qkd_policy]
         self._peer_policy = _OFF
-        self._suite: Suite | None = None
         self._th: _Transcript | None = None
         self._ih = b""
         self._rh_public = b""
@@ -444,11 +445,6 @@ class Connection:
         raise PeerAlertError(f"peer aborted the handshake: {message.text}", int(message.code))
 
     # -- helpers -----------------------------------------------------------------------
-    @property
-    def suite(self) -> Suite:
-        assert self._suite is not None
-        return self._suite
-
     @property
     def transcript(self) -> _Transcript:
         assert self._th is not None
@@ -524,7 +520,8 @@ class Connection:
 
     def _result(self, session: bytes, block: QKDBlock, reason: str) -> HandshakeResult:
         assert self._peer is not None
-        frames = self.transcript.frames
+        th = self.transcript
+        frames = th.frames
         if block.status is QKDStatus.USED:
             outcome = QKDOutcome("used", block.key_ids)
         elif block.status is QKDStatus.UNAVAILABLE:
@@ -536,7 +533,7 @@ class Connection:
         return HandshakeResult(
             role=_ROLE_NAME[self.role], suite=self.suite, auth=self.config.authenticator.mode, peer=self._peer,
             local_fingerprint=self.config.authenticator.local_fingerprint(), qkd=outcome,
-            transcript_hash=self.transcript.hash(), message_sizes=tuple(map(len, frames)),
+            transcript_hash=th.hash(), message_sizes=tuple(map(len, frames)),
             _application=self._expand(session, _labels.SECRET_APPLICATION),
             _exchange_key=self._expand(session, _labels.SECRET_EXCHANGE_KEY)[:32],
             _ratchet=hmac_digest(ratchet_secret, _labels.RATCHET_NEXT_PSK + vec16(id_i) + vec16(id_r) + b"\x01",
@@ -627,25 +624,26 @@ class Initiator(Connection):
                                    "(downgrade attempt or broken peer)")
         if msg.qkd_policy > _REQUIRED:
             raise RemoteProtocolError(f"malformed RespHello: QKD policy {msg.qkd_policy}")
-        self._suite = SUITES[msg.suite]
+        self.suite = SUITES[msg.suite]
         self._peer_policy = msg.qkd_policy
         auth = self.config.authenticator
         self._psk = auth.accept(msg.psk_choice)
         self._th = _Transcript(self.suite.hash)
-        self.transcript.absorb(self._ih)
+        th = self.transcript
+        th.absorb(self._ih)
         self._rh_public = resp_hello_public(msg)
         self._k1 = self._ka.exchange(self._x_private, msg.x25519)
         self._k2 = self._kem.decapsulate(self._kem_private, msg.kem_ciphertext)
         self._handshake_secret()
-        self._rh_plain = self._open(_labels.KEY_RESP_HELLO, self.transcript.hash(self._rh_public), msg.sealed,
+        self._rh_plain = self._open(_labels.KEY_RESP_HELLO, th.hash(self._rh_public), msg.sealed,
                                     "responder")
         payload = pull_resp_hello_payload(self._rh_plain)
         self._peer_identity = payload.identity
         self._peer = auth.verify_peer(Role.INITIATOR, self._psk, Purpose.RESPONDER, payload.identity,
-                                      self.transcript.hash(self._rh_public, vec16(payload.identity)),
+                                      th.hash(self._rh_public, vec16(payload.identity)),
                                       payload.auth_tag)
         self.authenticated = True
-        self.transcript.absorb(frame)
+        th.absorb(frame)
         if self._policy == _REQUIRED and self._peer_policy == _OFF:
             raise QKDPolicyError("this side requires QKD but the responder runs without QKD; configure a QKD "
                                  f"source on the responder or use {_PREFERRED_HINT} here")
@@ -679,14 +677,15 @@ class Initiator(Connection):
         self._block = block
         self._if_core = push_init_finish_core(auth.local_identity(), block)
         self._encoded_block = (block, init_finish_core_block(self._if_core))
-        tag = auth.make_tag(Role.INITIATOR, self._psk, Purpose.INITIATOR, self.transcript.hash(self._if_core))
+        th = self.transcript
+        tag = auth.make_tag(Role.INITIATOR, self._psk, Purpose.INITIATOR, th.hash(self._if_core))
         self._if_tagged = self._if_core + vec16(tag)
         psk = b"".join(k.key for k in self._qkd) if block.status is QKDStatus.USED else b""
         self._session = self._session_secret(block, psk)
-        confirm = self._mac(self._session, _labels.SECRET_INIT_FINISHED, self.transcript.hash(self._if_tagged))
-        sealed = self._seal(_labels.KEY_INIT_FINISH, self.transcript.hash(), self._if_tagged + vec8(confirm))
+        confirm = self._mac(self._session, _labels.SECRET_INIT_FINISHED, th.hash(self._if_tagged))
+        sealed = self._seal(_labels.KEY_INIT_FINISH, th.hash(), self._if_tagged + vec8(confirm))
         frame = encode(InitFinish(sealed))
-        self.transcript.absorb(frame)
+        th.absorb(frame)
         events: list[Event] = [SendMessage(frame)]
         if self._channel:
             self._provisional = self._result(self._session, block, self._local_reason)
@@ -698,36 +697,37 @@ class Initiator(Connection):
         return State.DONE, [HandshakeComplete(self._finish(self._provisional))]
 
     def _on_resp_finish(self, msg: RespFinish, frame: bytes) -> tuple[State, list[Event]]:
-        plain = self._open(_labels.KEY_RESP_FINISH, self.transcript.hash(), msg.sealed, "responder")
+        th = self.transcript
+        plain = self._open(_labels.KEY_RESP_FINISH, th.hash(), msg.sealed, "responder")
         payload = pull_resp_finish_payload(plain)
         core = push_resp_finish_core(payload.status, payload.reason)
         tagged = core + vec16(payload.auth_tag)
         if payload.status is QKDStatus.OFF:
             if self.state is State.WAIT_CHANNEL:
                 raise RemoteProtocolError("responder sent a RespFinish although the channel confirms the session")
-            expected = self._mac(self._session, _labels.SECRET_RESP_FINISHED, self.transcript.hash(tagged))
+            expected = self._mac(self._session, _labels.SECRET_RESP_FINISHED, th.hash(tagged))
             self._check_mac(expected, payload.confirm, "the responder's final key confirmation")
-            self.transcript.absorb(frame)
+            th.absorb(frame)
             result = self._result(self._session, self._block, self._local_reason)
             return State.DONE, [HandshakeComplete(self._finish(result))]
         # The responder could not get the QKD key: accept that only under its long-term credential.
         if self._block.status is not QKDStatus.USED:
             raise RemoteProtocolError("responder fell back without QKD although no QKD key was used")
         self._peer = self.config.authenticator.verify_peer(Role.INITIATOR, self._psk, Purpose.RESPONDER_FALLBACK,
-                                                           self._peer_identity, self.transcript.hash(core),
+                                                           self._peer_identity, th.hash(core),
                                                            payload.auth_tag)
         if _REQUIRED in (self._policy, self._peer_policy):
             raise QKDPolicyError(f"the responder could not get the QKD key ({QKD_REASON_TEXT[payload.reason]}) and "
                                  f"QKD is required; fix its QKD source, or use {_PREFERRED_HINT}")
         fallback = replace(self._block, status=QKDStatus.UNAVAILABLE, reason=payload.reason)
         session = self._session_secret(fallback, b"", tagged)
-        expected = self._mac(session, _labels.SECRET_RESP_FINISHED, self.transcript.hash(tagged))
+        expected = self._mac(session, _labels.SECRET_RESP_FINISHED, th.hash(tagged))
         self._check_mac(expected, payload.confirm, "the responder's fallback key confirmation")
-        self.transcript.absorb(frame)
-        confirm = self._mac(session, _labels.SECRET_INIT_CONFIRM, self.transcript.hash())
-        confirm_frame = encode(InitConfirm(self._seal(_labels.KEY_INIT_CONFIRM, self.transcript.hash(),
+        th.absorb(frame)
+        confirm = self._mac(session, _labels.SECRET_INIT_CONFIRM, th.hash())
+        confirm_frame = encode(InitConfirm(self._seal(_labels.KEY_INIT_CONFIRM, th.hash(),
                                                       vec8(confirm))))
-        self.transcript.absorb(confirm_frame)
+        th.absorb(confirm_frame)
         result = self._result(session, fallback, f"the responder's QKD source failed: "
                                                  f"{QKD_REASON_TEXT[payload.reason].removeprefix('its ')}")
         return State.DONE, [SendMessage(confirm_frame), HandshakeComplete(self._finish(result))]
@@ -789,7 +789,7 @@ class Responder(Connection):
         if not accepted:
             raise NegotiationError("no common suite: the peer offers none this side accepts; use the same --kem on "
                                    "both sides")
-        self._suite = SUITES[accepted[0]]
+        self.suite = SUITES[accepted[0]]
         share_suite = SUITES.get(msg.suites[0])
         if share_suite is None or share_suite.kem != self.suite.kem:
             raise NegotiationError(f"peer's key share is not for {self.suite.kem}; use the same --kem on both sides")
@@ -820,25 +820,27 @@ class Responder(Connection):
         self._k2, ciphertext = kem.encapsulate(msg.kem_key)
         self._ih = frame
         self._th = _Transcript(self.suite.hash)
-        self.transcript.absorb(frame)
+        th = self.transcript
+        th.absorb(frame)
         reply = RespHello(self._rng(NONCE_SIZE), self.suite.code, self._policy, x_public, ciphertext, choice, b"")
         self._rh_public = resp_hello_public(reply)
         self._handshake_secret()
         identity = auth.local_identity()
         tag = auth.make_tag(Role.RESPONDER, self._psk, Purpose.RESPONDER,
-                            self.transcript.hash(self._rh_public, vec16(identity)))
+                            th.hash(self._rh_public, vec16(identity)))
         self._rh_plain = vec16(identity) + vec16(tag)
-        sealed = self._seal(_labels.KEY_RESP_HELLO, self.transcript.hash(self._rh_public), self._rh_plain)
+        sealed = self._seal(_labels.KEY_RESP_HELLO, th.hash(self._rh_public), self._rh_plain)
         frame_out = build_frame(MessageType.RESP_HELLO, resp_hello_body(self._rh_public, sealed))
-        self.transcript.absorb(frame_out)
+        th.absorb(frame_out)
         return State.WAIT_INIT_FINISH, [SendMessage(frame_out)]
 
     def _on_init_finish(self, msg: InitFinish, frame: bytes) -> tuple[State, list[Event]]:
-        plain = self._open(_labels.KEY_INIT_FINISH, self.transcript.hash(), msg.sealed, "initiator")
+        th = self.transcript
+        plain = self._open(_labels.KEY_INIT_FINISH, th.hash(), msg.sealed, "initiator")
         payload = pull_init_finish_payload(plain)
         # Authenticate the initiator before touching any QKD key.
         self._peer = self.config.authenticator.verify_peer(Role.RESPONDER, self._psk, Purpose.INITIATOR,
-                                                           payload.identity, self.transcript.hash(payload.core),
+                                                           payload.identity, th.hash(payload.core),
                                                            payload.auth_tag)
         if self._peer.auth != auth_name(self._peer_kind):
             raise AuthenticationError(f"the initiator announced {auth_name(self._peer_kind)} but its key is "
@@ -870,17 +872,18 @@ class Responder(Connection):
 
     def _confirm_initiator(self, psk: bytes, reason: str) -> tuple[State, list[Event]]:
         session = self._session_secret(self._block, psk)
-        expected = self._mac(session, _labels.SECRET_INIT_FINISHED, self.transcript.hash(self._if_tagged))
+        th = self.transcript
+        expected = self._mac(session, _labels.SECRET_INIT_FINISHED, th.hash(self._if_tagged))
         self._check_mac(expected, self._confirm_i, "the initiator's final key confirmation")
-        self.transcript.absorb(self._if_frame)
+        th.absorb(self._if_frame)
         events: list[Event] = []
         if not self._channel:
             core = push_resp_finish_core(QKDStatus.OFF, QKDReason.NONE)
             tagged = core + vec16(b"")
-            confirm = self._mac(session, _labels.SECRET_RESP_FINISHED, self.transcript.hash(tagged))
-            frame = encode(RespFinish(self._seal(_labels.KEY_RESP_FINISH, self.transcript.hash(),
+            confirm = self._mac(session, _labels.SECRET_RESP_FINISHED, th.hash(tagged))
+            frame = encode(RespFinish(self._seal(_labels.KEY_RESP_FINISH, th.hash(),
                                                  tagged + vec8(confirm))))
-            self.transcript.absorb(frame)
+            th.absorb(frame)
             events.append(SendMessage(frame))
         result = self._result(session, self._block, reason)
         events.append(HandshakeComplete(self._finish(result)))
@@ -902,23 +905,25 @@ class Responder(Connection):
         # Fall back, saying so under this side's long-term credential, and wait for the initiator's proof.
         reason = _qkd_reason(error)
         core = push_resp_finish_core(QKDStatus.UNAVAILABLE, reason)
-        self.transcript.absorb(self._if_frame)
+        th = self.transcript
+        th.absorb(self._if_frame)
         tag = self.config.authenticator.make_tag(Role.RESPONDER, self._psk, Purpose.RESPONDER_FALLBACK,
-                                                 self.transcript.hash(core))
+                                                 th.hash(core))
         tagged = core + vec16(tag)
         self._block = replace(self._block, status=QKDStatus.UNAVAILABLE, reason=reason)
         self._session = self._session_secret(self._block, b"", tagged)
-        confirm = self._mac(self._session, _labels.SECRET_RESP_FINISHED, self.transcript.hash(tagged))
-        frame = encode(RespFinish(self._seal(_labels.KEY_RESP_FINISH, self.transcript.hash(), tagged + vec8(confirm))))
-        self.transcript.absorb(frame)
+        confirm = self._mac(self._session, _labels.SECRET_RESP_FINISHED, th.hash(tagged))
+        frame = encode(RespFinish(self._seal(_labels.KEY_RESP_FINISH, th.hash(), tagged + vec8(confirm))))
+        th.absorb(frame)
         self._local_reason = f"this side's QKD source failed: {error}"
         return State.WAIT_INIT_CONFIRM, [SendMessage(frame)]
 
     def _on_init_confirm(self, msg: InitConfirm, frame: bytes) -> tuple[State, list[Event]]:
-        plain = self._open(_labels.KEY_INIT_CONFIRM, self.transcript.hash(), msg.sealed, "initiator")
+        th = self.transcript
+        plain = self._open(_labels.KEY_INIT_CONFIRM, th.hash(), msg.sealed, "initiator")
         confirm = pull_init_confirm_payload(plain)
-        expected = self._mac(self._session, _labels.SECRET_INIT_CONFIRM, self.transcript.hash())
+        expected = self._mac(self._session, _labels.SECRET_INIT_CONFIRM, th.hash())
         self._check_mac(expected, confirm, "the initiator's fallback key confirmation")
-        self.transcript.absorb(frame)
+        th.absorb(frame)
         result = self._result(self._session, self._block, self._local_reason)
         return State.DONE, [HandshakeComplete(self._finish(result))]
