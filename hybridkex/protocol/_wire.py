@@ -247,50 +247,68 @@ _U16 = struct.Struct(">H").pack
 class Buffer:
     """A read cursor over a body; every pull checks the bytes are there."""
 
+    # A handshake pulls some seventy fields: each pull is one call that checks and slices in place.
+    __slots__ = ("data", "pos", "end", "what")
+
     def __init__(self, data: bytes, what: str) -> None:
         self.data = data
         self.pos = 0
+        self.end = len(data)
         self.what = what
 
     def _truncated(self, n: int, field_name: str) -> RemoteProtocolError:
         return RemoteProtocolError(f"truncated {self.what}: field {field_name} needs {n} bytes, "
-                                   f"{len(self.data) - self.pos} left")
-
-    def _take(self, n: int, field_name: str) -> bytes:
-        pos = self.pos
-        end = pos + n
-        if end > len(self.data):
-            raise self._truncated(n, field_name)
-        self.pos = end
-        return self.data[pos:end]
+                                   f"{self.end - self.pos} left")
 
     def pull_u8(self, name: str) -> int:
         pos = self.pos
-        if pos >= len(self.data):
+        if pos >= self.end:
             raise self._truncated(1, name)
         self.pos = pos + 1
         return self.data[pos]
 
     def pull_u16(self, name: str) -> int:
         pos = self.pos
-        if pos + 2 > len(self.data):
+        if pos + 2 > self.end:
             raise self._truncated(2, name)
         self.pos = pos + 2
         data = self.data
         return data[pos] << 8 | data[pos + 1]
 
     def pull_u64(self, name: str) -> int:
-        value: int = struct.unpack(">Q", self._take(8, name))[0]
+        value: int = struct.unpack(">Q", self.pull_bytes(8, name))[0]
         return value
 
     def pull_bytes(self, n: int, name: str) -> bytes:
-        return self._take(n, name)
+        pos = self.pos
+        end = pos + n
+        if end > self.end:
+            raise self._truncated(n, name)
+        self.pos = end
+        return self.data[pos:end]
 
     def pull_vec8(self, name: str) -> bytes:
-        return self._take(self.pull_u8(name), name)
+        data, pos = self.data, self.pos
+        if pos >= self.end:
+            raise self._truncated(1, name)
+        end = pos + 1 + data[pos]
+        if end > self.end:
+            self.pos = pos + 1
+            raise self._truncated(data[pos], name)
+        self.pos = end
+        return data[pos + 1:end]
 
     def pull_vec16(self, name: str) -> bytes:
-        return self._take(self.pull_u16(name), name)
+        data, pos = self.data, self.pos
+        if pos + 2 > self.end:
+            raise self._truncated(2, name)
+        n = data[pos] << 8 | data[pos + 1]
+        end = pos + 2 + n
+        if end > self.end:
+            self.pos = pos + 2
+            raise self._truncated(n, name)
+        self.pos = end
+        return data[pos + 2:end]
 
     def pull_text8(self, name: str) -> str:
         raw = self.pull_vec8(name)
@@ -307,8 +325,8 @@ class Buffer:
         return member
 
     def finish(self) -> None:
-        if self.pos != len(self.data):
-            raise RemoteProtocolError(f"malformed {self.what}: {len(self.data) - self.pos} trailing bytes")
+        if self.pos != self.end:
+            raise RemoteProtocolError(f"malformed {self.what}: {self.end - self.pos} trailing bytes")
 
 
 def vec8(data: bytes) -> bytes:
