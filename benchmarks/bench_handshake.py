@@ -132,8 +132,9 @@ def handshake_pair(i_config: HandshakeConfig, r_config: HandshakeConfig, qkd_key
 
 def serving_guard() -> DoSGuard:
     """The DoS guard of a responder that serves many handshakes, as one listener's guard does: one for all of
-    them (mac1, replay cache, load meter), with limits high enough that a benchmark never turns it to cookies."""
-    return DoSGuard(load_threshold=10_000_000, source_rate=1e9, source_burst=10_000_000)
+    them (mac1, replay cache, load meter), with limits high enough that a benchmark never turns it to cookies
+    (a replay cache as large as the handshakes a long run makes within the replay window)."""
+    return DoSGuard(load_threshold=10_000_000, source_rate=1e9, source_burst=10_000_000, max_entries=1 << 22)
 
 
 def _connections(i_config: HandshakeConfig, r_config: HandshakeConfig,
