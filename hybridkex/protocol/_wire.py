@@ -11,12 +11,13 @@ Encoders are ``push_*`` and decoders ``pull_*`` over a :class:`Buffer`, after ai
 
 from __future__ import annotations
 
+import functools
 import struct
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .._errors import RemoteProtocolError
 from ._record import fast_init
@@ -275,10 +276,6 @@ class Buffer:
         data = self.data
         return data[pos] << 8 | data[pos + 1]
 
-    def pull_u64(self, name: str) -> int:
-        value: int = struct.unpack(">Q", self.pull_bytes(8, name))[0]
-        return value
-
     def pull_bytes(self, n: int, name: str) -> bytes:
         pos = self.pos
         end = pos + n
@@ -310,6 +307,15 @@ class Buffer:
         self.pos = end
         return data[pos + 2:end]
 
+    def pull_struct(self, fields: struct.Struct, name: str) -> tuple[Any, ...]:
+        """Several fixed-size fields at once (``name`` says which, for the error)."""
+        pos = self.pos
+        end = pos + fields.size
+        if end > self.end:
+            raise self._truncated(fields.size, name)
+        self.pos = end
+        return fields.unpack_from(self.data, pos)
+
     def pull_text8(self, name: str) -> str:
         raw = self.pull_vec8(name)
         try:
@@ -318,7 +324,11 @@ class Buffer:
             raise RemoteProtocolError(f"malformed {self.what}: {name} is not UTF-8") from None
 
     def pull_enum(self, enum: type[_E], name: str) -> _E:
-        raw = self.pull_u8(name)
+        pos = self.pos
+        if pos >= self.end:
+            raise self._truncated(1, name)
+        self.pos = pos + 1
+        raw = self.data[pos]
         member = _member(enum, raw)
         if member is None:
             raise RemoteProtocolError(f"malformed {self.what}: {name} {raw} is not defined")
@@ -343,6 +353,15 @@ def vec16(data: bytes) -> bytes:
 
 # -- InitHello -----------------------------------------------------------------------------------
 
+_INIT_HELLO_START = struct.Struct(f">Q{NONCE_SIZE}sB")
+_TWO_U8 = struct.Struct(">BB")
+
+
+@functools.lru_cache(maxsize=MAX_SUITES)
+def _suite_list(count: int) -> struct.Struct:
+    return struct.Struct(f">{count}H")
+
+
 def init_hello_prefix(m: InitHello) -> bytes:
     """The body up to the PSK offer: what the blinded PSK identifiers are computed over."""
     if not 0 < len(m.suites) <= MAX_SUITES:
@@ -363,13 +382,11 @@ def push_init_hello(m: InitHello) -> bytes:
 
 
 def _pull_init_hello(buf: Buffer) -> InitHello:
-    timestamp = buf.pull_u64("timestamp")
-    nonce = buf.pull_bytes(NONCE_SIZE, "nonce")
-    count = buf.pull_u8("suites")
+    timestamp, nonce, count = buf.pull_struct(_INIT_HELLO_START, "timestamp, nonce and suite count")
     if not 0 < count <= MAX_SUITES:
         raise RemoteProtocolError(f"malformed InitHello: {count} suites offered (1..{MAX_SUITES} allowed)")
-    suites = tuple(buf.pull_u16("suites") for _ in range(count))
-    auth_kind, policy = buf.pull_u8("auth_kind"), buf.pull_u8("qkd_policy")
+    suites = buf.pull_struct(_suite_list(count), "suites")
+    auth_kind, policy = buf.pull_struct(_TWO_U8, "auth_kind and qkd_policy")
     context, x25519, kem_key = buf.pull_vec8("context"), buf.pull_vec8("x25519"), buf.pull_vec16("kem_key")
     n_psk = buf.pull_u8("psk_ids")
     if n_psk > MAX_PSK_OFFER:
@@ -400,10 +417,13 @@ def resp_hello_body(public: bytes, sealed: bytes) -> bytes:
     return public + vec16(sealed)
 
 
+_RESP_HELLO_START = struct.Struct(f">{NONCE_SIZE}sHB")
+
+
 def _pull_resp_hello(buf: Buffer) -> RespHello:
-    return RespHello(buf.pull_bytes(NONCE_SIZE, "nonce"), buf.pull_u16("suite"), buf.pull_u8("qkd_policy"),
-                     buf.pull_vec8("x25519"), buf.pull_vec16("kem_ciphertext"), buf.pull_u8("psk_choice"),
-                     buf.pull_vec16("sealed"))
+    nonce, suite, policy = buf.pull_struct(_RESP_HELLO_START, "nonce, suite and qkd_policy")
+    return RespHello(nonce, suite, policy, buf.pull_vec8("x25519"), buf.pull_vec16("kem_ciphertext"),
+                     buf.pull_u8("psk_choice"), buf.pull_vec16("sealed"))
 
 
 def push_resp_hello_payload(p: RespHelloPayload) -> bytes:
@@ -538,19 +558,34 @@ def encode(message: Message) -> bytes:
 def parse_header(header: bytes) -> tuple[MessageType, int]:
     """Check a frame header and return (type, body length).  Raises RemoteProtocolError."""
     if len(header) != HEADER_SIZE:
-        raise RemoteProtocolError(f"truncated frame header ({len(header)} of {HEADER_SIZE} bytes)")
-    if header[:2] != MAGIC:
+        raise _truncated_header(len(header))
+    return _parse_header(header)
+
+
+def _truncated_header(got: int) -> RemoteProtocolError:
+    return RemoteProtocolError(f"truncated frame header ({got} of {HEADER_SIZE} bytes)")
+
+
+_HEADER = struct.Struct(">2sBBI")
+
+
+def _parse_header(frame: bytes) -> tuple[MessageType, int]:
+    """:func:`parse_header` of the first :data:`HEADER_SIZE` bytes of ``frame`` (at least that long)."""
+    magic, version, raw_type, length = _HEADER.unpack_from(frame)
+    if magic != MAGIC:
         raise RemoteProtocolError("garbage on the connection: this is not a hybridkex peer (bad magic)")
-    if header[2] != PROTOCOL_VERSION:
-        raise RemoteProtocolError(f"peer speaks hybridkex wire version {header[2]}, this side speaks "
+    if version != PROTOCOL_VERSION:
+        raise RemoteProtocolError(f"peer speaks hybridkex wire version {version}, this side speaks "
                                   f"{PROTOCOL_VERSION}; upgrade the older side")
-    mtype = _member(MessageType, header[3])
+    mtype = _MESSAGE_TYPES.get(raw_type)
     if mtype is None:
-        raise RemoteProtocolError(f"unknown message type {header[3]}")
-    (length,) = struct.unpack(">I", header[4:8])
+        raise RemoteProtocolError(f"unknown message type {raw_type}")
     if length > MAX_BODY_SIZE:
         raise RemoteProtocolError(f"oversized frame: body of {length} bytes exceeds the {MAX_BODY_SIZE}-byte limit")
     return mtype, length
+
+
+_MESSAGE_TYPES: dict[int, MessageType] = {int(m): m for m in MessageType}
 
 
 _PULL: dict[MessageType, Callable[[Buffer], Message]] = {
@@ -570,7 +605,9 @@ def decode(frame: bytes) -> Message:
     if not isinstance(frame, (bytes, bytearray)):
         raise TypeError("frame must be bytes")
     frame = bytes(frame)
-    mtype, length = parse_header(frame[:HEADER_SIZE])
+    if len(frame) < HEADER_SIZE:
+        raise _truncated_header(len(frame))
+    mtype, length = _parse_header(frame)
     body = frame[HEADER_SIZE:]
     if len(body) != length:
         raise RemoteProtocolError(f"truncated {_NAMES[mtype]} frame: header says {length} bytes, got {len(body)}")
