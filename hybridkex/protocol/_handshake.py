@@ -67,14 +67,14 @@ from .._errors import (
     UnknownPeerError,
     UnverifiedMessage,
 )
-from ..backends import Backend, get_backend
+from ..backends import KEM, Backend, KeyAgreement, get_backend
 from . import _labels
 from ._auth import Authenticator, PeerInfo, Purpose
 from ._catkdf import HMACKey, catkdf_unchecked, hmac_digest, new_hash
 from ._dos import DoSGuard
 from ._qkd import QKD_KEY_BYTES, QKDKey
 from ._record import fast_init
-from ._state import Input, Role, State, lookup
+from ._state import TRANSITIONS, Input, Role, State, lookup
 from ._suites import QKD_POLICIES, QKD_POLICY_CODES, SUITES, Suite, auth_name
 from ._wire import (
     COOKIE_NONCE_SIZE,
@@ -120,6 +120,7 @@ __all__ = [
 _OFF, _PREFERRED, _REQUIRED = (QKD_POLICY_CODES[p] for p in QKD_POLICIES)
 _PREFERRED_HINT = "qkd_policy 'preferred' (--qkd-policy preferred)"
 _ZERO_NONCE = bytes(12)
+_NO_QKD_BLOCK = QKDBlock(QKDStatus.OFF)
 
 
 @dataclass(frozen=True)
@@ -361,6 +362,21 @@ class Connection:
     suite: Suite
     #: each secret that keys expansions (handshake, session) with its HMAC state, found by identity
     _keyed: tuple[tuple[bytes, HMACKey], ...] = ()
+    # What a handshake fills in as it goes: empty until then (class defaults, so a connection starts cheaply).
+    _th: _Transcript | None = None
+    _ih = _rh_public = _rh_plain = _if_core = _if_tagged = b""
+    _hs = _k1 = _k2 = _session = b""
+    _psk: bytes | None = None
+    _qkd: Sequence[QKDKey] = ()
+    _encoded_block: tuple[QKDBlock | None, bytes] = (None, b"")
+    _peer: PeerInfo | None = None
+    _peer_identity = b""
+    _local_reason = ""
+    result: HandshakeResult | None = None
+    #: True once the peer's signature or PSK MAC verified (before that, failures are unauthenticated)
+    authenticated = False
+    #: after a failure: an Alert frame to send to the peer, if the peer should be told
+    error_alert: bytes | None = None
 
     def __init__(self, config: HandshakeConfig, *, rng: Callable[[int], bytes] = os.urandom,
                  now: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
@@ -373,52 +389,32 @@ class Connection:
         self._backend = config.backend if isinstance(config.backend, Backend) else get_backend(config.backend)
         self._policy = QKD_POLICY_CODES[config.qkd_policy]
         self._peer_policy = _OFF
-        self._th: _Transcript | None = None
-        self._ih = b""
-        self._rh_public = b""
-        self._rh_plain = b""
-        self._if_core = b""
-        self._if_tagged = b""
-        self._hs = b""
-        self._k1 = self._k2 = b""
-        self._psk: bytes | None = None
-        self._qkd: list[QKDKey] = []
-        self._block = QKDBlock(QKDStatus.OFF)
-        self._encoded_block: tuple[QKDBlock | None, bytes] = (None, b"")
-        self._session = b""
-        self._keyed = ()
-        self._peer: PeerInfo | None = None
-        self._peer_identity = b""
-        self._local_reason = ""
-        self.result: HandshakeResult | None = None
-        #: True once the peer's signature or PSK MAC verified (before that, failures are unauthenticated)
-        self.authenticated = False
-        #: after a failure: an Alert frame to send to the peer, if the peer should be told
-        self.error_alert: bytes | None = None
+        self._block = _NO_QKD_BLOCK
 
     # -- the interface both roles implement ---------------------------------------------
     def receive(self, frame: bytes) -> list[Event]:
         """Handle one whole frame from the peer."""
-        def run() -> list[Event]:
-            message = decode(frame)
-            return self._step(_INPUT_OF[type(message)], message, frame)
-        return self._run(run)
+        return self._run(self._receive, frame)
 
     def qkd_keys(self, keys: Sequence[QKDKey]) -> list[Event]:
         """Answer a :class:`NeedQKDKeys` with the keys the source delivered."""
-        return self._run(lambda: self._step(Input.QKD_KEYS, list(keys)))
+        return self._run(self._step, Input.QKD_KEYS, list(keys))
 
     def qkd_failed(self, error: QKDError) -> list[Event]:
         """Answer a :class:`NeedQKDKeys` with the source's failure; the policies decide."""
-        return self._run(lambda: self._step(Input.QKD_FAILED, error))
+        return self._run(self._step, Input.QKD_FAILED, error)
 
     # -- dispatch ------------------------------------------------------------------------
-    def _run(self, fn: Callable[[], list[Event]]) -> list[Event]:
+    def _receive(self, frame: bytes) -> list[Event]:
+        message = decode(frame)
+        return self._step(_INPUT_OF[type(message)], message, frame)
+
+    def _run(self, fn: Callable[..., list[Event]], *args: Any) -> list[Event]:
         if self.state in _FINAL:
             raise LocalProtocolError(f"the handshake is already {self.state.value}; start a new one")
         try:
             self._check_deadline()
-            return fn()
+            return fn(*args)
         except HybridKexError as exc:
             self._fail(exc)
             raise
@@ -434,7 +430,7 @@ class Connection:
             raise err2 from exc
 
     def _step(self, event: Input, *args: Any) -> list[Event]:
-        step = lookup(self.role, self.state, event)
+        step = TRANSITIONS.get((self.role, self.state, event)) or lookup(self.role, self.state, event)
         target, events = getattr(self, step.handler)(*args)
         if target not in step.targets:
             raise LocalProtocolError(f"internal error: {step.handler} led to {target.value}, off the table")
@@ -512,7 +508,7 @@ class Connection:
         self._hs = self._k1 = self._k2 = self._session = b""
         self._keyed = ()
         self._psk = None
-        self._qkd = []
+        self._qkd = ()
         # Never answer an alert with an alert, and give nothing to a sender that proved nothing.
         # A local fault is reported as INTERNAL: the peer learns the handshake is over, not that it erred.
         if not isinstance(exc, (PeerAlertError, UnverifiedMessage)):
@@ -543,7 +539,7 @@ class Connection:
         self._hs = self._k1 = self._k2 = self._session = b""
         self._keyed = ()
         self._psk = None
-        self._qkd = []
+        self._qkd = ()
         self.result = result
         return result
 
@@ -582,16 +578,14 @@ class Initiator(Connection):
 
     def initiate(self) -> list[Event]:
         """Start the handshake: returns the InitHello to send."""
-        return self._run(lambda: self._step(Input.START))
+        return self._run(self._step, Input.START)
 
     def channel_confirmed(self) -> list[Event]:
         """The channel above (TLS Finished under a PSK from this session) proved the responder's key."""
-        return self._run(lambda: self._step(Input.CHANNEL_CONFIRMED))
+        return self._run(self._step, Input.CHANNEL_CONFIRMED)
 
     def _initiate(self) -> tuple[State, list[Event]]:
-        first = SUITES[self.config.suites[0]]
-        self._kem = self._backend.kem(first.kem)
-        self._ka = self._backend.key_agreement(first.key_agreement)
+        self._kem, self._ka = _schemes(self._backend, self.config.suites[0])
         self._kem_private, kem_key = self._kem.generate(self._rng(self._kem.sizes.decapsulation_key_seed))
         self._x_private, x_public = self._ka.generate(self._rng(self._ka.private_key_size))
         auth = self.config.authenticator
@@ -631,7 +625,8 @@ class Initiator(Connection):
         self._th = _Transcript(self.suite.hash)
         th = self.transcript
         th.absorb(self._ih)
-        self._rh_public = resp_hello_public(msg)
+        # The public part as received: a valid frame has one encoding, so these are the bytes re-encoding makes.
+        self._rh_public = frame[HEADER_SIZE:len(frame) - 2 - len(msg.sealed)]
         self._k1 = self._ka.exchange(self._x_private, msg.x25519)
         self._k2 = self._kem.decapsulate(self._kem_private, msg.kem_ciphertext)
         self._handshake_secret()
@@ -733,6 +728,13 @@ class Initiator(Connection):
         return State.DONE, [SendMessage(confirm_frame), HandshakeComplete(self._finish(result))]
 
 
+@functools.lru_cache(maxsize=64)
+def _schemes(backend: Backend, suite_code: int) -> tuple[KEM, KeyAgreement]:
+    """A suite's KEM and key agreement from ``backend``, made once per backend and suite (they hold no state)."""
+    suite = SUITES[suite_code]
+    return backend.kem(suite.kem), backend.key_agreement(suite.key_agreement)
+
+
 # Both keys hash a responder's public key (kilobytes for ML-DSA) and are public: made once per key.
 @functools.lru_cache(maxsize=256)
 def _mac1_key(static: bytes) -> bytes:
@@ -810,8 +812,7 @@ class Responder(Connection):
         self._peer_kind = msg.auth_kind
         prefix = signed[:len(signed) - 1 - len(b"".join(msg.psk_ids))]
         choice, self._psk = auth.select(prefix, msg.psk_ids)
-        kem = self._backend.kem(self.suite.kem)
-        ka = self._backend.key_agreement(self.suite.key_agreement)
+        kem, ka = _schemes(self._backend, self.suite.code)
         if len(msg.kem_key) != kem.sizes.encapsulation_key:
             raise RemoteProtocolError(f"peer's {kem.name} encapsulation key is {len(msg.kem_key)} bytes, "
                                       f"expected {kem.sizes.encapsulation_key}")
