@@ -24,7 +24,7 @@ from .protocol._auth import MIN_PSK_BYTES, Authenticator, PSKAuthenticator, Sign
 from .protocol._handshake import HandshakeConfig, HandshakeResult
 from .protocol._qkd import QKD_KEY_BYTES, QKDKey, QKDKeySource
 from .protocol._suites import suites_for_kem
-from .qkd._journal import JournaledSource, KeyIdJournal, default_journal_path
+from .qkd._journal import DEFAULT_RETENTION_DAYS, JournaledSource, KeyIdJournal, default_journal_path
 from .qkd._registry import check_source, open_source, source_names
 
 __all__ = ["ExchangeSettings", "load_psk_file", "qkd_kinds"]
@@ -97,6 +97,8 @@ class ExchangeSettings:
     """Allow plain http:// to the KME (simulators only)."""
     qkd_journal: Path | None = None
     """File of the QKD key_IDs this side used (default: ``$HYBRIDKEX_STATE_DIR/qkd-key-ids``)."""
+    qkd_journal_days: float = DEFAULT_RETENTION_DAYS
+    """Days a used key_ID stays in the journal (a KME that hands it out again within them is caught)."""
     timeout: float = 30.0
     """Seconds for the whole handshake."""
 
@@ -129,6 +131,8 @@ class ExchangeSettings:
                 raise ConfigError("no peer pinned: give the peer's public key with --peer PEER.pub")
         if self.timeout <= 0:
             raise ConfigError("--timeout must be positive")
+        if not self.qkd_journal_days > 0:
+            raise ConfigError("--qkd-journal-days (qkd_journal_days) must be a positive number of days")
 
     def authenticator(self) -> Authenticator:
         self.validate()
@@ -185,7 +189,8 @@ class ExchangeSettings:
             if self.effective_qkd_policy != "preferred":
                 raise
             source = _BrokenSource(self.qkd, QKDSourceMissing(f"QKD source {self.qkd} cannot be opened: {exc}"))
-        return JournaledSource(source, KeyIdJournal.for_path(self.qkd_journal or default_journal_path()))
+        return JournaledSource(source, KeyIdJournal.for_path(self.qkd_journal or default_journal_path(),
+                                                             self.qkd_journal_days))
 
 
 class _BrokenSource(QKDKeySource):

@@ -35,6 +35,7 @@ from .._errors import (
 from ..backends import KEM_NAMES, backend_names
 from ..protocol._suites import QKD_POLICIES
 from ..protocol._wire import AlertCode
+from ..qkd._journal import DEFAULT_RETENTION_DAYS
 
 __all__ = ["exchange_options", "settings_from_options", "fail", "exit_code_for", "handle_errors",
            "EXIT_CODES", "EXCHANGE_KEYS"]
@@ -72,13 +73,17 @@ _OPTIONS = [
                  help="Responder with several pinned peers: the SAE ID of each (repeat)."),
     click.option("--qkd-journal", type=_path,
                  help="File of the QKD key_IDs this side used [default: $HYBRIDKEX_STATE_DIR/qkd-key-ids]."),
+    click.option("--qkd-journal-days", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_RETENTION_DAYS,
+                 show_default=True, metavar="DAYS",
+                 help="How long a used key_ID stays in the journal; a KME that hands it out again later is no "
+                      "longer caught by it."),
     click.option("--kme-insecure-http", is_flag=True,
                  help="Allow plain http:// to the KME. For simulators only: keys would cross the network in clear."),
     click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds for the whole handshake."),
 ]
 EXCHANGE_KEYS = ("identity", "peers", "psk_file", "psk_ratchet", "name", "peer_name", "kem", "backend", "qkd",
                  "qkd_link", "qkd_policy", "kme_url", "kme_ca", "sae_cert", "sae_key", "sae_id", "peer_sae_id",
-                 "peer_sae_map", "kme_insecure_http", "qkd_journal", "timeout")
+                 "peer_sae_map", "kme_insecure_http", "qkd_journal", "qkd_journal_days", "timeout")
 
 
 def exchange_options(f: F) -> F:

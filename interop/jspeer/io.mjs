@@ -212,14 +212,15 @@ export class Etsi014 {
   }
 }
 
-/** §7.4 append-only key_ID journal, per role. */
+/** §7.4 append-only key_ID journal, per role: `role key_ID unix-seconds` lines; this peer keeps every entry. */
 export class Journal {
-  constructor(path) { this.path = path; this.seen = new Set(); if (path && fs.existsSync(path)) for (const l of fs.readFileSync(path, 'utf8').split('\n')) if (l) this.seen.add(l); }
+  constructor(path) { this.path = path; this.seen = new Set(); if (path && fs.existsSync(path)) for (const l of fs.readFileSync(path, 'utf8').split('\n')) if (l) this.seen.add(l.split(' ').slice(0, 2).join(' ')); }
   has(role, ids) { return ids.some((id) => this.seen.has(`${role} ${bytesToUuid(id)}`)); }
   record(role, ids) {
     if (this.has(role, ids)) throw new ProtocolError(A.qkd_replay, 'a QKD key_ID was already used (journal)', { exitCode: 4 });
     const lines = ids.map((id) => `${role} ${bytesToUuid(id)}`);
-    if (this.path) fs.appendFileSync(this.path, lines.map((l) => `${l}\n`).join(''), { mode: 0o600 });
+    const now = Math.floor(Date.now() / 1000);
+    if (this.path) fs.appendFileSync(this.path, lines.map((l) => `${l} ${now}\n`).join(''), { mode: 0o600 });
     for (const l of lines) this.seen.add(l);
   }
 }

@@ -52,7 +52,7 @@ _PEER_KEYS = {"interface", "public_key", "name", "endpoint", "role", "rotation",
 _PATH_KEYS = {"identity", "psk_file", "qkd_link", "kme_ca", "sae_cert", "sae_key", "qkd_journal"}
 _STR_KEYS = {"kem", "backend", "qkd", "qkd_policy", "kme_url", "sae_id", "peer_sae_id", "name", "peer_name"}
 #: TOML names in [exchange]; ``pinned_peers`` is ExchangeSettings.peers (the peers' hybridkex id.pub files).
-EXCHANGE_TOML_KEYS = _PATH_KEYS | _STR_KEYS | {"pinned_peers", "kme_insecure_http", "timeout"}
+EXCHANGE_TOML_KEYS = _PATH_KEYS | _STR_KEYS | {"pinned_peers", "kme_insecure_http", "timeout", "qkd_journal_days"}
 _ROLES = ("auto", "initiator", "responder")
 
 
@@ -196,8 +196,8 @@ def exchange_settings(table: Mapping[str, Any], where: str, base: Path, *,
             if not isinstance(value, bool):
                 raise ConfigError(f"{where}.kme_insecure_http must be true or false")
             values[key] = value
-        elif key == "timeout":
-            values[key] = _number(value, f"{where}.timeout", strict=True)
+        elif key in ("timeout", "qkd_journal_days"):
+            values[key] = _number(value, f"{where}.{key}", strict=True)
     psk_mode = "psk_file" in values or "psk_ratchet" in values
     if psk_mode and names is not None:
         values.setdefault("name", names[0])

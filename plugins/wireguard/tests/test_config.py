@@ -72,12 +72,13 @@ def test_per_peer_overrides_and_sinks(tmp_path: Path) -> None:
                     "sink": [{"type": "wg", "wg": "/usr/bin/wg"},
                              {"type": "file", "path": "keys/{interface}-{name}.psk", "format": "hex"}]}],
         peer=[{"public_key": LOW, "name": "a", "rotation": {"failure_policy": "fail-closed", "deadline": 100},
-               "exchange": {"psk_file": "a.psk", "timeout": 5}},
+               "exchange": {"psk_file": "a.psk", "timeout": 5, "qkd_journal_days": 2}},
               {"public_key": OTHER, "name": "c", "endpoint": "h:1",
                "sink": [{"type": "command", "command": ["/bin/true", "x"]}]}])
     a, c = parse_config(doc, base=tmp_path, public_key_of=no_wg).peers
     assert a.policy.interval == 60 and a.policy.deadline == 100 and a.policy.failure_policy is FailurePolicy.FAIL_CLOSED
     assert a.settings.psk_file == tmp_path / "a.psk" and a.settings.timeout == 5
+    assert a.settings.qkd_journal_days == 2 and c.settings.qkd_journal_days == 7  # the default
     assert c.policy.deadline == 90 and c.settings.psk_file == tmp_path / "psk.key"
     wg_sink, file_sink = a.sinks
     assert isinstance(wg_sink, WgSink) and wg_sink.wg == "/usr/bin/wg"
@@ -122,6 +123,8 @@ def test_interface_public_key_is_read_from_wg_when_absent(tmp_path: Path) -> Non
     (dict(interface=[{"name": "wg0", "public_key": LOW, "sink": []}]), "non-empty list"),
     (dict(workers=0), "workers"),
     (dict(preauth_timeout=0), "preauth_timeout must be greater than 0"),
+    (dict(exchange={"psk_file": "k", "qkd_journal_days": 0}), r"exchange.qkd_journal_days must be greater than 0"),
+    (dict(exchange={"psk_file": "k", "qkd_journal_days": "week"}), "qkd_journal_days must be a number"),
 ])
 def test_errors_say_where_and_what(tmp_path: Path, change: dict[str, Any], match: str) -> None:
     doc = document(**change)
