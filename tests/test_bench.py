@@ -21,7 +21,8 @@ def test_quick_run_ends_with_a_json_summary() -> None:
                           capture_output=True, text=True, timeout=240, check=False)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    for key in ("ratio", "handshake_us", "floor_us"):
+    for key in ("ratio", "handshake_us", "floor_us", "overhead_replayed_us", "overhead_interleaved_us",
+                "overhead_inline_us"):
         assert isinstance(summary[key], (int, float)) and summary[key] > 0, (key, summary[key])
     assert summary["backend"] == "cryptography"
     assert summary["kem"] == "ml-kem-768" and summary["sig"] == "ml-dsa-65" and summary["iterations"] > 0
@@ -78,6 +79,27 @@ def test_timed_handshakes_time_every_primitive_call() -> None:
     setup = make_setup(get_backend("cryptography"), "ml-kem-768", "ml-dsa-44")
     total, primitives = _time_handshakes(setup.configs, [None, None], setup.stopwatch)
     assert 0 < primitives < total
+    per_handshake = {op: n // 2 for op, n in setup.stopwatch.calls.items()}
+    assert per_handshake == {"kem-generate": 1, "kem-encapsulate": 1, "kem-decapsulate": 1, "ka-generate": 2,
+                             "ka-exchange": 2, "sign": 2, "verify": 2, "catkdf": 4, "chacha20-poly1305": 6}
+
+
+def test_interleaved_replays_compute_each_primitive_yet_serve_the_tape() -> None:
+    # overhead_interleaved_us means "the replayed work after real primitive calls": each call must run the real
+    # primitive inside the stopwatch and still hand the protocol the recorded result.
+    from bench_handshake import _Interleaved, _Stopwatch, _Tape, _time_interleaved
+
+    tape, watch = _Tape(), _Stopwatch()
+    tape("sign", b"m", b"c", lambda: b"recorded")
+    tape.recording = False
+    ran: list[int] = []
+    hook = _Interleaved(tape, watch)
+    assert hook("sign", b"m", b"c", lambda: ran.append(1) or b"fresh") == b"recorded"
+    assert ran == [1] and watch.calls == {"sign": 1}
+
+    setup = make_setup(get_backend("cryptography"), "ml-kem-768", "ml-dsa-44")
+    overhead = _time_interleaved(setup.interleaved_configs, 2, setup.stopwatch, 0.0)
+    assert overhead > 0
     per_handshake = {op: n // 2 for op, n in setup.stopwatch.calls.items()}
     assert per_handshake == {"kem-generate": 1, "kem-encapsulate": 1, "kem-decapsulate": 1, "ka-generate": 2,
                              "ka-exchange": 2, "sign": 2, "verify": 2, "catkdf": 4, "chacha20-poly1305": 6}
