@@ -146,11 +146,17 @@ class TLSEngine:
     def __init__(self, handle: ContextHandle, psk: ExternalPSK | None, *, expected_group: str | None = None,
                  suppress_ragged_eofs: bool = True, session: bytes | None = None, server_hostname: str | None = None,
                  alpn_protocols: Sequence[str] = (),
-                 on_hello: Callable[[bool, bytes, str | None], bool] | None = None, fd: int | None = None) -> None:
+                 on_hello: Callable[[bool, bytes, str | None], bool] | None = None,
+                 on_done: Callable[[TLSEngine], None] | None = None, fd: int | None = None) -> None:
         """``psk``: the external PSK (None: resumption only).  Client: ``session`` (DER) to resume,
         ``server_hostname`` for SNI, ``alpn_protocols`` to offer.  Server: ``on_hello`` checks each
-        ClientHello (see :class:`~hybridkex_tls._openssl.PSKBinding`).  ``fd``: OpenSSL reads and writes
-        this (non-blocking) socket itself from the start, as after :meth:`attach_socket`; no memory BIOs."""
+        ClientHello (see :class:`~hybridkex_tls._openssl.PSKBinding`); ``on_done`` runs once the
+        handshake finished and passed its checks, before :meth:`data_to_send` hands out its last flight:
+        the session tickets in it then name a session the server has already recorded (memory BIOs
+        only: with ``fd`` OpenSSL would have sent them).  ``fd``: OpenSSL reads and writes this
+        (non-blocking) socket itself from the start, as after :meth:`attach_socket`; no memory BIOs."""
+        if on_done is not None and fd is not None:
+            raise TLSError("on_done needs memory BIOs: with a socket OpenSSL sends the last flight itself")
         self.role: Literal["client", "server"] = handle.role
         self._binding = PSKBinding(psk, on_hello=on_hello)
         # A client resuming (no PSK) needs nothing from its callback, which then offers no PSK either way.
@@ -178,6 +184,7 @@ class TLSEngine:
             if session is not None:
                 self._resuming = set_session_der(self._conn, session)
         self._session_pointer = 0
+        self._on_done = on_done
         self._expected_group = expected_group
         self._suppress_ragged_eofs = suppress_ragged_eofs
         self.handshake_done = False
@@ -236,6 +243,8 @@ class TLSEngine:
         finally:
             self._release()
         self.handshake_done = True
+        if self._on_done is not None:
+            self._on_done(self)
         return True
 
     def _handshake_error(self, reason: str) -> TLSHandshakeError:

@@ -16,10 +16,11 @@ chain's facts (peer identity, QKD key_IDs, age) carry over to every connection i
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 __all__ = ["ChainFacts", "ClientSessionCache", "ServerSessionTable"]
@@ -112,9 +113,38 @@ class ServerSessionTable(_Bounded):
     """Sessions this server issued tickets for, by the hash of their resumption PSK; each resumes once."""
 
     def __init__(self, lifetime: float, max_resumptions: int, *, max_entries: int = 100_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, issuing_wait: float = 0.1) -> None:
         super().__init__(lifetime, max_resumptions, max_entries, clock)
         self._entries: OrderedDict[bytes, ChainFacts] = OrderedDict()
+        self._issuing: dict[int, int] = {}
+        """Threads in :meth:`issuing`, with their depth."""
+        self._changed = threading.Condition(self._lock)
+        self.issuing_wait = issuing_wait
+        """Seconds at most that a lookup of an unknown session waits for connections in :meth:`issuing`."""
+
+    @contextlib.contextmanager
+    def issuing(self) -> Iterator[None]:
+        """Around a handshake step that may send tickets before :meth:`put` records their session (OpenSSL
+        writing the socket itself sends them as the handshake ends): a client may offer such a ticket on
+        its next connection at once, and that connection's lookup must find it, not refuse it.  (A lookup
+        waits for other threads only: the step that runs it may be this thread's own.)"""
+        me = threading.get_ident()
+        with self._lock:
+            self._issuing[me] = self._issuing.get(me, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                if self._issuing[me] == 1:
+                    del self._issuing[me]
+                else:
+                    self._issuing[me] -= 1
+                self._changed.notify_all()
+
+    def _others_issuing(self) -> bool:
+        """Some thread other than this one is in :meth:`issuing` (call with the lock held)."""
+        issuing = self._issuing
+        return len(issuing) > 1 or (bool(issuing) and threading.get_ident() not in issuing)
 
     def put(self, key_id: bytes, facts: ChainFacts) -> None:
         """Record the session the connection's last ticket resumes (if the chain may go on)."""
@@ -124,11 +154,23 @@ class ServerSessionTable(_Bounded):
             self._entries[key_id] = facts
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
+            self._changed.notify_all()
 
     def take(self, key_id: bytes) -> ChainFacts | None:
-        """The chain a resumed session belongs to, removed from the table; None if unknown or past a bound."""
+        """The chain a resumed session belongs to, removed from the table; None if unknown or past a bound.
+
+        An unknown session is waited for (up to :attr:`issuing_wait`) while some connection is
+        :meth:`issuing` tickets: it may be one of those tickets, sent but not yet recorded."""
         with self._lock:
             facts = self._entries.pop(key_id, None)
+            if facts is None and self._others_issuing():
+                until = time.monotonic() + self.issuing_wait
+                while facts is None and self._others_issuing():
+                    left = until - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._changed.wait(left)
+                    facts = self._entries.pop(key_id, None)
         if facts is None or not self.usable(facts, self.clock()):
             return None
         return facts

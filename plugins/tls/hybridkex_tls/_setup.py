@@ -21,7 +21,7 @@ import dataclasses
 import hashlib
 import hmac
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hybridkex import HybridKexError, TransportError
 from hybridkex.protocol import HandshakeConfig
@@ -29,6 +29,9 @@ from hybridkex.protocol import HandshakeConfig
 from ._errors import TLSWrongService
 from ._importer import EXCHANGE_CONTEXT, ExternalPSK
 from ._resumption import ChainFacts, ServerSessionTable
+
+if TYPE_CHECKING:
+    from ._engine import TLSEngine
 
 __all__ = [
     "PREAMBLE_MAGIC", "PREAMBLE_HEADER", "Kind", "preamble", "parse_preamble_header", "classify", "HTTP_400",
@@ -158,6 +161,21 @@ def resume_hook(table: ServerSessionTable | None, found: list[ChainFacts]) -> Ca
         found.append(facts)
         return True
     return on_hello
+
+
+def record_tickets(table: ServerSessionTable | None,
+                   chain: Callable[[], ChainFacts]) -> Callable[[TLSEngine], None] | None:
+    """Server: the engine's ``on_done`` that records the session its tickets resume, as ``chain()``'s.
+
+    It runs before the tickets go out: a client may hand a ticket to its next connection the moment it
+    arrives, and that connection's ClientHello may reach another thread of this server before the first
+    connection's thread runs again; recorded only afterwards, its session would be refused as unknown."""
+    if table is None:
+        return None
+
+    def on_done(engine: TLSEngine) -> None:
+        table.put(engine.session_key_id(), chain())
+    return on_done
 
 
 def full_hook(psk: ExternalPSK, server_name: str | None) -> Callable[[bool, bytes, str | None], bool]:

@@ -47,6 +47,7 @@ from ._setup import (
     full_hook,
     parse_preamble_header,
     preamble,
+    record_tickets,
     resume_hook,
     unknown_client_error,
 )
@@ -570,10 +571,12 @@ async def _server_setup(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
         with contextlib.suppress(OSError):
             await writer.drain()
         raise TLSWrongService("a plain HTTP client connected; it was answered with HTTP 400")
+    table = context.server_sessions
     if kind == "tls":
         found: list[ChainFacts] = []
         engine = context.new_engine(None, suppress_ragged_eofs=suppress_ragged_eofs,
-                                    on_hello=resume_hook(context.server_sessions, found))
+                                    on_hello=resume_hook(table, found),
+                                    on_done=record_tickets(table, lambda: found[0].next()))
         engine.receive_bytes(first)
         try:
             async with asyncio.timeout(max(0.001, started + context.pre_auth_timeout - time.monotonic())):
@@ -600,8 +603,9 @@ async def _server_setup(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
                 if owned and source is not None:
                     source.close()
             psk, summary = psk_from_result(result)
-            done = time.monotonic()
-            engine = context.new_engine(psk, suppress_ragged_eofs=suppress_ragged_eofs, on_hello=full_hook(psk, name))
+            chain = full_chain(summary, time.monotonic(), name)
+            engine = context.new_engine(psk, suppress_ragged_eofs=suppress_ragged_eofs, on_hello=full_hook(psk, name),
+                                        on_done=record_tickets(table, lambda: chain))
             try:
                 await _tls_handshake(engine, reader, writer)
             except BaseException:
@@ -609,11 +613,8 @@ async def _server_setup(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
                 raise
             context.after_success(result)
             del result
-        chain = full_chain(summary, done, name)
     else:
         raise unknown_client_error(first)
-    if context.server_sessions is not None:
-        context.server_sessions.put(engine.session_key_id(), chain)
     return engine, summary, chain
 
 

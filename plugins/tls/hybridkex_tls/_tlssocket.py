@@ -33,7 +33,7 @@ from hybridkex.protocol import HEADER_SIZE, MAGIC, Alert, decode, parse_header
 from ._engine import TLSEngine
 from ._errors import TLSResumptionRefused, TLSSetupTimeout, TLSWrongService, as_oserror
 from ._importer import psk_from_result
-from ._resumption import ChainFacts
+from ._resumption import ChainFacts, ServerSessionTable
 from ._setup import (
     HTTP_400,
     PREAMBLE_HEADER,
@@ -46,6 +46,7 @@ from ._setup import (
     full_hook,
     parse_preamble_header,
     preamble,
+    record_tickets,
     resume_hook,
     unknown_client_error,
     wrong_service,
@@ -234,20 +235,41 @@ def _tls_handshake(sock: socket.socket, engine: TLSEngine, records: RecordReader
         records.handshake = False
 
 
-def _direct_handshake(sock: socket.socket, engine: TLSEngine, deadline: float, timeout: float) -> None:
+def _direct_handshake(sock: socket.socket, engine: TLSEngine, deadline: float, timeout: float,
+                      tickets: tuple[ServerSessionTable, list[ChainFacts]] | None = None) -> None:
     """The TLS handshake with OpenSSL reading and writing ``sock`` (non-blocking) itself, until ``deadline``.
 
     OpenSSL reads a record at a time without read-ahead, so records after the handshake stay in the
-    kernel (visible to select()); its alerts go straight to the peer."""
+    kernel (visible to select()); its alerts go straight to the peer.  Server resuming, with ``tickets``
+    (the session table, and the chain that the ClientHello check put in the list): OpenSSL sends the
+    new tickets itself in the step that ends the handshake, before their session can be recorded, so
+    each step runs under :meth:`ServerSessionTable.issuing`, and a lookup (on another connection) that
+    misses meanwhile waits for the record instead of refusing a ticket this server has just sent."""
     try:
         if sock.gettimeout() != 0.0:
             sock.settimeout(0.0)
         if not engine.direct:
             engine.attach_socket(sock.fileno())
-        while not engine.do_handshake():
+        while not _direct_step(engine, tickets):
             _poll(sock, engine.want_write, deadline)
     except OSError as exc:
         _raise_handshake_failure(exc, timeout)
+
+
+def _direct_step(engine: TLSEngine, tickets: tuple[ServerSessionTable, list[ChainFacts]] | None) -> bool:
+    """One :meth:`TLSEngine.do_handshake` of :func:`_direct_handshake`; True when the handshake is done.
+
+    Any step may end it, the first too: after writing its flight OpenSSL reads on, and the client's
+    Finished may be there already."""
+    if tickets is None:
+        return engine.do_handshake()
+    table, found = tickets
+    with table.issuing():
+        if not engine.do_handshake():
+            return False
+        if found:
+            table.put(engine.session_key_id(), found[0].next())
+        return True
 
 
 class _Recorder:
@@ -496,11 +518,18 @@ class HybridTLSSocket:
                 _send_before(sock, HTTP_400, time.monotonic() + _CLOSE_NOTIFY_TIMEOUT)
                 sock.shutdown(socket.SHUT_WR)
             raise TLSWrongService("a plain HTTP client connected; it was answered with HTTP 400")
+        table = context.server_sessions
         if kind == "tls":
             found: list[ChainFacts] = []
             engine = context.new_engine(None, suppress_ragged_eofs=self._suppress_ragged_eofs,
-                                        on_hello=resume_hook(context.server_sessions, found), fd=sock.fileno())
-            self._handshake(engine, pre_auth, direct=True)
+                                        on_hello=resume_hook(table, found), fd=sock.fileno())
+            try:
+                _direct_handshake(sock, engine, pre_auth, context.timeout,
+                                  tickets=(table, found) if table is not None else None)
+            except BaseException:
+                engine.close()
+                raise
+            self._engine_or_none = engine
             self._summary = found[0].summary
             self._chain = found[0].next()
         elif kind == "full":
@@ -512,19 +541,16 @@ class HybridTLSSocket:
             with context.setup_lock or contextlib.nullcontext():
                 result = context.exchange(sock, config, timeout=max(0.001, pre_auth - time.monotonic()))
                 psk, summary = psk_from_result(result)
-                done = time.monotonic()
+                chain = full_chain(summary, time.monotonic(), name)
                 engine = context.new_engine(psk, suppress_ragged_eofs=self._suppress_ragged_eofs,
-                                            on_hello=full_hook(psk, name))
+                                            on_hello=full_hook(psk, name), on_done=record_tickets(table, lambda: chain))
                 self._handshake(engine, start + context.timeout)
                 context.after_success(result)
                 del result
             self._summary = summary
-            self._chain = full_chain(summary, done, name)
+            self._chain = chain
         else:
             raise unknown_client_error(first)
-        table = context.server_sessions
-        if table is not None:
-            table.put(self._engine.session_key_id(), self._chain)
 
     def _harvest_ticket(self, got_data: bool = False) -> None:
         """Client: keep the newest session ticket for the next connection (call with the SSL lock held).

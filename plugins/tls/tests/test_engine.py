@@ -153,3 +153,15 @@ def test_the_psk_binding_is_forgotten_after_the_handshake_or_when_dropped(
     del abandoned
     gc.collect()
     assert len(_openssl._bindings) == before - 1
+
+
+def test_on_done_runs_before_the_last_flight_is_handed_out(handles: tuple[ContextHandle, ContextHandle]) -> None:
+    # The server records its tickets' session in on_done: by then the tickets must still be in the engine.
+    seen: list[int] = []
+    client = TLSEngine(handles[0], ExternalPSK(b"id", KEY), expected_group=HYBRID_GROUPS)
+    server = TLSEngine(handles[1], ExternalPSK(b"id", KEY), expected_group=HYBRID_GROUPS,
+                       on_done=lambda engine: seen.append(len(engine.data_to_send())))
+    pump(client, server)
+    assert len(seen) == 1 and seen[0] > 0  # it ran once, with the tickets not yet taken out
+    with pytest.raises(TLSError, match="memory BIOs"):
+        TLSEngine(handles[1], ExternalPSK(b"id", KEY), on_done=lambda engine: None, fd=0)

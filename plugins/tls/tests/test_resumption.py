@@ -6,6 +6,7 @@ and by counting what the core did (QKD keys drawn, ML-DSA signatures made).
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -187,6 +188,92 @@ def test_concurrent_clients_never_share_a_ticket(keys: Any, run_server: Callable
     assert errors == [] and running.errors == []
 
 
+def _await_ticket(tls: HybridTLSSocket, cache: Any) -> None:
+    """Read (nothing comes but tickets) until the client cached a ticket of this connection."""
+    tls.settimeout(0.1)
+    deadline = time.monotonic() + TIMEOUT
+    while not len(cache) and time.monotonic() < deadline:
+        with pytest.raises(TimeoutError):
+            tls.recv(1)
+    assert len(cache) == 1
+
+
+def test_a_ticket_taken_the_moment_it_arrives_resumes(keys: Any, run_server: Callable[..., Any],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client may offer a ticket on its next connection the moment it arrives, and that ClientHello may reach
+    another server thread while the thread that sent the ticket has not yet recorded its session (descheduled, or
+    waiting for the GIL: seen in CI with six concurrent clients, where the session was then refused as unknown).
+    Here every server thread stalls half a second just before it records its tickets' session: after a full
+    handshake (memory BIOs: the tickets wait for the record) and after a resumed one (OpenSSL on the socket has
+    sent them already: the lookup that misses waits for the record)."""
+    from hybridkex_tls._engine import TLSEngine
+
+    real = TLSEngine.session_key_id
+
+    def stalled(self: TLSEngine) -> bytes:
+        if self.role == "server":
+            time.sleep(0.5)
+        return real(self)
+
+    monkeypatch.setattr(TLSEngine, "session_key_id", stalled)
+    server = HybridTLSContext.server(identity=keys.server_key, peers=[keys.client_pub], timeout=TIMEOUT)
+    assert server.server_sessions is not None
+    server.server_sessions.issuing_wait = TIMEOUT  # longer than the stall: the stall stands for a short delay
+    client = HybridTLSContext.client(identity=keys.client_key, peers=[keys.server_pub], timeout=TIMEOUT)
+    running = run_server(server)
+    cache = client.client_sessions
+    assert cache is not None
+    with socket.create_connection(running.address, timeout=TIMEOUT) as raw, client.wrap_socket(raw) as first:
+        _await_ticket(first, cache)  # a full connection's ticket
+        with socket.create_connection(running.address, timeout=TIMEOUT) as raw2, \
+                client.wrap_socket(raw2) as second:
+            assert second.session_reused()
+            _await_ticket(second, cache)  # a resumed connection's ticket, its server thread still stalled
+            assert talk(client, running.address)["resumed"] is True
+    assert running.errors == []
+
+
+def test_a_ticket_taken_the_moment_it_arrives_resumes_on_the_asyncio_server(keys: Any,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """As above, for the asyncio server: there the first connection's task waits after its handshake while the
+    event loop serves the second connection."""
+    from hybridkex_tls import _streams, start_server
+
+    real = _streams._tls_handshake
+
+    async def descheduled(engine: Any, reader: Any, writer: Any) -> None:
+        await real(engine, reader, writer)
+        if engine.role == "server":
+            await asyncio.sleep(0.5)
+
+    monkeypatch.setattr(_streams, "_tls_handshake", descheduled)
+    server_ctx = HybridTLSContext.server(identity=keys.server_key, peers=[keys.client_pub], timeout=TIMEOUT)
+    client = HybridTLSContext.client(identity=keys.client_key, peers=[keys.server_pub], timeout=TIMEOUT)
+    cache = client.client_sessions
+    assert cache is not None
+
+    async def echo(reader: Any, writer: Any) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.write_eof()
+
+    def clients(address: tuple[str, int]) -> list[bool]:
+        with socket.create_connection(address, timeout=TIMEOUT) as raw, client.wrap_socket(raw) as first:
+            first.settimeout(0.3)
+            with pytest.raises(TimeoutError):
+                first.recv(1)
+            assert len(cache) == 1
+            return [talk(client, address)["resumed"], talk(client, address)["resumed"]]
+
+    async def main() -> list[bool]:
+        server = await start_server(echo, "127.0.0.1", 0, server_ctx)
+        async with server:
+            return await asyncio.to_thread(clients, server.sockets[0].getsockname()[:2])
+
+    assert asyncio.run(asyncio.wait_for(main(), 30)) == [True, True]
+
+
 def test_a_connection_waiting_for_data_already_left_its_ticket(keys: Any, run_server: Callable[..., Any]) -> None:
     """The tickets arrive right after the handshake: a client blocked in recv() on a quiet server has already
     cached one, so a second connection made meanwhile resumes instead of spending a new QKD key."""
@@ -212,3 +299,49 @@ def test_a_connection_waiting_for_data_already_left_its_ticket(keys: Any, run_se
             assert second.session_reused()
             second.sendall(b"c")
         release.set()
+
+
+def test_a_lookup_waits_for_issuing_connections_and_no_longer() -> None:
+    from hybridkex_tls._resumption import ChainFacts, ServerSessionTable
+
+    table = ServerSessionTable(60.0, 10, issuing_wait=5.0)
+    facts = ChainFacts({}, time.monotonic())
+    assert table.take(b"unknown") is None  # nobody issuing: a miss is answered at once
+    entered, release = threading.Event(), threading.Event()
+
+    def issue(key: bytes | None) -> None:
+        with table.issuing():
+            entered.set()
+            release.wait(10)
+            if key is not None:
+                table.put(key, facts)
+
+    recorder = threading.Thread(target=issue, args=(b"sent",))
+    recorder.start()
+    entered.wait(10)
+    threading.Timer(0.2, release.set).start()
+    assert table.take(b"sent") == facts  # the ticket was out before its record: found once recorded
+    recorder.join(10)
+
+    entered.clear()
+    release.clear()
+    idle = threading.Thread(target=issue, args=(None,))
+    idle.start()
+    entered.wait(10)
+    threading.Timer(0.2, release.set).start()
+    started = time.monotonic()
+    assert table.take(b"unknown") is None  # an unknown session: no longer than the issuing step lasts
+    assert time.monotonic() - started < 2.0
+    idle.join(10)
+
+    table.issuing_wait = 0.2
+    entered.clear()
+    release.clear()
+    stuck = threading.Thread(target=issue, args=(None,))
+    stuck.start()
+    entered.wait(10)
+    started = time.monotonic()
+    assert table.take(b"unknown") is None  # an issuing step that lasts: the wait is bounded
+    assert 0.15 < time.monotonic() - started < 2.0
+    release.set()
+    stuck.join(10)
