@@ -118,6 +118,8 @@ class ServerSessionTable(_Bounded):
         self._entries: OrderedDict[bytes, ChainFacts] = OrderedDict()
         self._issuing: dict[int, int] = {}
         """Threads in :meth:`issuing`, with their depth."""
+        self._looking: set[int] = set()
+        """Threads waiting in :meth:`take`."""
         self._changed = threading.Condition(self._lock)
         self.issuing_wait = issuing_wait
         """Seconds at most that a lookup of an unknown session waits for connections in :meth:`issuing`."""
@@ -141,10 +143,10 @@ class ServerSessionTable(_Bounded):
                     self._issuing[me] -= 1
                 self._changed.notify_all()
 
-    def _others_issuing(self) -> bool:
-        """Some thread other than this one is in :meth:`issuing` (call with the lock held)."""
-        issuing = self._issuing
-        return len(issuing) > 1 or (bool(issuing) and threading.get_ident() not in issuing)
+    def _others_issuing(self, me: int) -> bool:
+        """A thread other than ``me`` is in :meth:`issuing` and not itself waiting in :meth:`take` (which it
+        does from the ClientHello check, before its step can send tickets); call with the lock held."""
+        return any(t != me and t not in self._looking for t in self._issuing)
 
     def put(self, key_id: bytes, facts: ChainFacts) -> None:
         """Record the session the connection's last ticket resumes (if the chain may go on)."""
@@ -163,14 +165,20 @@ class ServerSessionTable(_Bounded):
         :meth:`issuing` tickets: it may be one of those tickets, sent but not yet recorded."""
         with self._lock:
             facts = self._entries.pop(key_id, None)
-            if facts is None and self._others_issuing():
+            me = threading.get_ident()
+            if facts is None and self._others_issuing(me):
                 until = time.monotonic() + self.issuing_wait
-                while facts is None and self._others_issuing():
-                    left = until - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._changed.wait(left)
-                    facts = self._entries.pop(key_id, None)
+                self._looking.add(me)
+                self._changed.notify_all()  # a thread waiting on this one waits no longer
+                try:
+                    while facts is None and self._others_issuing(me):
+                        left = until - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._changed.wait(left)
+                        facts = self._entries.pop(key_id, None)
+                finally:
+                    self._looking.discard(me)
         if facts is None or not self.usable(facts, self.clock()):
             return None
         return facts

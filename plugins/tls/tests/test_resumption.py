@@ -345,3 +345,25 @@ def test_a_lookup_waits_for_issuing_connections_and_no_longer() -> None:
     assert 0.15 < time.monotonic() - started < 2.0
     release.set()
     stuck.join(10)
+
+
+def test_two_lookups_in_issuing_steps_do_not_wait_for_each_other() -> None:
+    # Each connection's ClientHello check runs inside its own handshake step: two that miss at once must not
+    # each wait out the bound for the other, which is looking a session up, not sending tickets.
+    from hybridkex_tls._resumption import ServerSessionTable
+
+    table = ServerSessionTable(60.0, 10, issuing_wait=3.0)
+    results: list[object] = []
+    both = threading.Barrier(2)
+
+    def connection(key: bytes) -> None:
+        with table.issuing():
+            both.wait(10)
+            results.append(table.take(key))
+
+    other = threading.Thread(target=connection, args=(b"one",))
+    other.start()
+    started = time.monotonic()
+    connection(b"two")
+    other.join(10)
+    assert results == [None, None] and time.monotonic() - started < 1.5
