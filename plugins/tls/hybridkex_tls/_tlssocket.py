@@ -23,6 +23,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Literal, NoReturn, cast
 
@@ -235,13 +236,17 @@ def _tls_handshake(sock: socket.socket, engine: TLSEngine, records: RecordReader
         records.handshake = False
 
 
+#: A resuming server's session table and the ``on_done`` that records its tickets' session (:func:`record_tickets`).
+_Tickets = tuple[ServerSessionTable, Callable[[TLSEngine], None]]
+
+
 def _direct_handshake(sock: socket.socket, engine: TLSEngine, deadline: float, timeout: float,
-                      tickets: tuple[ServerSessionTable, list[ChainFacts]] | None = None) -> None:
+                      tickets: _Tickets | None = None) -> None:
     """The TLS handshake with OpenSSL reading and writing ``sock`` (non-blocking) itself, until ``deadline``.
 
     OpenSSL reads a record at a time without read-ahead, so records after the handshake stay in the
     kernel (visible to select()); its alerts go straight to the peer.  Server resuming, with ``tickets``
-    (the session table, and the chain that the ClientHello check put in the list): OpenSSL sends the
+    (the session table, and what records the new tickets' session once the handshake is done): OpenSSL sends the
     new tickets itself in the step that ends the handshake, before their session can be recorded, so
     each step runs under :meth:`ServerSessionTable.issuing`, and a lookup (on another connection) that
     misses meanwhile waits for the record instead of refusing a ticket this server has just sent."""
@@ -256,19 +261,18 @@ def _direct_handshake(sock: socket.socket, engine: TLSEngine, deadline: float, t
         _raise_handshake_failure(exc, timeout)
 
 
-def _direct_step(engine: TLSEngine, tickets: tuple[ServerSessionTable, list[ChainFacts]] | None) -> bool:
+def _direct_step(engine: TLSEngine, tickets: _Tickets | None) -> bool:
     """One :meth:`TLSEngine.do_handshake` of :func:`_direct_handshake`; True when the handshake is done.
 
     Any step may end it, the first too: after writing its flight OpenSSL reads on, and the client's
     Finished may be there already."""
     if tickets is None:
         return engine.do_handshake()
-    table, found = tickets
+    table, record = tickets
     with table.issuing():
         if not engine.do_handshake():
             return False
-        if found:
-            table.put(engine.session_key_id(), found[0].next())
+        record(engine)
         return True
 
 
@@ -444,12 +448,14 @@ class HybridTLSSocket:
                     raise converted from None
                 raise
 
-    def _handshake(self, engine: TLSEngine, deadline: float, direct: bool = False) -> None:
+    def _handshake(self, engine: TLSEngine, deadline: float, direct: bool = False,
+                   tickets: _Tickets | None = None) -> None:
         """The TLS handshake; ``direct``: over the socket itself from the start (a resumption, whose first
-        bytes are TLS: nothing else can arrive in place of the peer's TLS records)."""
+        bytes are TLS: nothing else can arrive in place of the peer's TLS records), with ``tickets`` as
+        :func:`_direct_handshake` takes them."""
         try:
             if direct:
-                _direct_handshake(self._sock, engine, deadline, self._context.timeout)
+                _direct_handshake(self._sock, engine, deadline, self._context.timeout, tickets)
             else:
                 _tls_handshake(self._sock, engine, self._records, deadline, self._context.timeout)
         except BaseException:
@@ -523,13 +529,9 @@ class HybridTLSSocket:
             found: list[ChainFacts] = []
             engine = context.new_engine(None, suppress_ragged_eofs=self._suppress_ragged_eofs,
                                         on_hello=resume_hook(table, found), fd=sock.fileno())
-            try:
-                _direct_handshake(sock, engine, pre_auth, context.timeout,
-                                  tickets=(table, found) if table is not None else None)
-            except BaseException:
-                engine.close()
-                raise
-            self._engine_or_none = engine
+            record = record_tickets(table, lambda: found[0].next())
+            self._handshake(engine, pre_auth, direct=True,
+                            tickets=(table, record) if table is not None and record is not None else None)
             self._summary = found[0].summary
             self._chain = found[0].next()
         elif kind == "full":
