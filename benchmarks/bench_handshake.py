@@ -586,17 +586,20 @@ def _frame_sizes(frames: Sequence[bytes], suite: Suite) -> _Sizes:
 
 
 def _time_handshakes(configs: Pair, keys: Sequence[QKDKey | None], watch: _Stopwatch,
-                     instrument_us: float = 0.0, guard: DoSGuard | None = None) -> tuple[float, float]:
+                     instrument_us: float = 0.0, guard: DoSGuard | None = None, *, replay: bool = False) \
+        -> tuple[float, float]:
     """Real handshakes over the timing backend: (CPU per handshake, CPU inside its primitives), in us.
 
     ``instrument_us`` is what one timed call costs the benchmark (:func:`_timer_cost_us`): it is
-    taken out of the handshake's CPU once per timed call, since an untimed handshake does not pay it."""
+    taken out of the handshake's CPU once per timed call, since an untimed handshake does not pay it.
+    ``replay``: with the replays' fixed randomness and clock (for :class:`_Interleaved` configurations)."""
     i_config, r_config = configs
+    rngs, wall = (REPLAY_RNGS, REPLAY_WALL) if replay else ((os.urandom, os.urandom), time.time)
     watch.reset()
     with _timing_kdf_and_aead(watch):
         start = time.process_time()
         for key in keys:
-            handshake_pair(i_config, r_config, key, guard=guard)
+            handshake_pair(i_config, r_config, key, rngs, wall, guard=guard)
         elapsed = time.process_time() - start
     for op, least in _MIN_TIMED_CALLS.items():
         if watch.calls.get(op, 0) < least * len(keys):
@@ -616,15 +619,8 @@ def _time_replays(configs: Pair, keys: Sequence[QKDKey | None]) -> float:
 
 def _time_interleaved(configs: Pair, n: int, watch: _Stopwatch, instrument_us: float) -> float:
     """Replays beside real primitives (:class:`_Interleaved`): CPU per handshake outside the primitive calls, in us."""
-    i_config, r_config = configs
-    watch.reset()
-    with _timing_kdf_and_aead(watch):
-        start = time.process_time()
-        for _ in range(n):
-            handshake_pair(i_config, r_config, None, REPLAY_RNGS, REPLAY_WALL)
-        elapsed = time.process_time() - start
-    instrument = sum(watch.calls.values()) * instrument_us / 1e6
-    return (elapsed - instrument - watch.total()) / n * 1e6
+    total, primitives = _time_handshakes(configs, [None] * n, watch, instrument_us, replay=True)
+    return total - primitives
 
 
 def _time_floor(floor: Floor, keys: Sequence[QKDKey | None]) -> float:
