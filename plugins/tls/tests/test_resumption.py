@@ -239,6 +239,8 @@ def test_a_ticket_taken_the_moment_it_arrives_resumes_on_the_asyncio_server(keys
     event loop serves the second connection."""
     from hybridkex_tls import _streams, start_server
 
+    from .test_streams import echo
+
     real = _streams._tls_handshake
 
     async def descheduled(engine: Any, reader: Any, writer: Any) -> None:
@@ -251,12 +253,6 @@ def test_a_ticket_taken_the_moment_it_arrives_resumes_on_the_asyncio_server(keys
     client = HybridTLSContext.client(identity=keys.client_key, peers=[keys.server_pub], timeout=TIMEOUT)
     cache = client.client_sessions
     assert cache is not None
-
-    async def echo(reader: Any, writer: Any) -> None:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-        writer.write_eof()
 
     def clients(address: tuple[str, int]) -> list[bool]:
         with socket.create_connection(address, timeout=TIMEOUT) as raw, client.wrap_socket(raw) as first:
