@@ -16,11 +16,10 @@ chain's facts (peer identity, QKD key_IDs, age) carry over to every connection i
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 __all__ = ["ChainFacts", "ClientSessionCache", "ServerSessionTable"]
@@ -123,24 +122,28 @@ class ServerSessionTable(_Bounded):
         self._changed = threading.Condition(self._lock)
         self.issuing_wait = issuing_wait
         """Seconds at most that a lookup of an unknown session waits for connections in :meth:`issuing`."""
+        self._mark = _IssuingMark(self)
 
-    @contextlib.contextmanager
-    def issuing(self) -> Iterator[None]:
+    def issuing(self) -> _IssuingMark:
         """Around a handshake step that may send tickets before :meth:`put` records their session (OpenSSL
         writing the socket itself sends them as the handshake ends): a client may offer such a ticket on
         its next connection at once, and that connection's lookup must find it, not refuse it.  (A lookup
         waits for other threads only: the step that runs it may be this thread's own.)"""
+        return self._mark
+
+    def _enter_issuing(self) -> None:
         me = threading.get_ident()
         with self._lock:
             self._issuing[me] = self._issuing.get(me, 0) + 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                if self._issuing[me] == 1:
-                    del self._issuing[me]
-                else:
-                    self._issuing[me] -= 1
+
+    def _leave_issuing(self) -> None:
+        me = threading.get_ident()
+        with self._lock:
+            if self._issuing[me] == 1:
+                del self._issuing[me]
+            else:
+                self._issuing[me] -= 1
+            if self._looking:  # only a thread in take() ever waits
                 self._changed.notify_all()
 
     def _others_issuing(self, me: int) -> bool:
@@ -156,7 +159,8 @@ class ServerSessionTable(_Bounded):
             self._entries[key_id] = facts
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
-            self._changed.notify_all()
+            if self._looking:
+                self._changed.notify_all()
 
     def take(self, key_id: bytes) -> ChainFacts | None:
         """The chain a resumed session belongs to, removed from the table; None if unknown or past a bound.
@@ -185,3 +189,19 @@ class ServerSessionTable(_Bounded):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class _IssuingMark:
+    """:meth:`ServerSessionTable.issuing`: one per table, re-entrant and shared by all threads (the marks are
+    kept per thread in the table).  A class, not a generator: it runs twice per resumed connection."""
+
+    __slots__ = ("_table",)
+
+    def __init__(self, table: ServerSessionTable) -> None:
+        self._table = table
+
+    def __enter__(self) -> None:
+        self._table._enter_issuing()
+
+    def __exit__(self, *exc: object) -> None:
+        self._table._leave_issuing()
