@@ -63,8 +63,8 @@ class _Bounded:
 class ClientSessionCache(_Bounded):
     """Per server (``host:port`` or SNI name), sessions to resume, as DER, with their chains' facts.
 
-    Each connection contributes the session of the newest ticket it received (the one the
-    server remembers), and each session is offered once: :meth:`take` removes it, so
+    Each connection contributes the session of one ticket (a server that sends several
+    accepts any one of them), and each session is offered once: :meth:`take` removes it, so
     concurrent connections never offer the same ticket, and one that finds none runs a
     full hybrid exchange.
     """
@@ -88,7 +88,7 @@ class ClientSessionCache(_Bounded):
             return None
 
     def put(self, key: str, connection: int, session: bytes, facts: ChainFacts) -> None:
-        """Remember ``connection``'s newest ticket for ``key`` (replacing its older one)."""
+        """Remember ``connection``'s ticket for ``key`` (replacing one it gave before)."""
         with self._lock:
             slots = self._entries.setdefault(key, OrderedDict())
             slots[connection] = (session, facts)

@@ -270,9 +270,10 @@ class TLSStreamReader:
         self._direct: _DirectSocket | None = None
 
     def keep_tickets(self, cache: ClientSessionCache, key: str, chain: ChainFacts) -> None:
-        """Client: put the newest session ticket the server sends into ``cache`` under ``key``."""
+        """Client: put one session ticket the server sends (the session after the first read that brought one)
+        into ``cache`` under ``key``."""
         self._tickets = (cache, key, chain)
-        self._tickets_wanted = 2
+        self._tickets_wanted = 1
 
     async def _fill(self) -> bool:
         """Decrypt at least one more byte into the buffer; False at the end of the stream."""

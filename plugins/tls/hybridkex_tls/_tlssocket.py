@@ -507,7 +507,7 @@ class HybridTLSSocket:
             self._summary = summary
             self._chain = full_chain(summary, done, name)
         if cache is not None and cache.usable(self._chain, time.monotonic()):
-            self._tickets_wanted = 2  # OpenSSL sends two tickets after a handshake; the newest is kept
+            self._tickets_wanted = 1  # one ticket is kept (OpenSSL sends one after a PSK handshake)
 
     def _server_setup(self, start: float) -> None:
         context = self._context
@@ -555,11 +555,13 @@ class HybridTLSSocket:
             raise unknown_client_error(first)
 
     def _harvest_ticket(self, got_data: bool = False) -> None:
-        """Client: keep the newest session ticket for the next connection (call with the SSL lock held).
+        """Client: keep one session ticket of the connection for a later connection, the session after the
+        first read that brought one (call with the SSL lock held); a server that sends several accepts any
+        one of them, once (docs/protocol.md §10.1).
 
         ``got_data``: the read before this call returned application data.  The server sends its
         tickets right after the handshake, ahead of any data it writes, and TLS keeps the order: once
-        data has been read, every ticket has been seen, and the newest is the one kept."""
+        data has been read and no ticket came, none will."""
         engine = self._engine_or_none
         cache = self._context.client_sessions
         if engine is None or cache is None or self._cache_key is None or self._chain is None:

@@ -297,6 +297,34 @@ def test_a_connection_waiting_for_data_already_left_its_ticket(keys: Any, run_se
         release.set()
 
 
+def test_every_connection_ends_with_one_ticket(keys: Any, run_server: Callable[..., Any]) -> None:
+    """What the resumption design rests on (docs/protocol.md §10.1): OpenSSL sends one ticket after a PSK
+    handshake, and every handshake here is one, full (the external PSK of the hybrid exchange) or resumed.  The
+    server remembers the session of the last ticket it sent and the client keeps the first it receives, which
+    are then the same; a TLS library that sent several would need the server to accept any one of them."""
+    from OpenSSL import SSL
+
+    server = HybridTLSContext.server(identity=keys.server_key, peers=[keys.client_pub], timeout=TIMEOUT)
+    client = HybridTLSContext.client(identity=keys.client_key, peers=[keys.server_pub], timeout=TIMEOUT)
+    running = run_server(server)
+    counted: list[int] = []
+
+    def count(conn: SSL.Connection, where: int, _ret: int) -> None:
+        # One loop step per ticket read ("SSLv3/TLS read server session ticket").
+        if where & SSL.SSL_CB_LOOP and b"session ticket" in conn.get_state_string():
+            counted.append(1)
+
+    client._handle.context.set_info_callback(count)  # before the context's first connection (pyOpenSSL)
+    seen = []
+    for _ in range(3):
+        counted.clear()
+        with socket.create_connection(running.address, timeout=TIMEOUT) as raw, client.wrap_socket(raw) as tls:
+            tls.sendall(b"c")
+            assert tls.recv(1) == b"c"  # the server's data comes after its tickets: every ticket was read
+            seen.append((tls.session_reused(), len(counted)))
+    assert seen == [(False, 1), (True, 1), (True, 1)]
+
+
 def test_a_lookup_waits_for_issuing_connections_and_no_longer() -> None:
     from hybridkex_tls._resumption import ChainFacts, ServerSessionTable
 
