@@ -151,14 +151,14 @@ def bound_config(config: HandshakeConfig, server_name: str | None) -> HandshakeC
 def resume_hook(table: ServerSessionTable | None, found: list[ChainFacts]) -> Callable[[bool, bytes, str | None],
                                                                                        bool]:
     """Server, on a connection that starts with TLS: accept only a session of a known, usable chain whose SNI
-    matches; the chain's facts go to ``found``."""
+    matches; the facts of this connection in that chain (one resumption further) go to ``found``."""
     def on_hello(resumed: bool, key_id: bytes, server_name: str | None) -> bool:
         if not resumed or table is None:
             return False
         facts = table.take(key_id)
         if facts is None or server_name_key(facts.server_name) != server_name_key(server_name):
             return False
-        found.append(facts)
+        found.append(facts.next())
         return True
     return on_hello
 

@@ -577,7 +577,7 @@ async def _server_setup(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
         found: list[ChainFacts] = []
         engine = context.new_engine(None, suppress_ragged_eofs=suppress_ragged_eofs,
                                     on_hello=resume_hook(table, found),
-                                    on_done=record_tickets(table, lambda: found[0].next()))
+                                    on_done=record_tickets(table, lambda: found[0]))
         engine.receive_bytes(first)
         try:
             async with asyncio.timeout(max(0.001, started + context.pre_auth_timeout - time.monotonic())):
@@ -585,7 +585,7 @@ async def _server_setup(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
         except BaseException:
             engine.close()
             raise
-        summary, chain = found[0].summary, found[0].next()
+        summary, chain = found[0].summary, found[0]
     elif kind == "full":
         async with asyncio.timeout(max(0.001, started + context.pre_auth_timeout - time.monotonic())):
             header = first[:PREAMBLE_HEADER] + await reader.readexactly(max(0, PREAMBLE_HEADER - len(first)))

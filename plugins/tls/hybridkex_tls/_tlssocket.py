@@ -529,11 +529,11 @@ class HybridTLSSocket:
             found: list[ChainFacts] = []
             engine = context.new_engine(None, suppress_ragged_eofs=self._suppress_ragged_eofs,
                                         on_hello=resume_hook(table, found), fd=sock.fileno())
-            record = record_tickets(table, lambda: found[0].next())
+            record = record_tickets(table, lambda: found[0])
             self._handshake(engine, pre_auth, direct=True,
                             tickets=(table, record) if table is not None and record is not None else None)
             self._summary = found[0].summary
-            self._chain = found[0].next()
+            self._chain = found[0]
         elif kind == "full":
             header = recv_exact(sock, PREAMBLE_HEADER, pre_auth, "hybridkex-tls preamble")
             size = parse_preamble_header(header)
