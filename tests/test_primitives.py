@@ -14,6 +14,7 @@ import hashlib
 import importlib.util
 import os
 import platform
+import re
 import subprocess
 import sys
 import textwrap
@@ -301,6 +302,16 @@ def test_available_backends_lists_both() -> None:
     assert backends["cryptography"] is None
     reason = backends["liboqs"]
     assert reason is None or (isinstance(reason, str) and reason)
+
+
+def test_each_backend_says_what_implements_it_with_versions(any_backend: Backend) -> None:
+    # What a report records of a run: the implementation and its version, never a path.
+    text = any_backend.describe()
+    libraries = {"cryptography": ("cryptography ", " on "), "liboqs": ("liboqs ", "liboqs-python ")}
+    for part in libraries[any_backend.name]:
+        assert part in text
+    assert re.search(r"\d+\.\d+", text), text
+    assert "/" not in text and "\\" not in text
 
 
 def test_auto_prefers_liboqs_then_cryptography() -> None:

@@ -110,6 +110,12 @@ class CryptographyBackend(Backend):
     def probe(cls) -> str | None:
         return probe()
 
+    def describe(self) -> str:
+        from cryptography import __version__
+        from cryptography.hazmat.backends.openssl import backend
+
+        return f"cryptography {__version__} on {backend.openssl_version_text()}"
+
     def kem(self, name: str) -> KEM:
         if name not in _KEM_CLASSES:
             raise BackendUnavailable(f"cryptography backend has no KEM {name!r}; choose one of {sorted(_KEM_CLASSES)}")

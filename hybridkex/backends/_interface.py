@@ -121,6 +121,10 @@ class Backend(abc.ABC):
         """None when this backend is usable here, else a sentence saying why not and what to do."""
         return None
 
+    def describe(self) -> str:
+        """What implements the primitives, with versions (for reports: no paths, nothing secret)."""
+        return self.name
+
     @abc.abstractmethod
     def kem(self, name: str) -> KEM: ...
 

@@ -414,6 +414,9 @@ class LiboqsBackend(Backend):
         self._kems: dict[str, KEM] = {}
         self._signatures: dict[str, SignatureScheme] = {}
 
+    def describe(self) -> str:
+        return f"liboqs {self._oqs.oqs_version()} through liboqs-python {self._oqs.oqs_python_version()}"
+
     def kem(self, name: str) -> KEM:
         if name not in KEM_SIZES:
             raise BackendUnavailable(f"liboqs backend has no KEM {name!r}; choose one of {sorted(KEM_SIZES)}")

@@ -33,7 +33,7 @@ def _dist(name: str) -> str:
 
 def environment() -> dict[str, str]:
     """Facts for the report's environment table (no secrets, no paths)."""
-    from hybridkex.backends import available_backends
+    from hybridkex.backends import available_backends, get_backend
 
     env = {
         "python": f"{platform.python_implementation()} {platform.python_version()}",
@@ -46,7 +46,7 @@ def environment() -> dict[str, str]:
     env["hybridkex-tls"] = _dist("hybridkex-tls")
     env["hybridkex-wireguard"] = _dist("hybridkex-wireguard")
     for name, reason in available_backends().items():
-        env[f"backend {name}"] = "available" if reason is None else "not installed"
+        env[f"backend {name}"] = f"available: {get_backend(name).describe()}" if reason is None else "not installed"
     env["node"] = _tool(["node", "--version"])
     env["npm"] = _tool(["npm", "--version"])
     env["openssl"] = _tool(["openssl", "version"])
