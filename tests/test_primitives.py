@@ -19,6 +19,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -515,6 +516,19 @@ def test_probe_survives_system_exit_from_liboqs_python(monkeypatch: pytest.Monke
     monkeypatch.setattr(_backend_liboqs, "_import_oqs", exit_like_liboqs_python)
     reason = _backend_liboqs._probe_uncached()
     assert reason is not None and "SystemExit" in reason
+
+
+def test_probe_names_an_oqs_module_that_is_not_liboqs_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    # PyPI's 'oqs' is an unrelated project that installs a module of the same name.
+    from hybridkex.backends import _liboqs as _backend_liboqs
+
+    impostor = types.ModuleType("oqs")
+    monkeypatch.delitem(sys.modules, "oqs", raising=False)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: object())
+    monkeypatch.setattr(_backend_liboqs, "_find_loadable_library", lambda: "liboqs.so")
+    monkeypatch.setattr(_backend_liboqs, "_import_oqs", lambda: impostor)
+    reason = _backend_liboqs._probe_uncached()
+    assert reason is not None and "not liboqs-python" in reason and "pip uninstall oqs" in reason
 
 
 def _run_probe(env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], float]:

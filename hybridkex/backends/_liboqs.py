@@ -156,6 +156,11 @@ def _check_mechanisms(oqs: Any) -> str | None:
     return None
 
 
+#: What hybridkex uses of liboqs-python's module (PyPI's ``oqs`` is another project with the same import name).
+_OQS_API = ("KeyEncapsulation", "Signature", "get_enabled_kem_mechanisms", "get_enabled_sig_mechanisms",
+            "oqs_version")
+
+
 def _probe_uncached() -> str | None:
     global _oqs
     if "oqs" not in sys.modules:
@@ -167,6 +172,9 @@ def _probe_uncached() -> str | None:
                     "build liboqs with -DBUILD_SHARED_LIBS=ON and set OQS_INSTALL_PATH to its install prefix")
     try:
         oqs = _import_oqs()
+        if not all(hasattr(oqs, name) for name in _OQS_API):
+            return ("the installed 'oqs' module is not liboqs-python (another package uses that name); "
+                    "replace it: pip uninstall oqs && pip install 'hybridkex[oqs]'")
         reason = _check_mechanisms(oqs)
     except (Exception, SystemExit) as exc:  # liboqs-python raises SystemExit when it cannot load liboqs
         return f"liboqs-python failed to load liboqs ({type(exc).__name__}: {exc})"
