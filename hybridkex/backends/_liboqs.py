@@ -158,7 +158,7 @@ def _check_mechanisms(oqs: Any) -> str | None:
 
 #: What hybridkex uses of liboqs-python's module (PyPI's ``oqs`` is another project with the same import name).
 _OQS_API = ("KeyEncapsulation", "Signature", "get_enabled_kem_mechanisms", "get_enabled_sig_mechanisms",
-            "oqs_version")
+            "oqs_version", "oqs_python_version")
 
 
 def _probe_uncached() -> str | None:
