@@ -40,6 +40,11 @@ SINK_TYPES = ("wg", "file", "command")
 _TEMPLATE_FIELDS = frozenset({"interface", "peer", "name"})
 _COMMAND_FIELDS = frozenset({"interface", "peer", "name", "epoch", "event", "force"})
 _MAX_OUTPUT = 300
+FIRST_WAIT = 1.0
+"""Seconds a forced handshake may take before the peer is re-added once more (a round trip longer than
+this costs that handshake, not the key)."""
+SECOND_WAIT = 2.0
+"""Seconds to wait after that second re-add; later, WireGuard's own retries (every 5 s) take over."""
 
 
 class SinkError(HybridKexError):
@@ -143,15 +148,14 @@ class WgSink:
             # A keepalive set on a new peer makes wireguard-go send one at once: that starts the handshake.
             argv += ["persistent-keepalive", keepalive if keepalive.isdigit() else "25"]
             _run(argv, base64.b64encode(key) + b"\n", self.timeout, what, key)
-            # The re-added peer reports 0 until its first handshake.  If none shows up soon (a keepalive lost
-            # to a race), kick once more: a keepalive interval set from "off" sends one at once.  A random key
+            # The re-added peer reports 0 until its first handshake.  If none comes within FIRST_WAIT, re-add it
+            # once more: when the partner initiated at the same moment, each end answered the other's initiation
+            # and dropped the answer to its own, and WireGuard retries only after REKEY_TIMEOUT (5 s) -- a peer
+            # sends no new initiation sooner, whatever triggers it; a new peer does, at once.  A random key
             # (event "stale") is meant to make the handshake fail: nothing to wait for.
-            for attempt in range(2 if event != "stale" else 0):
-                if self._wait_handshake(peer, 1.5):
-                    break
-                if attempt == 0:
-                    run_wg(self.wg, ["set", peer.interface, "peer", pub, "persistent-keepalive", "off"], self.timeout)
-                    run_wg(self.wg, ["set", peer.interface, "peer", pub, "persistent-keepalive", "25"], self.timeout)
+            if event != "stale" and not self._wait_handshake(peer, FIRST_WAIT):
+                _run(argv, base64.b64encode(key) + b"\n", self.timeout, what, key)
+                self._wait_handshake(peer, SECOND_WAIT)
             if not keepalive.isdigit():
                 run_wg(self.wg, ["set", peer.interface, "peer", pub, "persistent-keepalive", "off"], self.timeout)
             elif keepalive != "25":

@@ -90,6 +90,7 @@ class End:
     private: str = field(repr=False, default="")
     public: str = ""
     wireguard_go: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
 
     def psk_for(self, peer: End) -> str:
         out = run("wg", "show", self.interface, "preshared-keys", ns=self.ns).stdout
@@ -103,12 +104,15 @@ class End:
         run("wg", "set", self.interface, "peer", peer.public, "preshared-key", "/dev/stdin", ns=self.ns,
             stdin=psk + "\n")
 
-    def readd_peer(self, peer: End) -> None:
-        """Remove and re-add the peer (keeping the PSK it has now): forces a new WireGuard handshake."""
+    def readd_peer(self, peer: End, keepalive: bool = False) -> None:
+        """Remove and re-add the peer (keeping the PSK and endpoint it has now): forces a new WireGuard handshake,
+        at once with ``keepalive`` (else with the next packet)."""
         psk = self.psk_for(peer)
+        endpoint = run("wg", "show", self.interface, "endpoints", ns=self.ns).stdout.split()[1]
         run("wg", "set", self.interface, "peer", peer.public, "remove", ns=self.ns)
         run("wg", "set", self.interface, "peer", peer.public, "preshared-key", "/dev/stdin", "allowed-ips",
-            f"{peer.tunnel}/32", "endpoint", f"{peer.underlay}:{WG_PORT}", ns=self.ns, stdin=psk + "\n")
+            f"{peer.tunnel}/32", "endpoint", endpoint, *(["persistent-keepalive", "25"] if keepalive else []),
+            ns=self.ns, stdin=psk + "\n")
 
     def ping(self, peer: End, count: int = 3, wait: float = 2.0) -> bool:
         done = run(sys.executable, "-c", PING, peer.tunnel, str(count), str(wait), ns=self.ns, check=False,
@@ -125,9 +129,18 @@ class Tunnel:
         self.a.readd_peer(self.b)
         self.b.readd_peer(self.a)
 
+    def wireguard_logs(self, lines: int = 25) -> str:
+        """The last handshake-related lines of both ends' wireguard-go logs (verbose), for failure messages."""
+        parts = []
+        for end in (self.a, self.b):
+            text = end.log.read_text(errors="replace") if end.log else ""
+            kept = [line for line in text.splitlines() if "peer(" in line and "Routine" not in line]
+            parts.append(f"--- wireguard-go {end.interface}:\n" + "\n".join(kept[-lines:]))
+        return "\n" + "\n".join(parts)
+
 
 @pytest.fixture
-def tunnel(require: Callable[[bool, str], None]) -> Iterator[Tunnel]:
+def tunnel(require: Callable[[bool, str], None], tmp_path: Path) -> Iterator[Tunnel]:
     require(os.geteuid() == 0, "needs root to create network namespaces")
     require(os.path.exists("/dev/net/tun"), "needs /dev/net/tun for wireguard-go")
     for tool, package in (("wireguard-go", "wireguard-go"), ("wg", "wireguard-tools"), ("ip", "iproute2"),
@@ -147,8 +160,11 @@ def tunnel(require: Callable[[bool, str], None]) -> Iterator[Tunnel]:
         for end in (a, b):
             run("ip", "addr", "add", f"{end.underlay}/24", "dev", end.veth, ns=end.ns)
             run("ip", "link", "set", end.veth, "up", ns=end.ns)
-            end.wireguard_go = subprocess.Popen(["ip", "netns", "exec", end.ns, "wireguard-go", "-f", end.interface],
-                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            end.log = tmp_path / f"wireguard-go-{end.interface}.log"
+            with end.log.open("wb") as log:  # the child keeps its own descriptor
+                end.wireguard_go = subprocess.Popen(
+                    ["ip", "netns", "exec", end.ns, "wireguard-go", "-f", end.interface], stdout=log,
+                    stderr=subprocess.STDOUT, env={**os.environ, "LOG_LEVEL": "verbose"})
             give_up = time.monotonic() + 10
             while run("wg", "show", end.interface, ns=end.ns, check=False).returncode != 0:
                 assert end.wireguard_go.poll() is None, "wireguard-go exited"
@@ -244,6 +260,91 @@ def test_one_shot_rotation_sets_equal_psks_that_wireguard_uses(tunnel: Tunnel, s
     a.set_psk(b, second)
     tunnel.fresh_handshake()
     assert a.ping(b), "no traffic after restoring the rotated PSK"
+
+
+# A UDP relay that holds every datagram ``delay`` seconds in each direction, between a local WireGuard
+# (which talks to "near") and its partner (which talks to "far"); it runs inside the local namespace.
+# Each end sees the other at the relay's address, so WireGuard's roaming keeps the traffic on it.
+DELAY_RELAY = r"""
+import heapq, itertools, select, socket, sys, time
+near_port, far_host, far_port, local_wg, partner_host, partner_wg, delay = sys.argv[1:8]
+near = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); near.bind(("127.0.0.1", int(near_port)))
+far = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); far.bind((far_host, int(far_port)))
+route = {near: (far, (partner_host, int(partner_wg))), far: (near, ("127.0.0.1", int(local_wg)))}
+held, order = [], itertools.count()
+print("ready", flush=True)
+give_up = time.monotonic() + 120
+while time.monotonic() < give_up:
+    wait = max(0.0, held[0][0] - time.monotonic()) if held else 0.5
+    for sock in select.select([near, far], [], [], wait)[0]:
+        data = sock.recv(65535)
+        heapq.heappush(held, (time.monotonic() + float(delay), next(order), sock, data))
+    while held and held[0][0] <= time.monotonic():
+        _, _, sock, data = heapq.heappop(held)
+        out, to = route[sock]
+        out.sendto(data, to)
+"""
+
+
+@pytest.mark.parametrize("installer", ["wg sink", "hook"])
+def test_forced_handshake_survives_the_partner_initiating_at_the_same_moment(tunnel: Tunnel, tmp_path: Path,
+                                                                           installer: str) -> None:
+    """The attack: the partner starts a WireGuard handshake at the moment the sink re-adds the peer (a cut
+    tunnel's traffic makes WireGuard initiate every 5 s).  On a link with 0.2 s each way, both initiations
+    cross: each end answers the other's and then drops the answer to its own, and WireGuard by itself retries
+    only after 5 s.  The ``wg`` sink, and ``contrib/hkwg-set-psk`` as the ``command`` sink runs it, must still
+    have WireGuard on the new key within 2 s."""
+    a, b = tunnel.a, tunnel.b  # b is the end that forces the handshake
+    relay = subprocess.Popen(["ip", "netns", "exec", b.ns, sys.executable, "-c", DELAY_RELAY, "7701", b.underlay,
+                              "7702", str(WG_PORT), a.underlay, str(WG_PORT), "0.2"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if installer == "hook":
+        hook = tmp_path / "hkwg-set-psk"
+        hook.write_text(HOOK.read_text().replace('ALLOWED_INTERFACES="wg0"', f'ALLOWED_INTERFACES="{b.interface}"'))
+        hook.chmod(0o755)
+        argv = [str(hook), b.interface, a.public, "1", "set"]
+    else:
+        argv = [sys.executable, "-c",
+                "import base64, sys\n"
+                "from hybridkex_wg._keys import PeerRef\n"
+                "from hybridkex_wg._sinks import WgSink\n"
+                f"peer = PeerRef({b.interface!r}, base64.b64decode({a.public!r}), 'a')\n"
+                "WgSink().set_psk(peer, base64.b64decode(sys.stdin.read()), 7, force_handshake=True)\n"]
+    try:
+        assert relay.stdout is not None and relay.stdout.readline().strip() == "ready", relay.stderr
+        run("wg", "set", b.interface, "peer", a.public, "endpoint", "127.0.0.1:7701", ns=b.ns)
+        run("wg", "set", a.interface, "peer", b.public, "endpoint", f"{b.underlay}:7702", ns=a.ns)
+        assert a.ping(b), "no traffic through the delaying relay"
+
+        def b_handshake() -> int:
+            return int(run("wg", "show", b.interface, "latest-handshakes", ns=b.ns).stdout.split()[1])
+
+        assert b_handshake() != 0
+        key = run("wg", "genpsk").stdout.strip()
+        a.set_psk(b, key)  # the rotation's initiator installs first, without forcing anything
+        forcing = subprocess.Popen(["ip", "netns", "exec", b.ns, *argv], stdin=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        assert forcing.stdin is not None
+        forcing.stdin.write(key + "\n")
+        forcing.stdin.close()
+        give_up = time.monotonic() + 10
+        while b_handshake() != 0:  # the re-add shows as "never handshook"
+            assert time.monotonic() < give_up and forcing.poll() is None, "the peer was never re-added"
+            time.sleep(0.005)
+        readded = time.monotonic()
+        a.readd_peer(b, keepalive=True)  # the partner initiates too, while b's initiation is on the wire
+        while b_handshake() == 0 and time.monotonic() - readded < 8:
+            time.sleep(0.05)
+        took = time.monotonic() - readded
+        assert forcing.wait(10) == 0, forcing.stderr.read() if forcing.stderr else ""
+        assert b_handshake() != 0, "WireGuard never handshook with the new key" + tunnel.wireguard_logs()
+        assert took <= 2.0, f"WireGuard handshook {took:.1f} s after the key was installed" + tunnel.wireguard_logs()
+        assert b.psk_for(a) == key == a.psk_for(b) and a.ping(b), "no traffic on the new key"
+        assert run("wg", "show", b.interface, "persistent-keepalive", ns=b.ns).stdout.split()[1] == "off"
+        print(f"\n{installer}: WireGuard handshook {took:.2f} s after the install, through crossed initiations")
+    finally:
+        relay.kill()
+        relay.wait()
 
 
 class Sampler:
@@ -399,7 +500,8 @@ def test_daemons_keep_wireguard_on_the_current_key_and_fail_closed(tunnel: Tunne
             first_new = next((x for x in sampler.samples[index:] if x[2] not in (handshake_before, 0)), None)
             assert first_new is not None, f"key {n}: WireGuard never handshook after the install"
             assert first_new[0] - t_before <= 2.0 + 0.3, (
-                f"key {n}: WireGuard handshook {first_new[0] - t_before:.1f} s after the install")
+                f"key {n}: WireGuard handshook {first_new[0] - t_before:.1f} s after the install"
+                + tunnel.wireguard_logs())
             assert first_new[2] >= int(t_before), f"key {n}: the handshake predates the install"
             delays.append(first_new[0] - t_before)
             # ... and the tunnel carried pings around it: at most one lost per rotation.
