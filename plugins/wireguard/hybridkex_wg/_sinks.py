@@ -133,6 +133,7 @@ class WgSink:
                 force_handshake: bool = False) -> None:
         pub = peer.public_key_text
         what = f"wg sink ({peer.label})"
+        stdin = base64.b64encode(key) + b"\n"
         if force_handshake:
             endpoints = self._show(peer, "endpoints")
             if pub not in endpoints:
@@ -147,26 +148,24 @@ class WgSink:
                 argv += ["endpoint", endpoint]
             # A keepalive set on a new peer makes wireguard-go send one at once: that starts the handshake.
             argv += ["persistent-keepalive", keepalive if keepalive.isdigit() else "25"]
-            _run(argv, base64.b64encode(key) + b"\n", self.timeout, what, key)
+            _run(argv, stdin, self.timeout, what, key)
             # The re-added peer reports 0 until its first handshake.  If none comes within FIRST_WAIT, re-add it
             # once more: when the partner initiated at the same moment, each end answered the other's initiation
             # and dropped the answer to its own, and WireGuard retries only after REKEY_TIMEOUT (5 s) -- a peer
             # sends no new initiation sooner, whatever triggers it; a new peer does, at once.  A random key
             # (event "stale") is meant to make the handshake fail: nothing to wait for.
             if event != "stale" and not self._wait_handshake(peer, FIRST_WAIT):
-                _run(argv, base64.b64encode(key) + b"\n", self.timeout, what, key)
+                _run(argv, stdin, self.timeout, what, key)
                 self._wait_handshake(peer, SECOND_WAIT)
-            if not keepalive.isdigit():
+            if not keepalive.isdigit():  # the re-add set the operator's own keepalive, if there is one
                 run_wg(self.wg, ["set", peer.interface, "peer", pub, "persistent-keepalive", "off"], self.timeout)
-            elif keepalive != "25":
-                run_wg(self.wg, ["set", peer.interface, "peer", pub, "persistent-keepalive", keepalive], self.timeout)
             return
         if self.require_peer:
             if pub not in self._show(peer, "peers"):
                 raise SinkError(f"{what}: {pub} is not a peer of interface "
                                 f"{peer.interface}; add it to WireGuard first (or set require_peer = false)")
-        _run([self.wg, "set", peer.interface, "peer", pub, "preshared-key", "/dev/stdin"],
-             base64.b64encode(key) + b"\n", self.timeout, what, key)
+        _run([self.wg, "set", peer.interface, "peer", pub, "preshared-key", "/dev/stdin"], stdin, self.timeout, what,
+             key)
 
     def _wait_handshake(self, peer: PeerRef, seconds: float) -> bool:
         """Whether WireGuard completed a handshake with the (re-added) peer within ``seconds``."""
