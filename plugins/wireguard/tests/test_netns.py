@@ -114,6 +114,10 @@ class End:
             f"{peer.tunnel}/32", "endpoint", endpoint, *(["persistent-keepalive", "25"] if keepalive else []),
             ns=self.ns, stdin=psk + "\n")
 
+    def latest_handshake(self) -> int:
+        """Unix time of the last WireGuard handshake with the (only) peer; 0 before its first one."""
+        return int(run("wg", "show", self.interface, "latest-handshakes", ns=self.ns).stdout.split()[1])
+
     def ping(self, peer: End, count: int = 3, wait: float = 2.0) -> bool:
         done = run(sys.executable, "-c", PING, peer.tunnel, str(count), str(wait), ns=self.ns, check=False,
                    timeout=count * wait + 10)
@@ -200,6 +204,14 @@ def tunnel(require: Callable[[bool, str], None], tmp_path: Path) -> Iterator[Tun
 HOOK = Path(__file__).resolve().parent.parent / "contrib" / "hkwg-set-psk"
 
 
+def install_hook(directory: Path, interface: str) -> Path:
+    """contrib/hkwg-set-psk as an operator installs it, allowed to touch ``interface``."""
+    hook = directory / "hkwg-set-psk"
+    hook.write_text(HOOK.read_text().replace('ALLOWED_INTERFACES="wg0"', f'ALLOWED_INTERFACES="{interface}"'))
+    hook.chmod(0o755)
+    return hook
+
+
 def rotate_once(tunnel: Tunnel, spawn: Callable[..., Any], psk_file: Path, tmp_path: Path,
                 b_sink: list[str] | None = None) -> None:
     """One ``hybridkex wg rotate --once`` on each end, inside its namespace, over the veth addresses."""
@@ -225,18 +237,16 @@ def test_one_shot_rotation_sets_equal_psks_that_wireguard_uses(tunnel: Tunnel, s
     assert a.ping(b), "the tunnel does not work even without a PSK"
 
     # B installs through the privileged-hook sink (contrib/hkwg-set-psk, as sudo would run it).
-    hook = tmp_path / "hkwg-set-psk"
-    hook.write_text(HOOK.read_text().replace('ALLOWED_INTERFACES="wg0"', f'ALLOWED_INTERFACES="{b.interface}"'))
-    hook.chmod(0o755)
+    hook = install_hook(tmp_path, b.interface)
     rotate_once(tunnel, spawn, psk_file, tmp_path, ["--no-wg", "--hook", f"{hook} {{interface}} {{peer}} {{force}}"])
     first = a.psk_for(b)
     assert first != "(none)" and first == b.psk_for(a)
     # The hook's forced handshake: re-add the peer with its configuration; WireGuard handshakes at once.
-    before = int(run("wg", "show", b.interface, "latest-handshakes", ns=b.ns).stdout.split()[1])
+    before = b.latest_handshake()
     time.sleep(1.1)  # latest-handshakes counts whole seconds
     run(str(hook), b.interface, a.public, "1", ns=b.ns, stdin=first + "\n")
     give_up = time.monotonic() + 5
-    while int(run("wg", "show", b.interface, "latest-handshakes", ns=b.ns).stdout.split()[1]) <= before:
+    while b.latest_handshake() <= before:
         assert time.monotonic() < give_up, "the hook's forced handshake did not happen"
         time.sleep(0.1)
     assert b.psk_for(a) == first and run("wg", "show", b.interface, "persistent-keepalive", ns=b.ns).stdout.split()[1] \
@@ -249,8 +259,7 @@ def test_one_shot_rotation_sets_equal_psks_that_wireguard_uses(tunnel: Tunnel, s
     # A new WireGuard handshake with the rotated PSK on both ends: traffic crosses the tunnel.
     tunnel.fresh_handshake()
     assert a.ping(b), "no traffic with equal rotated PSKs"
-    handshakes = run("wg", "show", a.interface, "latest-handshakes", ns=a.ns).stdout.split()
-    assert int(handshakes[1]) > 0
+    assert a.latest_handshake() > 0
 
     # A deliberately different PSK on one end breaks the handshake: the PSK is really used.
     a.set_psk(b, run("wg", "genpsk").stdout.strip())
@@ -299,10 +308,7 @@ def test_forced_handshake_survives_the_partner_initiating_at_the_same_moment(tun
                               "7702", str(WG_PORT), a.underlay, str(WG_PORT), "0.2"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if installer == "hook":
-        hook = tmp_path / "hkwg-set-psk"
-        hook.write_text(HOOK.read_text().replace('ALLOWED_INTERFACES="wg0"', f'ALLOWED_INTERFACES="{b.interface}"'))
-        hook.chmod(0o755)
-        argv = [str(hook), b.interface, a.public, "1", "set"]
+        argv = [str(install_hook(tmp_path, b.interface)), b.interface, a.public, "1", "set"]
     else:
         argv = [sys.executable, "-c",
                 "import base64, sys\n"
@@ -315,11 +321,7 @@ def test_forced_handshake_survives_the_partner_initiating_at_the_same_moment(tun
         run("wg", "set", b.interface, "peer", a.public, "endpoint", "127.0.0.1:7701", ns=b.ns)
         run("wg", "set", a.interface, "peer", b.public, "endpoint", f"{b.underlay}:7702", ns=a.ns)
         assert a.ping(b), "no traffic through the delaying relay"
-
-        def b_handshake() -> int:
-            return int(run("wg", "show", b.interface, "latest-handshakes", ns=b.ns).stdout.split()[1])
-
-        assert b_handshake() != 0
+        assert b.latest_handshake() != 0
         key = run("wg", "genpsk").stdout.strip()
         a.set_psk(b, key)  # the rotation's initiator installs first, without forcing anything
         forcing = subprocess.Popen(["ip", "netns", "exec", b.ns, *argv], stdin=subprocess.PIPE,
@@ -328,16 +330,16 @@ def test_forced_handshake_survives_the_partner_initiating_at_the_same_moment(tun
         forcing.stdin.write(key + "\n")
         forcing.stdin.close()
         give_up = time.monotonic() + 10
-        while b_handshake() != 0:  # the re-add shows as "never handshook"
+        while b.latest_handshake() != 0:  # the re-add shows as "never handshook"
             assert time.monotonic() < give_up and forcing.poll() is None, "the peer was never re-added"
             time.sleep(0.005)
         readded = time.monotonic()
         a.readd_peer(b, keepalive=True)  # the partner initiates too, while b's initiation is on the wire
-        while b_handshake() == 0 and time.monotonic() - readded < 8:
+        while b.latest_handshake() == 0 and time.monotonic() - readded < 8:
             time.sleep(0.05)
         took = time.monotonic() - readded
         assert forcing.wait(10) == 0, forcing.stderr.read() if forcing.stderr else ""
-        assert b_handshake() != 0, "WireGuard never handshook with the new key" + tunnel.wireguard_logs()
+        assert b.latest_handshake() != 0, "WireGuard never handshook with the new key" + tunnel.wireguard_logs()
         assert took <= 2.0, f"WireGuard handshook {took:.1f} s after the key was installed" + tunnel.wireguard_logs()
         assert b.psk_for(a) == key == a.psk_for(b) and a.ping(b), "no traffic on the new key"
         assert run("wg", "show", b.interface, "persistent-keepalive", ns=b.ns).stdout.split()[1] == "off"
