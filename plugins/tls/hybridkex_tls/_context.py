@@ -312,11 +312,11 @@ class HybridTLSContext:
             return self._host_configs[key]
         return self.handshake_config
 
-    def new_engine(self, psk: ExternalPSK | None, *, suppress_ragged_eofs: bool = True, session: bytes | None = None,
+    def new_engine(self, psk: ExternalPSK | None, *, suppress_ragged_eofs: bool = True, session: Any = None,
                    server_hostname: str | None = None, on_hello: Any = None, on_done: Any = None,
                    fd: int | None = None) -> TLSEngine:
         """A TLS engine for one connection keyed by ``psk`` or resuming ``session`` (for drivers of other I/O)."""
-        return TLSEngine(self._handle, psk, expected_group=self.expected_group,
+        return TLSEngine(self._handle, psk, expected_group=HYBRID_GROUPS if self._static_psk is None else None,
                          suppress_ragged_eofs=suppress_ragged_eofs, session=session, server_hostname=server_hostname,
                          alpn_protocols=self.alpn_protocols if self.role == "client" else (), on_hello=on_hello,
                          on_done=on_done, fd=fd)

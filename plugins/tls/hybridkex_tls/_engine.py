@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from ._errors import TLSConnectionClosed, TLSError, TLSHandshakeError, TLSPSKError, TLSResumptionRefused
 from ._importer import ExternalPSK
@@ -20,13 +20,14 @@ from ._openssl import (
     ContextHandle,
     PSKBinding,
     RecordIO,
+    current_session,
     handshake_outcome,
+    keep_session_resumable,
     new_connection,
     release_connection,
-    session_der,
     session_key_id,
     session_pointer,
-    set_session_der,
+    set_session,
 )
 
 __all__ = ["TLSEngine", "TLSFacts"]
@@ -143,12 +144,29 @@ class _ConnectionFacts(TLSFacts):
 class TLSEngine:
     """One TLS 1.3 connection (client or server) keyed by an external PSK, without I/O."""
 
+    # State that starts out empty or false, as class attributes until first set (an engine per connection).
+    _started = False
+    _scratch: bytearray | None = None
+    _resuming = False
+    _session_pointer = 0
+    handshake_done = False
+    facts: TLSFacts | None = None
+    peer_closed = False
+    """The peer sent close_notify (or closed the TCP connection, with ragged EOFs suppressed)."""
+    close_notify_sent = False
+    direct = False
+    """OpenSSL reads and writes the socket itself (``fd``, or after :meth:`attach_socket`)."""
+    _on_done: Callable[[TLSEngine], None] | None = None
+    failed = False
+    """A TLS alert (sent or received) ended the connection; OpenSSL then marks the connection's session not
+    resumable, so a client drops the ticket this connection left in its cache."""
+
     def __init__(self, handle: ContextHandle, psk: ExternalPSK | None, *, expected_group: str | None = None,
-                 suppress_ragged_eofs: bool = True, session: bytes | None = None, server_hostname: str | None = None,
+                 suppress_ragged_eofs: bool = True, session: Any = None, server_hostname: str | None = None,
                  alpn_protocols: Sequence[str] = (),
                  on_hello: Callable[[bool, bytes, str | None], bool] | None = None,
                  on_done: Callable[[TLSEngine], None] | None = None, fd: int | None = None) -> None:
-        """``psk``: the external PSK (None: resumption only).  Client: ``session`` (DER) to resume,
+        """``psk``: the external PSK (None: resumption only).  Client: ``session`` (from :meth:`new_session`) to resume,
         ``server_hostname`` for SNI, ``alpn_protocols`` to offer.  Server: ``on_hello`` checks each
         ClientHello (see :class:`~hybridkex_tls._openssl.PSKBinding`); ``on_done`` runs once the
         handshake finished and passed its checks, before :meth:`data_to_send` hands out its last flight:
@@ -171,27 +189,19 @@ class TLSEngine:
         """Feed bytes read from the network."""
         self.data_to_send: Callable[[], bytes | bytearray] = io.drain
         """All bytes the engine wants on the network now (possibly empty)."""
-        self.direct = fd is not None
-        """OpenSSL reads and writes the socket itself (:meth:`attach_socket`)."""
-        self._started = False
-        self._scratch: bytearray | None = None
-        self._resuming = False
+        if fd is not None:
+            self.direct = True
         if self.role == "client":
             if server_hostname:
                 self._conn.set_tlsext_host_name(server_hostname.encode("idna"))
             if alpn_protocols:
                 self._conn.set_alpn_protos([p.encode("ascii") for p in alpn_protocols])
             if session is not None:
-                self._resuming = set_session_der(self._conn, session)
-        self._session_pointer = 0
-        self._on_done = on_done
+                self._resuming = set_session(self._conn, session)
+        if on_done is not None:
+            self._on_done = on_done
         self._expected_group = expected_group
         self._suppress_ragged_eofs = suppress_ragged_eofs
-        self.handshake_done = False
-        self.facts: TLSFacts | None = None
-        self.peer_closed = False
-        """The peer sent close_notify (or closed the TCP connection, with ragged EOFs suppressed)."""
-        self.close_notify_sent = False
 
     # -- bytes in and out ----------------------------------------------------------------
     def receive_eof(self) -> None:
@@ -285,8 +295,9 @@ class TLSEngine:
         self._session_pointer = pointer
 
     # -- resumption ------------------------------------------------------------------------
-    def new_session(self) -> bytes | None:
-        """Client: the session of a ticket that arrived since the last call (DER), or None.
+    def new_session(self) -> Any:
+        """Client: the session of a ticket that arrived since the last call (an opaque reference to OpenSSL's
+        SSL_SESSION, for ``session=`` of a later engine), or None.
 
         TLS 1.3 tickets come after the handshake (RFC 8446 §4.6.1); OpenSSL replaces the
         connection's session with each one, which is how a new ticket shows.
@@ -297,7 +308,7 @@ class TLSEngine:
         if pointer == self._session_pointer:
             return None
         self._session_pointer = pointer
-        return session_der(self._conn)
+        return current_session(self._conn)
 
     def session_key_id(self) -> bytes:
         """Server, after the handshake: the name of the session the last ticket sent resumes."""
@@ -315,11 +326,15 @@ class TLSEngine:
         self._binding.psk = None  # the key is no longer needed once OpenSSL holds the handshake secrets
 
     def __del__(self) -> None:
-        if getattr(self, "_registered", False):  # a constructor that failed early set no attributes
-            try:
+        try:
+            if getattr(self, "_registered", False):  # a constructor that failed early set no attributes
                 release_connection(self._conn)
-            except Exception:  # noqa: BLE001 - at interpreter exit the module may be half torn down
-                pass
+            if self.role == "client" and self.handshake_done and not self.close_notify_sent:
+                # The connection is freed next: without close_notify OpenSSL would mark its current session (the
+                # one a ticket of this connection left in the client's cache) not resumable.
+                keep_session_resumable(self._conn)
+        except Exception:  # noqa: BLE001 - at interpreter exit the module may be half torn down
+            pass
 
     # -- application data ----------------------------------------------------------------
     def write(self, data: bytes | bytearray | memoryview) -> int:
@@ -337,6 +352,7 @@ class TLSEngine:
             _raise_os_error(exc)
             raise TLSError(f"TLS error while sending: {_reason(exc)}") from None
         except SSL.Error as exc:
+            self.failed = True
             raise TLSError(f"TLS error while sending: {_reason(exc)}") from None
 
     def read(self, size: int) -> bytes | None:
@@ -366,6 +382,7 @@ class TLSEngine:
             reason = _reason(exc)
             if reason == "unexpected eof while reading":
                 return len(self._ragged_eof())
+            self.failed = True
             raise TLSError(f"TLS error while receiving: {_explain(reason)[1]}; the connection cannot be used "
                            "any more") from None
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from ._errors import TLSUnavailable
@@ -33,8 +33,8 @@ from ._importer import ExternalPSK
 
 __all__ = [
     "SSL", "OPENSSL_VERSION", "PYOPENSSL_VERSION", "PSKBinding", "ContextHandle", "new_context", "new_connection",
-    "release_connection", "session_reused", "negotiated_group", "set_groups", "REQUIREMENTS", "session_der",
-    "set_session_der", "session_key_id", "session_pointer", "handshake_outcome", "RecordIO",
+    "release_connection", "session_reused", "negotiated_group", "set_groups", "REQUIREMENTS", "current_session",
+    "set_session", "keep_session_resumable", "session_key_id", "session_pointer", "handshake_outcome", "RecordIO",
 ]
 
 REQUIREMENTS = ("pyOpenSSL >= 26.4 on cryptography >= 48, whose wheel bundles OpenSSL >= 3.5 "
@@ -45,7 +45,7 @@ _NEEDED = (
     "Cryptography_SSL_SESSION_new", "SSL_SESSION_set1_master_key", "SSL_SESSION_set_cipher",
     "SSL_SESSION_set_protocol_version", "SSL_CIPHER_find", "SSL_CTX_set1_curves_list", "SSL_session_reused",
     "SSL_get0_group_name", "SSL_get_session", "ERR_get_error", "TLS1_3_VERSION",
-    "SSL_set_session", "SSL_SESSION_get_master_key", "i2d_SSL_SESSION", "d2i_SSL_SESSION",
+    "SSL_set_session", "SSL_SESSION_get_master_key", "SSL_get1_session", "SSL_set_shutdown", "SSL_get_shutdown",
     "SSL_CTX_set_tlsext_servername_callback", "SSL_get_servername",
 )
 
@@ -82,23 +82,26 @@ _PSK_SESSION_SUITE = b"\x13\x01"
 Role = Literal["client", "server"]
 
 
-@dataclass(eq=False)
 class PSKBinding:
-    """One connection's external PSK and what the PSK callbacks saw (read after the handshake)."""
+    """One connection's external PSK and what the PSK callbacks saw (read after the handshake).
 
-    psk: ExternalPSK | None
-    offered: bool = False
+    The flags are class attributes until a callback sets them: one binding is made per connection."""
+
+    offered = False
     """Client: the PSK was put in the ClientHello."""
-    accepted: bool = False
+    accepted = False
     """Server: the client offered our identity and the PSK session was handed to OpenSSL."""
-    unknown_identity: bool = False
+    unknown_identity = False
     """Server: the client offered a PSK identity other than ours."""
-    on_hello: Any = None
-    """Server: ``on_hello(resumed, session_key_id, server_name) -> bool`` runs once the ClientHello is parsed
-    (after OpenSSL decided whether it resumes a session); False refuses the handshake with an alert."""
-    hello_refused: bool = False
+    hello_refused = False
     """Server: ``on_hello`` refused the handshake."""
-    _identity_buffer: Any = field(default=None, repr=False)
+    _identity_buffer: Any = None
+
+    def __init__(self, psk: ExternalPSK | None, on_hello: Any = None) -> None:
+        self.psk = psk
+        self.on_hello = on_hello
+        """Server: ``on_hello(resumed, session_key_id, server_name) -> bool`` runs once the ClientHello is parsed
+        (after OpenSSL decided whether it resumes a session); False refuses the handshake with an alert."""
 
 
 @dataclass(eq=False)
@@ -115,10 +118,6 @@ class ContextHandle:
 #: a dict lookup is atomic, and a connection's binding is added before its handshake and removed after it.
 _bindings: dict[Any, PSKBinding] = {}
 _bindings_lock = threading.Lock()
-
-
-def _lookup(ssl: Any) -> PSKBinding | None:
-    return _bindings.get(ssl)
 
 
 def _psk_session(ssl: Any, key: bytes) -> Any:
@@ -141,7 +140,7 @@ def _psk_session(ssl: Any, key: bytes) -> Any:
 def _use_session(ssl: Any, md: Any, identity_out: Any, identity_len_out: Any, session_out: Any) -> int:
     """Client: offer the connection's PSK (OpenSSL owns the returned session and frees it)."""
     session_out[0] = _ffi.NULL
-    binding = _lookup(ssl)
+    binding = _bindings.get(ssl)
     if binding is None or binding.psk is None:
         return 1  # no PSK: the server will refuse the handshake, which the caller reports
     session = _psk_session(ssl, binding.psk.key)
@@ -160,7 +159,7 @@ def _use_session(ssl: Any, md: Any, identity_out: Any, identity_len_out: Any, se
 def _find_session(ssl: Any, identity: Any, identity_len: int, session_out: Any) -> int:
     """Server: accept the client's PSK only under the identity this connection expects."""
     session_out[0] = _ffi.NULL
-    binding = _lookup(ssl)
+    binding = _bindings.get(ssl)
     if binding is None or binding.psk is None:
         return 1
     offered = bytes(_ffi.buffer(identity, identity_len))
@@ -181,22 +180,26 @@ _ALERT_HANDSHAKE_FAILURE = 40
 def _on_client_hello(ssl: Any, alert: Any, _arg: Any) -> int:
     """Server: the servername callback, which OpenSSL runs for every ClientHello after the PSK extension was
     parsed (RFC 8446 §4.2.11), whether or not it carries SNI; it lets the plugin check a resumed session."""
-    binding = _lookup(ssl)
+    binding = _bindings.get(ssl)
     if binding is None or binding.on_hello is None:
-        return int(_lib.SSL_TLSEXT_ERR_OK)
+        return _TLSEXT_OK
     resumed = bool(_lib.SSL_session_reused(ssl))
     key_id = _key_id(_lib.SSL_get_session(ssl)) if resumed else b""
-    name_ptr = _lib.SSL_get_servername(ssl, _lib.TLSEXT_NAMETYPE_host_name)
+    name_ptr = _lib.SSL_get_servername(ssl, _HOST_NAME)
     name = None if name_ptr == _ffi.NULL else _ffi.string(name_ptr).decode("ascii", "replace")
     try:
-        ok = bool(binding.on_hello(resumed, key_id, name))
-    except Exception:  # a callback must not raise into OpenSSL
-        ok = False
-    if ok:
-        return int(_lib.SSL_TLSEXT_ERR_OK)
+        if binding.on_hello(resumed, key_id, name):
+            return _TLSEXT_OK
+    except Exception:  # noqa: BLE001 - a callback must not raise into OpenSSL
+        pass
     binding.hello_refused = True
     alert[0] = _ALERT_HANDSHAKE_FAILURE
-    return int(_lib.SSL_TLSEXT_ERR_ALERT_FATAL)
+    return _TLSEXT_FATAL
+
+
+_TLSEXT_OK = int(_lib.SSL_TLSEXT_ERR_OK)
+_TLSEXT_FATAL = int(_lib.SSL_TLSEXT_ERR_ALERT_FATAL)
+_HOST_NAME = int(_lib.TLSEXT_NAMETYPE_host_name)
 
 
 #: A session's master key (TLS 1.3: the resumption PSK, one hash long) is at most this long.
@@ -205,22 +208,19 @@ _MAX_MASTER_KEY = 64
 #: than hashing 32 bytes.
 _SHA256 = hashlib.sha256()
 _ZEROS = bytes(_MAX_MASTER_KEY)
+_MASTER_KEY_BUFFER = _ffi.typeof(f"unsigned char[{_MAX_MASTER_KEY}]")
 
 
 def _key_id(session: Any) -> bytes:
     """SHA-256 of a session's resumption PSK: a name for the session that reveals nothing of the key."""
     if session == _ffi.NULL:
         return b""
-    buffer = _ffi.new("unsigned char[]", _MAX_MASTER_KEY)
-    try:
-        got = _lib.SSL_SESSION_get_master_key(session, buffer, _MAX_MASTER_KEY)
-        if not got:
-            return b""
-        digest = _SHA256.copy()
-        digest.update(_ffi.buffer(buffer, got))
-        return digest.digest()
-    finally:
-        _ffi.memmove(buffer, _ZEROS, _MAX_MASTER_KEY)
+    buffer = _ffi.new(_MASTER_KEY_BUFFER)
+    got = _lib.SSL_SESSION_get_master_key(session, buffer, _MAX_MASTER_KEY)
+    digest = _SHA256.copy()
+    digest.update(_ffi.buffer(buffer, got))
+    _ffi.memmove(buffer, _ZEROS, got)  # the copy of the key goes before the buffer returns to the allocator
+    return digest.digest() if got else b""
 
 
 def session_key_id(conn: SSL.Connection) -> bytes:
@@ -234,34 +234,32 @@ def session_pointer(conn: SSL.Connection) -> int:
     return int(_ffi.cast("uintptr_t", _lib.SSL_get_session(conn._ssl)))
 
 
-def session_der(conn: SSL.Connection) -> bytes | None:
-    """The connection's current session, DER-encoded (a fresh copy resumes even after this connection is freed
-    without close_notify, which marks the original not resumable)."""
-    session = _lib.SSL_get_session(conn._ssl)
-    if session == _ffi.NULL:
-        return None
-    size = _lib.i2d_SSL_SESSION(session, _ffi.NULL)
-    if size <= 0:
-        return None
-    buffer = _ffi.new("unsigned char[]", size)
-    pointer = _ffi.new("unsigned char **", buffer)
-    if _lib.i2d_SSL_SESSION(session, pointer) != size:
-        return None
-    return bytes(_ffi.buffer(buffer, size))
+def current_session(conn: SSL.Connection) -> Any:
+    """The connection's current SSL_SESSION, as a reference of its own (freed when the returned object is), or
+    None.  Unlike a DER copy it costs no encoding and decoding; :func:`keep_session_resumable` keeps it
+    resumable when the connection is dropped without close_notify."""
+    session = _lib.SSL_get1_session(conn._ssl)
+    return None if session == _ffi.NULL else _ffi.gc(session, _lib.SSL_SESSION_free)
 
 
-def set_session_der(conn: SSL.Connection, der: bytes) -> bool:
-    """Offer the DER-encoded session for resumption in the next ClientHello; False if OpenSSL refuses it."""
-    buffer = _ffi.new("unsigned char[]", der)
-    pointer = _ffi.new("unsigned char **", buffer)
-    session = _lib.d2i_SSL_SESSION(_ffi.NULL, pointer, len(der))
-    if session == _ffi.NULL:
-        _drain_error_queue()
-        return False
-    try:
-        return bool(_lib.SSL_set_session(conn._ssl, session) == 1)
-    finally:
-        _lib.SSL_SESSION_free(session)  # SSL_set_session took its own reference
+def set_session(conn: SSL.Connection, session: Any) -> bool:
+    """Offer ``session`` (from :func:`current_session`) for resumption in the next ClientHello; False if OpenSSL
+    refuses it."""
+    if _lib.SSL_set_session(conn._ssl, session) == 1:
+        return True
+    _drain_error_queue()
+    return False
+
+
+def keep_session_resumable(conn: SSL.Connection) -> None:
+    """Before a client connection that sent no close_notify is freed: OpenSSL would mark its current session
+    not resumable (``ssl_clear_bad_session``), and that session may be the one kept for the next connection.
+    Marking the sending direction shut down, as close_notify would, skips that; nothing is sent."""
+    _lib.SSL_set_shutdown(conn._ssl, _lib.SSL_get_shutdown(conn._ssl) | _SENT_SHUTDOWN)
+
+
+_SENT_SHUTDOWN = int(_lib.SSL_SENT_SHUTDOWN)
+_WANT_READ = int(_lib.SSL_ERROR_WANT_READ)
 
 
 class RecordIO:
@@ -347,6 +345,9 @@ class RecordIO:
         result = _lib.SSL_do_handshake(self._ssl)
         if result == 1:
             return True
+        if _lib.SSL_get_error(self._ssl, result) == _WANT_READ:  # the usual wait, without a call to _want
+            self.want_write = False
+            return False
         if self._want(result):
             return False
         self._conn._raise_ssl_error(self._ssl, result)

@@ -20,16 +20,16 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 __all__ = ["ChainFacts", "ClientSessionCache", "ServerSessionTable"]
 
 
-@dataclass(frozen=True)
-class ChainFacts:
-    """What a chain of connections rests on (secret-free)."""
+class ChainFacts(NamedTuple):
+    """What a chain of connections rests on (secret-free); immutable, and a tuple because one is made per
+    resumed connection."""
 
-    summary: dict[str, object] = field(compare=False)
+    summary: dict[str, object]
     """The full connection's hybrid summary (peer, suite, QKD key_IDs, transcript hash)."""
     started: float
     """``time.monotonic()`` when the full connection's hybrid exchange (and its QKD key) was done."""
@@ -43,7 +43,7 @@ class ChainFacts:
         return max(0.0, now - self.started)
 
     def next(self) -> ChainFacts:
-        # The constructor, not dataclasses.replace (which inspects the fields on every call): once per connection.
+        """The facts of the chain's next connection (one resumption further)."""
         return ChainFacts(self.summary, self.started, self.resumptions + 1, self.server_name)
 
 
@@ -61,7 +61,8 @@ class _Bounded:
 
 
 class ClientSessionCache(_Bounded):
-    """Per server (``host:port`` or SNI name), sessions to resume, as DER, with their chains' facts.
+    """Per server (``host:port`` or SNI name), sessions to resume (references to OpenSSL's SSL_SESSION), with
+    their chains' facts.
 
     Each connection contributes the session of one ticket (a server that sends several
     accepts any one of them), and each session is offered once: :meth:`take` removes it, so
@@ -73,9 +74,9 @@ class ClientSessionCache(_Bounded):
                  per_server: int = 64, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(lifetime, max_resumptions, max_entries, clock)
         self.per_server = per_server
-        self._entries: OrderedDict[str, OrderedDict[int, tuple[bytes, ChainFacts]]] = OrderedDict()
+        self._entries: OrderedDict[str, OrderedDict[int, tuple[Any, ChainFacts]]] = OrderedDict()
 
-    def take(self, key: str) -> tuple[bytes, ChainFacts] | None:
+    def take(self, key: str) -> tuple[Any, ChainFacts] | None:
         """A session to offer to ``key`` (removed from the cache) and its chain's facts, or None."""
         with self._lock:
             slots = self._entries.get(key)
@@ -87,7 +88,7 @@ class ClientSessionCache(_Bounded):
             self._entries.pop(key, None)
             return None
 
-    def put(self, key: str, connection: int, session: bytes, facts: ChainFacts) -> None:
+    def put(self, key: str, connection: int, session: Any, facts: ChainFacts) -> None:
         """Remember ``connection``'s ticket for ``key`` (replacing one it gave before)."""
         with self._lock:
             slots = self._entries.setdefault(key, OrderedDict())
@@ -98,6 +99,13 @@ class ClientSessionCache(_Bounded):
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
+
+    def discard(self, key: str, connection: int) -> None:
+        """Forget the ticket ``connection`` gave for ``key``, if it is still here (that connection failed)."""
+        with self._lock:
+            slots = self._entries.get(key)
+            if slots is not None:
+                slots.pop(connection, None)
 
     def drop(self, key: str) -> None:
         """Forget every session for ``key`` (the server refused one: it restarted or changed its keys)."""
@@ -115,8 +123,8 @@ class ServerSessionTable(_Bounded):
                  clock: Callable[[], float] = time.monotonic, issuing_wait: float = 0.1) -> None:
         super().__init__(lifetime, max_resumptions, max_entries, clock)
         self._entries: OrderedDict[bytes, ChainFacts] = OrderedDict()
-        self._issuing: dict[int, int] = {}
-        """Threads in :meth:`issuing`, with their depth."""
+        self._issuing: set[int] = set()
+        """Threads in :meth:`issuing`."""
         self._looking: set[int] = set()
         """Threads waiting in :meth:`take`."""
         self._changed = threading.Condition(self._lock)
@@ -128,28 +136,15 @@ class ServerSessionTable(_Bounded):
         """Around a handshake step that may send tickets before :meth:`put` records their session (OpenSSL
         writing the socket itself sends them as the handshake ends): a client may offer such a ticket on
         its next connection at once, and that connection's lookup must find it, not refuse it.  (A lookup
-        waits for other threads only: the step that runs it may be this thread's own.)"""
+        waits for other threads only: the step that runs it may be this thread's own.)  Not re-entrant: a
+        thread runs one handshake step at a time."""
         return self._mark
-
-    def _enter_issuing(self) -> None:
-        me = threading.get_ident()
-        with self._lock:
-            self._issuing[me] = self._issuing.get(me, 0) + 1
-
-    def _leave_issuing(self) -> None:
-        me = threading.get_ident()
-        with self._lock:
-            if self._issuing[me] == 1:
-                del self._issuing[me]
-            else:
-                self._issuing[me] -= 1
-            if self._looking:  # only a thread in take() ever waits
-                self._changed.notify_all()
 
     def _others_issuing(self, me: int) -> bool:
         """A thread other than ``me`` is in :meth:`issuing` and not itself waiting in :meth:`take` (which it
-        does from the ClientHello check, before its step can send tickets); call with the lock held."""
-        return any(t != me and t not in self._looking for t in self._issuing)
+        does from the ClientHello check, before its step can send tickets); call with the lock held.  (A copy
+        of the set: threads enter and leave it without the lock.)"""
+        return any(t != me and t not in self._looking for t in tuple(self._issuing))
 
     def put(self, key_id: bytes, facts: ChainFacts) -> None:
         """Record the session the connection's last ticket resumes (if the chain may go on)."""
@@ -192,16 +187,23 @@ class ServerSessionTable(_Bounded):
 
 
 class _IssuingMark:
-    """:meth:`ServerSessionTable.issuing`: one per table, re-entrant and shared by all threads (the marks are
-    kept per thread in the table).  A class, not a generator: it runs twice per resumed connection."""
+    """:meth:`ServerSessionTable.issuing`: one per table, shared by all threads (the marks are kept per thread in
+    the table).  A class, not a generator: it runs twice per resumed connection."""
 
     __slots__ = ("_table",)
 
     def __init__(self, table: ServerSessionTable) -> None:
         self._table = table
 
+    # No lock to enter or leave: adding to and removing from a set is atomic, and a lookup that must wait for
+    # this thread's tickets starts after they were sent, so after this thread entered.  A lookup waiting while
+    # this thread leaves is woken under the lock (it added itself to _looking before it checked _issuing).
     def __enter__(self) -> None:
-        self._table._enter_issuing()
+        self._table._issuing.add(threading.get_ident())
 
     def __exit__(self, *exc: object) -> None:
-        self._table._leave_issuing()
+        table = self._table
+        table._issuing.discard(threading.get_ident())
+        if table._looking:  # only a thread in take() ever waits
+            with table._lock:
+                table._changed.notify_all()

@@ -291,6 +291,8 @@ class TLSStreamReader:
                 try:
                     data = self._engine.read(_READ_CHUNK)
                 except OSError as exc:
+                    if self._engine.failed and self._tickets is not None:
+                        self._tickets[0].discard(self._tickets[1], id(self))
                     if isinstance(exc, HybridKexError):
                         raise
                     raise TransportError(f"the connection failed: {exc.strerror or exc}") from None

@@ -59,9 +59,6 @@ if TYPE_CHECKING:
 __all__ = ["HybridTLSSocket", "RecordReader", "connection_info"]
 
 _CLOSE_NOTIFY_TIMEOUT = 1.0
-#: Direct mode without a timeout: the socket still needs timeout mode (non-blocking underneath); waits this
-#: long are renewed.
-_FOREVER = 86400.0
 _RECORD_HEADER = 5
 _ENCRYPTED = 23  # TLS 1.3 outer content type of every encrypted record (application_data)
 
@@ -127,16 +124,16 @@ def _send_before(sock: socket.socket, data: bytes | bytearray, deadline: float) 
 
 def _poll(sock: socket.socket, writing: bool, deadline: float | None) -> None:
     """Block until ``sock`` is readable (or writable); TimeoutError at ``deadline`` (None: no limit)."""
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT if writing else select.POLLIN)
     if deadline is None:
-        wait = -1
+        ready = poller.poll()
     else:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError("timed out")
-        wait = max(1, math.ceil(remaining * 1000))
-    poller = select.poll()
-    poller.register(sock.fileno(), select.POLLOUT if writing else select.POLLIN)
-    if not poller.poll(wait):
+        ready = poller.poll(max(1, math.ceil(remaining * 1000)))
+    if not ready:
         raise TimeoutError("timed out")
 
 
@@ -255,25 +252,22 @@ def _direct_handshake(sock: socket.socket, engine: TLSEngine, deadline: float, t
             sock.settimeout(0.0)
         if not engine.direct:
             engine.attach_socket(sock.fileno())
-        while not _direct_step(engine, tickets):
+        if tickets is None:
+            while not engine.do_handshake():
+                _poll(sock, engine.want_write, deadline)
+            return
+        # Any step may end the handshake, the first too: after writing its flight OpenSSL reads on, and the
+        # client's Finished may be there already.
+        table, record = tickets
+        issuing = table.issuing()
+        while True:
+            with issuing:
+                if engine.do_handshake():
+                    record(engine)
+                    return
             _poll(sock, engine.want_write, deadline)
     except OSError as exc:
         _raise_handshake_failure(exc, timeout)
-
-
-def _direct_step(engine: TLSEngine, tickets: _Tickets | None) -> bool:
-    """One :meth:`TLSEngine.do_handshake` of :func:`_direct_handshake`; True when the handshake is done.
-
-    Any step may end it, the first too: after writing its flight OpenSSL reads on, and the client's
-    Finished may be there already."""
-    if tickets is None:
-        return engine.do_handshake()
-    table, record = tickets
-    with table.issuing():
-        if not engine.do_handshake():
-            return False
-        record(engine)
-        return True
 
 
 class _Recorder:
@@ -370,29 +364,40 @@ class HybridTLSSocket:
     Create it with :meth:`HybridTLSContext.wrap_socket`.
     """
 
+    # Per-connection state that starts out empty: class attributes until first set, so that a connection (many are
+    # short: a resumption is a handful of records) does not pay for assigning each of them.
+    _engine_or_none: TLSEngine | None = None
+    _summary: dict[str, object] | None = None
+    _chain: ChainFacts | None = None
+    _cache_key: str | None = None
+    _tickets_wanted = 0
+    _records_or_none: RecordReader | None = None
+    _inbox_buffer: memoryview | None = None
+    _closed = False
+    """close() was called (the TCP socket closes once no makefile() object is left)."""
+    _released = False
+    _io_refs = 0
+    _timeout: float | None = None
+    """Direct mode: the timeout of each network wait (the TCP socket itself is non-blocking then)."""
+
     def __init__(self, sock: socket.socket, context: HybridTLSContext, *, server_hostname: str | None = None,
                  suppress_ragged_eofs: bool = True) -> None:
         self._sock = sock
         self._context = context
         self._server_hostname = server_hostname
         self._suppress_ragged_eofs = suppress_ragged_eofs
-        self._engine_or_none: TLSEngine | None = None
-        self._summary: dict[str, object] | None = None
-        self._chain: ChainFacts | None = None
-        self._cache_key: str | None = None
-        self._tickets_wanted = 0
-        self._records = RecordReader()
-        self._inbox_buffer: memoryview | None = None
         self._setup_lock = threading.Lock()
         self._ssl_lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._outgoing: deque[bytes | bytearray] = deque()
-        self._closed = False
-        """close() was called (the TCP socket closes once no makefile() object is left)."""
-        self._released = False
-        self._io_refs = 0
-        self._timeout: float | None = None
-        """Direct mode: the timeout of each network wait (the TCP socket itself is non-blocking then)."""
+
+    @property
+    def _records(self) -> RecordReader:
+        """The record reader of the memory-BIO path (a connection that resumes over the socket never needs one)."""
+        records = self._records_or_none
+        if records is None:
+            records = self._records_or_none = RecordReader()
+        return records
 
     @property
     def _engine(self) -> TLSEngine:
@@ -432,7 +437,9 @@ class HybridTLSSocket:
                     self._server_setup(start)
                 idle = context.idle_timeout
                 timeout = idle if idle is not None else previous_timeout or None
-                if not self._try_direct(timeout):
+                if self._engine.direct:  # a resumption: OpenSSL has had the socket from the start
+                    self._timeout = timeout
+                elif not self._try_direct(timeout):
                     sock.settimeout(timeout)
             except BaseException as exc:
                 if self._engine_or_none is not None:
@@ -626,7 +633,6 @@ class HybridTLSSocket:
         if engine is not None and engine.direct:
             if timeout != "keep":
                 self._timeout = timeout
-                self._sock.settimeout(_FOREVER if timeout is None else timeout)
             return True
         if engine is None or self._outgoing:
             return False
@@ -638,7 +644,7 @@ class HybridTLSSocket:
                     return False
                 engine.attach_socket(self._sock.fileno())
                 self._timeout = self._sock.gettimeout() if timeout == "keep" else timeout
-                self._sock.settimeout(_FOREVER if self._timeout is None else self._timeout)
+                self._sock.settimeout(0.0)
                 return True
         finally:
             self._send_lock.release()
@@ -646,20 +652,12 @@ class HybridTLSSocket:
     def _wait(self, writing: bool) -> None:
         """Direct mode: block until the socket is readable (or writable); TimeoutError after the timeout.
 
-        The socket is in timeout mode (non-blocking underneath, as OpenSSL needs), so a peek at one byte
-        (or a send of none) waits in C, poll() then the call.  OpenSSL holds the descriptor's number: once
-        close() ran (in another thread) it must not be used again, since a new socket may have taken it."""
-        sock = self._sock
-        while not self._released:
-            try:
-                if writing:
-                    sock.send(b"")
-                else:
-                    sock.recv(1, socket.MSG_PEEK)
-                break
-            except TimeoutError:
-                if self._timeout is not None:
-                    raise
+        The TCP socket stays non-blocking (as OpenSSL needs) and the timeout is this object's: one poll(),
+        then OpenSSL's own read or write.  OpenSSL holds the descriptor's number: once close() ran (in
+        another thread) it must not be used again, since a new socket may have taken it."""
+        if not self._released:
+            timeout = self._timeout
+            _poll(self._sock, writing, None if timeout is None else time.monotonic() + timeout)
         if self._released:
             raise OSError(errno.EBADF, "the TLS socket was closed")
 
@@ -681,13 +679,18 @@ class HybridTLSSocket:
         if self._released:
             raise OSError(9, "the TLS socket is closed")
 
-    # -- sending -------------------------------------------------------------------------------
-    def send(self, data: bytes | bytearray | memoryview, flags: int = 0) -> int:
-        """Encrypt and send up to 64 KiB of ``data``; returns the number of bytes taken."""
+    def _check_call(self, flags: int) -> None:
+        """send/recv with ``flags``, or on a closed socket: say which is wrong."""
         if flags:
             raise ValueError("non-zero flags are not allowed on a TLS socket")
         self._check_open()
-        engine = self._engine
+
+    # -- sending -------------------------------------------------------------------------------
+    def send(self, data: bytes | bytearray | memoryview, flags: int = 0) -> int:
+        """Encrypt and send up to 64 KiB of ``data``; returns the number of bytes taken."""
+        if flags or self._released:
+            self._check_call(flags)
+        engine = self._engine_or_none or self._engine
         with self._send_lock:
             if engine.direct:
                 return self._send_direct(engine, memoryview(data).cast("B"), everything=False)
@@ -700,11 +703,10 @@ class HybridTLSSocket:
 
     def sendall(self, data: bytes | bytearray | memoryview, flags: int = 0) -> None:
         """Encrypt and send all of ``data``."""
-        if flags:
-            raise ValueError("non-zero flags are not allowed on a TLS socket")
-        self._check_open()
+        if flags or self._released:
+            self._check_call(flags)
         view = memoryview(data).cast("B")
-        engine = self._engine
+        engine = self._engine_or_none or self._engine
         with self._send_lock:
             if engine.direct:
                 self._send_direct(engine, view, everything=True)
@@ -724,26 +726,25 @@ class HybridTLSSocket:
         while view:
             with lock:
                 taken = engine.write(view)
-            if taken:
-                total += taken
-                if not everything:
-                    break
-                view = view[taken:]
+            if not taken:
+                self._wait(engine.want_write)
                 continue
-            self._wait(engine.want_write)
+            total += taken
+            if not everything or taken == len(view):
+                break
+            view = view[taken:]
         return total
 
     # -- receiving -----------------------------------------------------------------------------
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         """Up to ``bufsize`` decrypted bytes; ``b""`` once the peer closed its sending direction."""
-        if flags:
-            raise ValueError("non-zero flags are not allowed on a TLS socket")
-        self._check_open()
+        if flags or self._released:
+            self._check_call(flags)
         if bufsize <= 0:
             if bufsize < 0:
                 raise ValueError("negative buffersize in recv")
             return b""
-        engine = self._engine
+        engine = self._engine_or_none or self._engine
         while True:
             with self._ssl_lock:
                 data = engine.read(bufsize)
@@ -759,16 +760,15 @@ class HybridTLSSocket:
 
     def recv_into(self, buffer: bytearray | memoryview, nbytes: int = 0, flags: int = 0) -> int:
         """Receive into ``buffer`` (up to ``nbytes``, default its size); 0 at the end of the stream."""
-        if flags:
-            raise ValueError("non-zero flags are not allowed on a TLS socket")
-        self._check_open()
+        if flags or self._released:
+            self._check_call(flags)
         view = memoryview(buffer).cast("B")
         if nbytes < 0 or nbytes > len(view):
             raise ValueError("nbytes must be between 0 and the buffer's size")
         size = nbytes or len(view)
         if size == 0:
             return 0
-        engine, lock, outgoing = self._engine, self._ssl_lock, self._outgoing
+        engine, lock, outgoing = self._engine_or_none or self._engine, self._ssl_lock, self._outgoing
         while True:
             with lock:
                 count = engine.read_into(view, size)
@@ -829,11 +829,15 @@ class HybridTLSSocket:
                 self._drain_tickets()
             if not engine.close_notify_sent and self._send_lock.acquire(timeout=_CLOSE_NOTIFY_TIMEOUT):
                 try:
-                    timeout = self.gettimeout()
-                    timeout = _CLOSE_NOTIFY_TIMEOUT if timeout is None else min(timeout, _CLOSE_NOTIFY_TIMEOUT)
-                    if not engine.direct:
-                        self._sock.settimeout(timeout)
-                    self._close_notify(time.monotonic() + timeout)
+                    if engine.direct:  # usually the socket has room for the alert at once: no deadline needed
+                        with self._ssl_lock:
+                            engine.send_close_notify()
+                    if not engine.close_notify_sent:
+                        timeout = self.gettimeout()
+                        timeout = _CLOSE_NOTIFY_TIMEOUT if timeout is None else min(timeout, _CLOSE_NOTIFY_TIMEOUT)
+                        if not engine.direct:
+                            self._sock.settimeout(timeout)
+                        self._close_notify(time.monotonic() + timeout)
                 finally:
                     self._send_lock.release()
         except OSError:
@@ -841,10 +845,12 @@ class HybridTLSSocket:
         finally:
             engine.close()
             self._sock.close()
+            if engine.failed and self._cache_key is not None and self._context.client_sessions is not None:
+                self._context.client_sessions.discard(self._cache_key, id(self))
 
     def _close_notify(self, deadline: float | None) -> None:
         """Send the close_notify (send lock held); in direct mode wait while the socket is full."""
-        engine = self._engine
+        engine = self._engine_or_none or self._engine
         while True:
             with self._ssl_lock:
                 sent = engine.send_close_notify()
@@ -966,7 +972,6 @@ class HybridTLSSocket:
             raise ValueError("the timeout must be positive or None (non-blocking mode is not supported)")
         if self._direct:
             self._timeout = timeout
-            self._sock.settimeout(_FOREVER if timeout is None else timeout)
         else:
             self._sock.settimeout(timeout)
 

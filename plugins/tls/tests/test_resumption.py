@@ -7,6 +7,7 @@ and by counting what the core did (QKD keys drawn, ML-DSA signatures made).
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import threading
 import time
@@ -15,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
-from hybridkex import QKDKey, QKDKeySource
+from hybridkex import HybridKexError, QKDKey, QKDKeySource
 
 from hybridkex_tls import HybridTLSContext, HybridTLSSocket, TLSResumptionRefused
 from hybridkex_tls._openssl import negotiated_group, session_reused
@@ -391,3 +392,44 @@ def test_two_lookups_in_issuing_steps_do_not_wait_for_each_other() -> None:
     connection(b"two")
     other.join(10)
     assert results == [None, None] and time.monotonic() - started < 1.5
+
+
+def test_a_ticket_stays_usable_when_its_connection_is_dropped_without_close(keys: Any,
+                                                                            run_server: Callable[..., Any]) -> None:
+    """The client keeps OpenSSL's session object, not a DER copy: freeing a connection that sent no close_notify
+    would mark that object not resumable, and the next connection would offer nothing and be refused."""
+    server = HybridTLSContext.server(identity=keys.server_key, peers=[keys.client_pub], timeout=TIMEOUT)
+    client = HybridTLSContext.client(identity=keys.client_key, peers=[keys.server_pub], timeout=TIMEOUT)
+    running = run_server(server)
+    talk(client, running.address)
+    raw = socket.create_connection(running.address, timeout=TIMEOUT)
+    tls = client.wrap_socket(raw)
+    tls.sendall(b"ping")
+    assert tls.recv(100) == b"ping" and tls.session_reused()
+    assert len(client.client_sessions) == 1  # type: ignore[arg-type]
+    del tls  # dropped, never closed: no close_notify
+    gc.collect()
+    raw.close()
+    assert talk(client, running.address)["resumed"]
+
+
+def test_a_connection_ended_by_a_tls_alert_leaves_no_unusable_ticket(keys: Any,
+                                                                     run_server: Callable[..., Any]) -> None:
+    """A forged record after the reply: the client's OpenSSL sends a fatal alert, which marks the connection's
+    session (the ticket it cached) not resumable; the cache forgets that ticket, so the next connection is not
+    refused for offering it but runs a full exchange."""
+    def forge(tls: HybridTLSSocket) -> None:
+        tls.sendall(tls.recv(100))
+        tls._sock.sendall(b"\x17\x03\x03\x00\x20" + bytes(32))  # an application-data record no key produced
+
+    server = HybridTLSContext.server(identity=keys.server_key, peers=[keys.client_pub], timeout=TIMEOUT)
+    client = HybridTLSContext.client(identity=keys.client_key, peers=[keys.server_pub], timeout=TIMEOUT)
+    running = run_server(server, forge)
+    with socket.create_connection(running.address, timeout=TIMEOUT) as raw, client.wrap_socket(raw) as tls:
+        tls.sendall(b"ping")
+        assert tls.recv(100) == b"ping"
+        assert len(client.client_sessions) == 1  # type: ignore[arg-type]
+        with pytest.raises(HybridKexError, match="integrity check|tampered"):
+            tls.recv(100)
+    assert len(client.client_sessions) == 0  # type: ignore[arg-type]
+    assert not talk(client, running.address)["resumed"]
