@@ -316,7 +316,7 @@ class HybridTLSContext:
                    server_hostname: str | None = None, on_hello: Any = None, on_done: Any = None,
                    fd: int | None = None) -> TLSEngine:
         """A TLS engine for one connection keyed by ``psk`` or resuming ``session`` (for drivers of other I/O)."""
-        return TLSEngine(self._handle, psk, expected_group=HYBRID_GROUPS if self._static_psk is None else None,
+        return TLSEngine(self._handle, psk, expected_group=self.expected_group,
                          suppress_ragged_eofs=suppress_ragged_eofs, session=session, server_hostname=server_hostname,
                          alpn_protocols=self.alpn_protocols if self.role == "client" else (), on_hello=on_hello,
                          on_done=on_done, fd=fd)

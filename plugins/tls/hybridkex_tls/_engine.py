@@ -154,9 +154,6 @@ class TLSEngine:
     peer_closed = False
     """The peer sent close_notify (or closed the TCP connection, with ragged EOFs suppressed)."""
     close_notify_sent = False
-    direct = False
-    """OpenSSL reads and writes the socket itself (``fd``, or after :meth:`attach_socket`)."""
-    _on_done: Callable[[TLSEngine], None] | None = None
     failed = False
     """A TLS alert (sent or received) ended the connection; OpenSSL then marks the connection's session not
     resumable, so a client drops the ticket this connection left in its cache."""
@@ -189,8 +186,8 @@ class TLSEngine:
         """Feed bytes read from the network."""
         self.data_to_send: Callable[[], bytes | bytearray] = io.drain
         """All bytes the engine wants on the network now (possibly empty)."""
-        if fd is not None:
-            self.direct = True
+        self.direct = fd is not None
+        """OpenSSL reads and writes the socket itself (:meth:`attach_socket`)."""
         if self.role == "client":
             if server_hostname:
                 self._conn.set_tlsext_host_name(server_hostname.encode("idna"))
@@ -198,8 +195,7 @@ class TLSEngine:
                 self._conn.set_alpn_protos([p.encode("ascii") for p in alpn_protocols])
             if session is not None:
                 self._resuming = set_session(self._conn, session)
-        if on_done is not None:
-            self._on_done = on_done
+        self._on_done = on_done
         self._expected_group = expected_group
         self._suppress_ragged_eofs = suppress_ragged_eofs
 

@@ -259,7 +259,6 @@ def keep_session_resumable(conn: SSL.Connection) -> None:
 
 
 _SENT_SHUTDOWN = int(_lib.SSL_SENT_SHUTDOWN)
-_WANT_READ = int(_lib.SSL_ERROR_WANT_READ)
 
 
 class RecordIO:
@@ -345,9 +344,6 @@ class RecordIO:
         result = _lib.SSL_do_handshake(self._ssl)
         if result == 1:
             return True
-        if _lib.SSL_get_error(self._ssl, result) == _WANT_READ:  # the usual wait, without a call to _want
-            self.want_write = False
-            return False
         if self._want(result):
             return False
         self._conn._raise_ssl_error(self._ssl, result)

@@ -156,8 +156,7 @@ def resume_hook(table: ServerSessionTable | None, found: list[ChainFacts]) -> Ca
         if not resumed or table is None:
             return False
         facts = table.take(key_id)
-        if facts is None or (facts.server_name or server_name) and \
-                server_name_key(facts.server_name) != server_name_key(server_name):
+        if facts is None or server_name_key(facts.server_name) != server_name_key(server_name):
             return False
         found.append(facts.next())
         return True

@@ -437,9 +437,7 @@ class HybridTLSSocket:
                     self._server_setup(start)
                 idle = context.idle_timeout
                 timeout = idle if idle is not None else previous_timeout or None
-                if self._engine.direct:  # a resumption: OpenSSL has had the socket from the start
-                    self._timeout = timeout
-                elif not self._try_direct(timeout):
+                if not self._try_direct(timeout):
                     sock.settimeout(timeout)
             except BaseException as exc:
                 if self._engine_or_none is not None:
@@ -679,18 +677,13 @@ class HybridTLSSocket:
         if self._released:
             raise OSError(9, "the TLS socket is closed")
 
-    def _check_call(self, flags: int) -> None:
-        """send/recv with ``flags``, or on a closed socket: say which is wrong."""
-        if flags:
-            raise ValueError("non-zero flags are not allowed on a TLS socket")
-        self._check_open()
-
     # -- sending -------------------------------------------------------------------------------
     def send(self, data: bytes | bytearray | memoryview, flags: int = 0) -> int:
         """Encrypt and send up to 64 KiB of ``data``; returns the number of bytes taken."""
-        if flags or self._released:
-            self._check_call(flags)
-        engine = self._engine_or_none or self._engine
+        if flags:
+            raise ValueError("non-zero flags are not allowed on a TLS socket")
+        self._check_open()
+        engine = self._engine
         with self._send_lock:
             if engine.direct:
                 return self._send_direct(engine, memoryview(data).cast("B"), everything=False)
@@ -703,10 +696,11 @@ class HybridTLSSocket:
 
     def sendall(self, data: bytes | bytearray | memoryview, flags: int = 0) -> None:
         """Encrypt and send all of ``data``."""
-        if flags or self._released:
-            self._check_call(flags)
+        if flags:
+            raise ValueError("non-zero flags are not allowed on a TLS socket")
+        self._check_open()
         view = memoryview(data).cast("B")
-        engine = self._engine_or_none or self._engine
+        engine = self._engine
         with self._send_lock:
             if engine.direct:
                 self._send_direct(engine, view, everything=True)
@@ -738,13 +732,14 @@ class HybridTLSSocket:
     # -- receiving -----------------------------------------------------------------------------
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         """Up to ``bufsize`` decrypted bytes; ``b""`` once the peer closed its sending direction."""
-        if flags or self._released:
-            self._check_call(flags)
+        if flags:
+            raise ValueError("non-zero flags are not allowed on a TLS socket")
+        self._check_open()
         if bufsize <= 0:
             if bufsize < 0:
                 raise ValueError("negative buffersize in recv")
             return b""
-        engine = self._engine_or_none or self._engine
+        engine = self._engine
         while True:
             with self._ssl_lock:
                 data = engine.read(bufsize)
@@ -760,15 +755,16 @@ class HybridTLSSocket:
 
     def recv_into(self, buffer: bytearray | memoryview, nbytes: int = 0, flags: int = 0) -> int:
         """Receive into ``buffer`` (up to ``nbytes``, default its size); 0 at the end of the stream."""
-        if flags or self._released:
-            self._check_call(flags)
+        if flags:
+            raise ValueError("non-zero flags are not allowed on a TLS socket")
+        self._check_open()
         view = memoryview(buffer).cast("B")
         if nbytes < 0 or nbytes > len(view):
             raise ValueError("nbytes must be between 0 and the buffer's size")
         size = nbytes or len(view)
         if size == 0:
             return 0
-        engine, lock, outgoing = self._engine_or_none or self._engine, self._ssl_lock, self._outgoing
+        engine, lock, outgoing = self._engine, self._ssl_lock, self._outgoing
         while True:
             with lock:
                 count = engine.read_into(view, size)
@@ -829,15 +825,11 @@ class HybridTLSSocket:
                 self._drain_tickets()
             if not engine.close_notify_sent and self._send_lock.acquire(timeout=_CLOSE_NOTIFY_TIMEOUT):
                 try:
-                    if engine.direct:  # usually the socket has room for the alert at once: no deadline needed
-                        with self._ssl_lock:
-                            engine.send_close_notify()
-                    if not engine.close_notify_sent:
-                        timeout = self.gettimeout()
-                        timeout = _CLOSE_NOTIFY_TIMEOUT if timeout is None else min(timeout, _CLOSE_NOTIFY_TIMEOUT)
-                        if not engine.direct:
-                            self._sock.settimeout(timeout)
-                        self._close_notify(time.monotonic() + timeout)
+                    timeout = self.gettimeout()
+                    timeout = _CLOSE_NOTIFY_TIMEOUT if timeout is None else min(timeout, _CLOSE_NOTIFY_TIMEOUT)
+                    if not engine.direct:
+                        self._sock.settimeout(timeout)
+                    self._close_notify(time.monotonic() + timeout)
                 finally:
                     self._send_lock.release()
         except OSError:
@@ -850,7 +842,7 @@ class HybridTLSSocket:
 
     def _close_notify(self, deadline: float | None) -> None:
         """Send the close_notify (send lock held); in direct mode wait while the socket is full."""
-        engine = self._engine_or_none or self._engine
+        engine = self._engine
         while True:
             with self._ssl_lock:
                 sent = engine.send_close_notify()
